@@ -1,0 +1,3 @@
+//! idlewatcher (work in progress skeleton).
+pub mod config;
+pub mod providers;

@@ -1,0 +1,1 @@
+//! Docker provider (in progress).

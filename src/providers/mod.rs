@@ -1,0 +1,100 @@
+//! Backends that can be put to sleep and woken: the [`Provider`] trait and its implementations.
+//!
+//! A provider knows how to drive one backend (a Docker container, a Proxmox guest) through its
+//! lifecycle. It knows nothing about routes, idle timers or HTTP: the [`Watcher`](crate::watcher)
+//! decides *when*; the provider only does *what* it is told, and reports what the backend is doing.
+//!
+//! Changes that happen outside idlewatcher (a container started or stopped by hand, removed,
+//! recreated) reach watchers through each provider family's event source, which calls
+//! [`BackendObserver::observe`] — see [`docker::DockerEvents`].
+
+pub mod docker;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// What a backend is doing right now, as its provider sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendStatus {
+    /// Running (its process is up; it may not accept connections yet).
+    Running,
+    /// Frozen in memory (`docker pause`): wakes with `unpause`, fast.
+    Paused,
+    /// Not running: exited, dead or created-but-never-started. Wakes with `start`.
+    Stopped,
+    /// The backend does not exist (removed, or never created).
+    Missing,
+}
+
+/// Something a provider's event source saw happen to a backend, from whatever cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// The backend started or was unpaused.
+    Started,
+    /// The backend stopped, died, was killed or paused.
+    Stopped,
+    /// The backend was removed.
+    Removed,
+    /// A backend of the watched name was created (again).
+    Created,
+    /// The event stream reconnected: this is the backend's current status, to resync from.
+    Resync(BackendStatus),
+}
+
+/// Receives [`BackendEvent`]s from a provider family's event source. Implemented by the watcher.
+pub trait BackendObserver: Send + Sync {
+    /// Called from the event source's task; must not block.
+    fn observe(&self, event: BackendEvent);
+}
+
+/// A failure talking to a backend's manager, with enough context to show a user.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The backend does not exist.
+    #[error("{backend} not found")]
+    NotFound {
+        /// The backend, as [`Provider::describe`] names it.
+        backend: String,
+    },
+    /// The manager (Docker engine, Proxmox API) refused or failed the operation.
+    #[error("{action} {backend}: {message}")]
+    Api {
+        /// What was attempted (`start`, `stop`, `inspect`…).
+        action: &'static str,
+        /// The backend, as [`Provider::describe`] names it.
+        backend: String,
+        /// The manager's own explanation.
+        message: String,
+    },
+    /// The backend is running but has no address the gateway can reach.
+    #[error("{backend} has no reachable IP address (is it attached to a network?)")]
+    NoAddress {
+        /// The backend, as [`Provider::describe`] names it.
+        backend: String,
+    },
+}
+
+/// Drives one backend. Every method is called from a background task, never the request path.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// A short human description, e.g. `docker container "whoami"`, used in errors and logs.
+    fn describe(&self) -> &str;
+    /// The backend's current status.
+    async fn status(&self) -> Result<BackendStatus, ProviderError>;
+    /// Starts a stopped backend. Returns once the manager reports it started.
+    async fn start(&self) -> Result<(), ProviderError>;
+    /// Stops the backend gracefully: `signal` (or the backend's own default) then, after
+    /// `timeout`, a forced kill.
+    async fn stop(&self, signal: Option<&str>, timeout: Duration) -> Result<(), ProviderError>;
+    /// Sends `signal` (default `SIGKILL`) to the backend's main process.
+    async fn kill(&self, signal: Option<&str>) -> Result<(), ProviderError>;
+    /// Freezes the backend in memory.
+    async fn pause(&self) -> Result<(), ProviderError>;
+    /// Thaws a paused backend.
+    async fn unpause(&self) -> Result<(), ProviderError>;
+    /// The backend's IP address as the gateway should reach it. Asked after every start,
+    /// because container addresses change across restarts.
+    async fn address(&self) -> Result<IpAddr, ProviderError>;
+}
