@@ -206,8 +206,7 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, thiserror::Error)]
 #[error("{}", one_per_line(.0))]
 pub struct ConfigErrors(
-    /// In the order found: syntax, then Pingora's keys, then ours top-down, then unknown keys
-    /// and cross-route checks.
+    /// Roughly top-down in the file; callers should not rely on the order.
     pub Vec<ConfigError>,
 );
 
@@ -271,7 +270,31 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         "it belongs under idlewatcher:",
     );
 
-    // Pingora's part, in the user's order, each key checked on its own so errors name the key.
+    let server_yaml = server_part(&mut top, &server_keys);
+
+    let gateway = match top.sub("idlewatcher", GATEWAY_KEYS) {
+        Some(section) => parse_gateway(section, &mut top),
+        None => {
+            if !top.errors.iter().any(|e| e.key == "idlewatcher") {
+                top.error("idlewatcher", "required key is missing");
+            }
+            None
+        }
+    };
+    let errors = top.finish();
+    match gateway {
+        Some(gateway) if errors.is_empty() => Ok(Config {
+            server_yaml,
+            gateway,
+        }),
+        _ if errors.is_empty() => Err(ConfigErrors::one("", "internal error: incomplete config")),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Takes Pingora's keys out of the top-level mapping, in the user's order, checks each on its own
+/// (so errors name the key), adds our defaults, and has Pingora validate the result.
+fn server_part(top: &mut Fields, server_keys: &[String]) -> String {
     let mut server = Mapping::new();
     let mut server_ok = true;
     for key in top.string_keys() {
@@ -297,37 +320,19 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             server.insert(Value::from(key), value);
         }
     }
-    let server_yaml = match serde_yaml::to_string(&Value::Mapping(server)) {
+    let yaml = match serde_yaml::to_string(&Value::Mapping(server)) {
         Ok(yaml) => yaml,
         Err(err) => {
             top.error("(server)", format!("cannot serialize server keys: {err}"));
             String::new()
         }
     };
-    if server_ok && !server_yaml.is_empty() {
-        if let Err(err) = ServerConf::from_yaml(&server_yaml) {
+    if server_ok && !yaml.is_empty() {
+        if let Err(err) = ServerConf::from_yaml(&yaml) {
             top.error("(server)", pingora_message(&err));
         }
     }
-
-    let gateway = match top.sub("idlewatcher", GATEWAY_KEYS) {
-        Some(section) => parse_gateway(section, &mut top),
-        None => {
-            if !top.errors.iter().any(|e| e.key == "idlewatcher") {
-                top.error("idlewatcher", "required key is missing");
-            }
-            None
-        }
-    };
-    let errors = top.finish();
-    match gateway {
-        Some(gateway) if errors.is_empty() => Ok(Config {
-            server_yaml,
-            gateway,
-        }),
-        _ if errors.is_empty() => Err(ConfigErrors::one("", "internal error: incomplete config")),
-        _ => Err(ConfigErrors(errors)),
-    }
+    yaml
 }
 
 fn syntax_error(err: serde_yaml::Error) -> ConfigErrors {
