@@ -1,1 +1,91 @@
-fn main() {}
+//! The `idlewatcher` gateway: `idlewatcher -c conf/idlewatcher.yaml` (`-t` to validate only).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use tracing_subscriber::EnvFilter;
+
+use idlewatcher::proxy::IdleProxy;
+use idlewatcher::{config, IdleWatcher};
+
+/// The configuration used when `-c` is not given.
+const DEFAULT_CONFIG: &str = "conf/idlewatcher.yaml";
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut opt = Opt::parse_args();
+    let path = opt
+        .conf
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CONFIG.to_string());
+    let config = match config::load(std::path::Path::new(&path)) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{path}: {} error(s):", errors.0.len());
+            for error in &errors.0 {
+                eprintln!("  {error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    if opt.test {
+        println!(
+            "{path}: configuration is valid ({} route(s))",
+            config.gateway.routes.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let mut server_conf = match ServerConf::from_yaml(&config.server_yaml) {
+        Ok(conf) => conf,
+        Err(error) => {
+            eprintln!("{path}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    opt.conf = None; // Already read: Pingora must not parse our file again.
+    server_conf.merge_with_opt(&opt);
+
+    // Connecting to the Docker engine needs a runtime; Pingora brings its own later.
+    let idle = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(IdleWatcher::from_config(&config.gateway))
+                .map_err(|e| e.to_string())
+        }) {
+        Ok(idle) => Arc::new(idle),
+        Err(error) => {
+            eprintln!("idlewatcher: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+    let proxy = IdleProxy::service(
+        Arc::clone(&idle),
+        &server.configuration,
+        &config.gateway.listen,
+    );
+    server.add_service(proxy);
+    for service in idle.background_services() {
+        server.add_boxed_service(service);
+    }
+    tracing::info!(
+        routes = idle.idle_gate().routes().len(),
+        listen = ?config.gateway.listen,
+        "idlewatcher started"
+    );
+    server.run_forever()
+}

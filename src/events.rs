@@ -1,0 +1,241 @@
+//! Wake events: what a backend's wake went through, kept for late subscribers and pushed live.
+//!
+//! Each [`Watcher`](crate::watcher::Watcher) owns one [`EventLog`]: a small ring of the current
+//! wake's events plus a `watch` channel carrying the newest event id. A subscriber remembers the
+//! last id it sent and, whenever the channel changes, copies every newer event out of the ring.
+//! One mechanism therefore serves the history, the live feed and `Last-Event-ID` resumption, and:
+//!
+//! - a slow subscriber never blocks the watcher or anybody else (it only ever holds the ring's
+//!   mutex long enough to clone a few `Arc`s);
+//! - a subscriber that fell behind skips intermediate events it lost to the ring's bound, but
+//!   never the outcome: `ready` or `error` is the newest event, and the newest is always kept.
+//!
+//! Ids increase for the whole life of the process (they are not reset when the history is
+//! cleared), so an id from an earlier wake still means "everything after that".
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// How many events of one wake are kept. A wake has about six; the rest is headroom.
+const HISTORY_CAPACITY: usize = 64;
+
+/// What happened, as the `type` field of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WakeEventKind {
+    /// A wake began.
+    Starting,
+    /// A dependency is being woken first.
+    WakingDep,
+    /// A dependency is up.
+    DepReady,
+    /// The provider reports the backend started (or unpaused).
+    ContainerWoke,
+    /// Probing the backend until it answers.
+    WaitingReady,
+    /// The backend answers: requests flow.
+    Ready,
+    /// The wake failed; `error` says why.
+    Error,
+    /// The backend was put to sleep (or stopped outside idlewatcher).
+    Napping,
+}
+
+impl WakeEventKind {
+    /// Whether this event ends a wake (a subscriber must never miss it).
+    pub fn is_outcome(self) -> bool {
+        matches!(self, Self::Ready | Self::Error)
+    }
+}
+
+/// One event. The route name is added when it is written out, so one backend's log serves
+/// every route that fronts it.
+#[derive(Debug, Clone)]
+pub struct WakeEvent {
+    /// Position in the log; increasing for the life of the process.
+    pub id: u64,
+    /// What happened.
+    pub kind: WakeEventKind,
+    /// A sentence for humans.
+    pub message: String,
+    /// When it happened.
+    pub timestamp: SystemTime,
+    /// The failure reason, for `error` events.
+    pub error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct WireEvent<'a> {
+    #[serde(rename = "type")]
+    kind: WakeEventKind,
+    route: &'a str,
+    message: &'a str,
+    timestamp: String,
+    error: Option<&'a str>,
+}
+
+impl WakeEvent {
+    /// The event as DESIGN.md's JSON object, for the `data:` line of the SSE stream.
+    /// serde_json escapes every string, so hostile names and error texts stay text.
+    pub fn to_json(&self, route: &str) -> String {
+        let wire = WireEvent {
+            kind: self.kind,
+            route,
+            message: &self.message,
+            timestamp: humantime::format_rfc3339_millis(self.timestamp).to_string(),
+            error: self.error.as_deref(),
+        };
+        // Serializing a struct of strings cannot fail.
+        serde_json::to_string(&wire).unwrap_or_default()
+    }
+}
+
+struct Ring {
+    events: VecDeque<Arc<WakeEvent>>,
+    next_id: u64,
+}
+
+/// A backend's wake events: bounded history plus live notification.
+pub struct EventLog {
+    ring: Mutex<Ring>,
+    newest: watch::Sender<u64>,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventLog {
+    /// An empty log; the first event gets id 1 (0 means "nothing seen yet").
+    pub fn new() -> Self {
+        Self {
+            ring: Mutex::new(Ring {
+                events: VecDeque::with_capacity(8),
+                next_id: 1,
+            }),
+            newest: watch::Sender::new(0),
+        }
+    }
+
+    /// Appends an event and wakes every subscriber. Returns its id.
+    pub fn push(&self, kind: WakeEventKind, message: String, error: Option<String>) -> u64 {
+        let id = {
+            let mut ring = self.ring.lock();
+            let id = ring.next_id;
+            ring.next_id += 1;
+            if ring.events.len() == HISTORY_CAPACITY {
+                ring.events.pop_front();
+            }
+            ring.events.push_back(Arc::new(WakeEvent {
+                id,
+                kind,
+                message,
+                timestamp: SystemTime::now(),
+                error,
+            }));
+            id
+        };
+        self.newest.send_replace(id);
+        id
+    }
+
+    /// Forgets the history (a new wake starts, or the backend naps). Ids keep increasing.
+    pub fn clear(&self) {
+        self.ring.lock().events.clear();
+    }
+
+    /// Appends to `out` every kept event with an id greater than `after`, oldest first.
+    pub fn since(&self, after: u64, out: &mut Vec<Arc<WakeEvent>>) {
+        let ring = self.ring.lock();
+        // Ids in the ring are consecutive, so the first newer one is found by arithmetic.
+        let skip = match ring.events.front() {
+            Some(first) if after >= first.id => (after - first.id + 1) as usize,
+            _ => 0,
+        };
+        out.extend(ring.events.iter().skip(skip).cloned());
+    }
+
+    /// The kind of the newest kept event, if any.
+    pub fn last_kind(&self) -> Option<WakeEventKind> {
+        self.ring.lock().events.back().map(|e| e.kind)
+    }
+
+    /// A receiver that changes whenever an event is pushed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.newest.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(log: &EventLog, after: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        log.since(after, &mut out);
+        out.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn since_returns_newer_events_in_order() {
+        let log = EventLog::new();
+        for _ in 0..5 {
+            log.push(WakeEventKind::Starting, "x".into(), None);
+        }
+        assert_eq!(ids(&log, 0), vec![1, 2, 3, 4, 5]);
+        assert_eq!(ids(&log, 3), vec![4, 5]);
+        assert_eq!(ids(&log, 5), Vec::<u64>::new());
+        assert_eq!(ids(&log, 99), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn clear_keeps_ids_increasing() {
+        let log = EventLog::new();
+        log.push(WakeEventKind::Starting, "a".into(), None);
+        log.push(WakeEventKind::Ready, "b".into(), None);
+        log.clear();
+        assert!(ids(&log, 0).is_empty());
+        log.push(WakeEventKind::Napping, "c".into(), None);
+        assert_eq!(ids(&log, 0), vec![3]);
+        // A subscriber that saw id 1 of the previous wake gets only the newer event.
+        assert_eq!(ids(&log, 1), vec![3]);
+    }
+
+    #[test]
+    fn bounded_ring_keeps_the_outcome() {
+        let log = EventLog::new();
+        for _ in 0..(HISTORY_CAPACITY * 3) {
+            log.push(WakeEventKind::WaitingReady, "probe".into(), None);
+        }
+        log.push(WakeEventKind::Ready, "ready".into(), None);
+        let mut out = Vec::new();
+        log.since(0, &mut out);
+        assert_eq!(out.len(), HISTORY_CAPACITY);
+        assert_eq!(out.last().map(|e| e.kind), Some(WakeEventKind::Ready));
+    }
+
+    #[test]
+    fn json_escapes_hostile_text() {
+        let log = EventLog::new();
+        log.push(
+            WakeEventKind::Error,
+            "failed".into(),
+            Some("</title><script>alert(\"x\")</script>".into()),
+        );
+        let mut out = Vec::new();
+        log.since(0, &mut out);
+        let json = out[0].to_json("<b>route</b>");
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["type"], "error");
+        assert_eq!(value["route"], "<b>route</b>");
+        assert_eq!(value["error"], "</title><script>alert(\"x\")</script>");
+        assert!(value["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+}

@@ -1,0 +1,341 @@
+//! The gate: what happens to a request before it may go upstream, in `request_filter`.
+//!
+//! In this order (DESIGN.md's request path):
+//!
+//! 1. Route by Host (lock-free, no allocation); unknown → 404 problem+json.
+//! 2. Internal endpoints under the path prefix (`status`, `events`, `loading.js`, `style.css`):
+//!    answered here, ready or not, and they never wake anything.
+//! 3. Backend ready → mark activity, keep an in-flight guard in the context, let it through.
+//!    This is the hot path: one atomic load for the state, one counter for the guard.
+//! 4. Not ready, and the path is not the route's `start_endpoint` → 403, nothing woken.
+//!    `/favicon.ico` → 204, nothing woken.
+//! 5. A browser navigation → the wake starts in the background, the loading page answers at once
+//!    (503, `Retry-After`, `Cache-Control: no-store`).
+//! 6. Anything else is held: wake, wait until ready or the route's `wake_timeout`, then let the
+//!    very same request through (its body has not been read, so it streams upstream intact).
+//!    Failure, timeout or too many waiters → 503 + `Retry-After` + problem+json.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use pingora::proxy::Session;
+use pingora::Result;
+use serde::Serialize;
+
+use crate::idle::IdleClock;
+use crate::page;
+use crate::respond;
+use crate::routes::{Route, RouteId, RouteTable};
+use crate::sse;
+use crate::watcher::{InFlight, State, WakeFailure};
+
+/// `Retry-After` for the loading page and for overflowing waiters, in seconds.
+const RETRY_AFTER_SECS: u64 = 2;
+
+/// What the gate remembers about one request. Keep it in the gateway's per-request context
+/// (`ProxyHttp::CTX`): it holds the in-flight guard that keeps the backend awake until the
+/// request — or its upgraded connection, or its streamed response — ends.
+#[derive(Default)]
+pub struct GateContext {
+    route: Option<RouteId>,
+    in_flight: Option<InFlight>,
+}
+
+impl GateContext {
+    /// The route the request matched, once the gate ran.
+    pub fn route(&self) -> Option<RouteId> {
+        self.route
+    }
+}
+
+/// What to do with a Host no route claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownHost {
+    /// Answer 404 problem+json (the bundled gateway).
+    #[default]
+    NotFound,
+    /// Let it through untouched (a gateway that has other, always-on routes of its own).
+    PassThrough,
+}
+
+/// The internal endpoints under the path prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Internal {
+    Script,
+    Style,
+    Events,
+    Status,
+}
+
+impl Internal {
+    fn parse(rest: &str) -> Option<Self> {
+        match rest {
+            "loading.js" => Some(Self::Script),
+            "style.css" => Some(Self::Style),
+            "events" => Some(Self::Events),
+            "status" => Some(Self::Status),
+            _ => None,
+        }
+    }
+}
+
+/// Decides, per request, whether it passes, waits, or is answered here. See the module docs.
+pub struct IdleGate {
+    routes: Arc<RouteTable>,
+    prefix: Box<str>,
+    clock: Arc<IdleClock>,
+    unknown_host: UnknownHost,
+}
+
+impl IdleGate {
+    /// A gate over `routes`, with internal endpoints under `prefix` (starts and ends with `/`).
+    pub fn new(
+        routes: Arc<RouteTable>,
+        prefix: &str,
+        clock: Arc<IdleClock>,
+        unknown_host: UnknownHost,
+    ) -> Self {
+        Self {
+            routes,
+            prefix: prefix.into(),
+            clock,
+            unknown_host,
+        }
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> &Arc<RouteTable> {
+        &self.routes
+    }
+
+    /// Runs the gate. `Ok(true)`: an answer was written, the request is done. `Ok(false)`: let
+    /// it through (its route is in `ctx`, see [`IdleGate::upstream`]).
+    pub async fn check(&self, session: &mut Session, ctx: &mut GateContext) -> Result<bool> {
+        let request = session.req_header();
+        let host = request
+            .headers
+            .get(http::header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .or_else(|| request.uri.host());
+        let Some((id, route)) = host.and_then(|host| self.routes.by_host(host)) else {
+            if self.unknown_host == UnknownHost::PassThrough {
+                return Ok(false);
+            }
+            let detail = match host {
+                Some(host) => format!("no route serves host {host:?}"),
+                None => "the request names no host".to_string(),
+            };
+            respond::problem(session, 404, None, &detail, None).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(id);
+
+        let path = request.uri.path();
+        if let Some(endpoint) = path.strip_prefix(&*self.prefix).and_then(Internal::parse) {
+            let route = Arc::clone(route);
+            self.serve_internal(session, &route, endpoint).await?;
+            return Ok(true);
+        }
+
+        if let Some(guard) = route.watcher.enter() {
+            ctx.in_flight = Some(guard);
+            return Ok(false);
+        }
+        let route = Arc::clone(route);
+        self.not_ready(session, ctx, &route).await
+    }
+
+    /// The upstream address for a request the gate let through.
+    #[inline]
+    pub fn upstream(&self, ctx: &GateContext) -> Option<SocketAddr> {
+        self.routes.get(ctx.route?)?.upstream.address()
+    }
+
+    async fn not_ready(
+        &self,
+        session: &mut Session,
+        ctx: &mut GateContext,
+        route: &Route,
+    ) -> Result<bool> {
+        let request = session.req_header();
+        let path = request.uri.path();
+        if path == "/favicon.ico" {
+            respond::send(session, 204, &[("cache-control", "no-store")], Bytes::new()).await?;
+            return Ok(true);
+        }
+        if let Some(endpoint) = &route.start_endpoint {
+            if path != endpoint {
+                let detail = format!("{} is asleep and only {endpoint} may wake it", route.name);
+                respond::problem(session, 403, Some(&route.name), &detail, None).await?;
+                return Ok(true);
+            }
+        }
+        if !route.no_loading_page && page::is_browser_navigation(request) {
+            // Starts the wake in the background; a refusal (backoff) shows in the page's events.
+            let _ = route.watcher.wake();
+            let body = page::render(&route.name, &self.prefix, RETRY_AFTER_SECS);
+            let retry = RETRY_AFTER_SECS.to_string();
+            respond::send(
+                session,
+                503,
+                &[
+                    ("content-type", "text/html; charset=utf-8"),
+                    ("cache-control", "no-store"),
+                    ("retry-after", &retry),
+                    ("content-security-policy", page::CONTENT_SECURITY_POLICY),
+                    ("x-content-type-options", "nosniff"),
+                ],
+                Bytes::from(body),
+            )
+            .await?;
+            return Ok(true);
+        }
+        self.hold(session, ctx, route).await
+    }
+
+    /// Holds the request until the backend is ready, then lets it through unchanged.
+    async fn hold(
+        &self,
+        session: &mut Session,
+        ctx: &mut GateContext,
+        route: &Route,
+    ) -> Result<bool> {
+        let Some(_held) = route.hold() else {
+            let detail = format!(
+                "{} is waking up and already holds {} requests; retry shortly",
+                route.name, route.max_waiters
+            );
+            respond::problem(
+                session,
+                503,
+                Some(&route.name),
+                &detail,
+                Some(RETRY_AFTER_SECS),
+            )
+            .await?;
+            return Ok(true);
+        };
+        let watcher = &route.watcher;
+        let deadline = Instant::now() + watcher.settings().wake_timeout;
+        // Without a body to stream, the connection can be watched for a client that leaves, so
+        // its place among the waiters is released at once (the wake itself goes on).
+        let mut watch_client = session.as_downstream_mut().is_body_empty();
+        let failure = loop {
+            let wait = async {
+                let generation = watcher.wake()?;
+                watcher.wait_ready(generation, deadline).await
+            };
+            tokio::pin!(wait);
+            let result = loop {
+                tokio::select! {
+                    result = &mut wait => break result,
+                    left = session.as_downstream_mut().read_body_or_idle(true), if watch_client => {
+                        left?; // An error means the client is gone: nobody to answer.
+                        watch_client = false;
+                    }
+                }
+            };
+            if let Err(failure) = result {
+                break failure;
+            }
+            if let Some(guard) = watcher.enter() {
+                ctx.in_flight = Some(guard);
+                return Ok(false);
+            }
+            // Ready, then at once asleep again: wake once more within the deadline.
+            if Instant::now() >= deadline {
+                break WakeFailure::TimedOut {
+                    backend: watcher.backend().to_string(),
+                    timeout: watcher.settings().wake_timeout,
+                };
+            }
+        };
+        let detail = format!("{} could not be woken: {failure}", route.name);
+        respond::problem(
+            session,
+            503,
+            Some(&route.name),
+            &detail,
+            Some(failure.retry_after_secs()),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn serve_internal(
+        &self,
+        session: &mut Session,
+        route: &Route,
+        endpoint: Internal,
+    ) -> Result<()> {
+        match endpoint {
+            Internal::Script => {
+                respond::send(
+                    session,
+                    200,
+                    &[
+                        ("content-type", "text/javascript; charset=utf-8"),
+                        ("cache-control", "no-cache"),
+                    ],
+                    Bytes::from_static(page::SCRIPT.as_bytes()),
+                )
+                .await
+            }
+            Internal::Style => {
+                respond::send(
+                    session,
+                    200,
+                    &[
+                        ("content-type", "text/css; charset=utf-8"),
+                        ("cache-control", "no-cache"),
+                    ],
+                    Bytes::from_static(page::STYLE.as_bytes()),
+                )
+                .await
+            }
+            Internal::Events => sse::stream(session, route, self.clock.shutdown_signal()).await,
+            Internal::Status => {
+                let body = self.status_json(route);
+                respond::send(
+                    session,
+                    200,
+                    &[
+                        ("content-type", "application/json"),
+                        ("cache-control", "no-store"),
+                    ],
+                    Bytes::from(body),
+                )
+                .await
+            }
+        }
+    }
+
+    fn status_json(&self, route: &Route) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct StatusBody<'a> {
+            route: &'a str,
+            state: &'static str,
+            since: String,
+            sleep_in_seconds: Option<u64>,
+            error: Option<&'a str>,
+        }
+        let watcher = &route.watcher;
+        let (state, since, error) = watcher.snapshot();
+        let idle_ticks = watcher.settings().idle_ticks;
+        let sleep_in_seconds = (state == State::Ready && idle_ticks > 0).then(|| {
+            let due = watcher.last_seen() as u64 + idle_ticks as u64;
+            let left = due.saturating_sub(self.clock.now() as u64);
+            (self.clock.tick() * left as u32).as_secs()
+        });
+        serde_json::to_vec(&StatusBody {
+            route: &route.name,
+            state: state.as_str(),
+            since: humantime::format_rfc3339_seconds(since).to_string(),
+            sleep_in_seconds,
+            error: error.as_deref(),
+        })
+        .unwrap_or_default()
+    }
+}

@@ -1,0 +1,169 @@
+//! The route table: Host → route, read lock-free and without allocation on every request.
+//!
+//! The table is built once from the configuration and never changes afterwards, so readers need
+//! no synchronisation at all. Host matching ignores the port and ASCII case; the lowercased host
+//! is built in a stack buffer, not on the heap.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::watcher::{Upstream, Watcher};
+
+/// Longest host name matched (RFC 1035 allows 253 characters).
+const MAX_HOST_LEN: usize = 255;
+
+/// One route: a set of host names in front of one backend.
+pub struct Route {
+    /// Unique name from the configuration.
+    pub name: String,
+    /// The backend's watcher (shared with other routes naming the same backend).
+    pub watcher: Arc<Watcher>,
+    /// Where this route's requests go once the backend is up.
+    pub upstream: Arc<Upstream>,
+    /// Only this path may wake the backend.
+    pub start_endpoint: Option<String>,
+    /// Hold browsers like every other client instead of showing the loading page.
+    pub no_loading_page: bool,
+    /// Most requests held at once while waking.
+    pub max_waiters: usize,
+    waiters: AtomicUsize,
+}
+
+impl Route {
+    /// A route with no request held.
+    pub fn new(
+        name: String,
+        watcher: Arc<Watcher>,
+        upstream: Arc<Upstream>,
+        start_endpoint: Option<String>,
+        no_loading_page: bool,
+        max_waiters: usize,
+    ) -> Self {
+        Self {
+            name,
+            watcher,
+            upstream,
+            start_endpoint,
+            no_loading_page,
+            max_waiters,
+            waiters: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts one more held request, or returns `None` if `max_waiters` are already held.
+    pub fn hold(&self) -> Option<HeldRequest<'_>> {
+        let before = self.waiters.fetch_add(1, Ordering::AcqRel);
+        let held = HeldRequest(&self.waiters);
+        (before < self.max_waiters).then_some(held)
+    }
+
+    /// How many requests are held right now.
+    pub fn held(&self) -> usize {
+        self.waiters.load(Ordering::Acquire)
+    }
+}
+
+/// One held request; dropping it releases its place.
+pub struct HeldRequest<'a>(&'a AtomicUsize);
+
+impl Drop for HeldRequest<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Index of a route in the table (cheap to keep in a per-request context).
+pub type RouteId = u32;
+
+/// Every route, by index and by host.
+#[derive(Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+    hosts: HashMap<Box<str>, RouteId>,
+}
+
+impl RouteTable {
+    /// Builds the table. Host names must already be unique (the configuration checks it);
+    /// they are lowercased here.
+    pub fn new(routes: Vec<(Arc<Route>, Vec<String>)>) -> Self {
+        let mut table = Self::default();
+        for (id, (route, hosts)) in routes.into_iter().enumerate() {
+            for host in hosts {
+                table
+                    .hosts
+                    .insert(host.to_ascii_lowercase().into_boxed_str(), id as RouteId);
+            }
+            table.routes.push(route);
+        }
+        table
+    }
+
+    /// The route for a `Host` header value (port ignored, case-insensitive).
+    #[inline]
+    pub fn by_host(&self, host: &str) -> Option<(RouteId, &Arc<Route>)> {
+        let name = strip_port(host);
+        if name.len() > MAX_HOST_LEN {
+            return None;
+        }
+        let mut buffer = [0u8; MAX_HOST_LEN];
+        let lower = &mut buffer[..name.len()];
+        lower.copy_from_slice(name.as_bytes());
+        lower.make_ascii_lowercase();
+        // Lowercasing ASCII bytes keeps UTF-8 valid.
+        let lower = std::str::from_utf8(lower).ok()?;
+        let id = *self.hosts.get(lower)?;
+        Some((id, &self.routes[id as usize]))
+    }
+
+    /// The route with this index.
+    #[inline]
+    pub fn get(&self, id: RouteId) -> Option<&Arc<Route>> {
+        self.routes.get(id as usize)
+    }
+
+    /// Every route, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// `example.com:8080` → `example.com`, `[::1]:80` → `[::1]`, `example.com.` → `example.com`.
+fn strip_port(host: &str) -> &str {
+    let name = if host.starts_with('[') {
+        match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        }
+    } else {
+        match host.rfind(':') {
+            Some(colon) => &host[..colon],
+            None => host,
+        }
+    };
+    name.strip_suffix('.').unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_and_trailing_dots_are_ignored() {
+        assert_eq!(strip_port("Example.com:8080"), "Example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("example.com.:80"), "example.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}
