@@ -161,7 +161,7 @@ impl IdleTimers {
                 continue; // Stale: re-armed since.
             }
             let watcher = &self.watchers[id];
-            if watcher.state() != State::Ready {
+            if !matches!(watcher.state(), State::Ready | State::Error) {
                 continue; // Asleep or busy waking: armed again when it becomes ready.
             }
             let idle_ticks = watcher.settings().idle_ticks as u64;

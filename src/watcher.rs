@@ -188,6 +188,8 @@ struct Control {
     consecutive_failures: u32,
     retry_at: Option<Instant>,
     wake_after_stop: bool,
+    /// What to go back to if putting the backend to sleep fails.
+    before_stop: (State, Option<Arc<str>>),
 }
 
 /// One backend's lifecycle. See the module docs.
@@ -236,6 +238,7 @@ impl Watcher {
                 consecutive_failures: 0,
                 retry_at: None,
                 wake_after_stop: false,
+                before_stop: (State::Napping, None),
             }),
             status: watch::Sender::new(Status {
                 state: State::Napping,
@@ -483,6 +486,7 @@ impl Watcher {
                 tracing::info!(backend = %self.backend, "ready");
             }
             Err(error) => {
+                let left_running = control.backend_up;
                 control.consecutive_failures += 1;
                 let backoff = self
                     .settings
@@ -498,6 +502,11 @@ impl Watcher {
                     Some(error.to_string()),
                 );
                 tracing::warn!(backend = %self.backend, %error, retry_in = ?backoff, "wake failed");
+                drop(control);
+                if left_running {
+                    // A backend left running by a failed wake falls asleep like an idle one.
+                    self.idle.arm(self.id);
+                }
             }
         }
     }
@@ -637,19 +646,22 @@ impl Watcher {
         }
     }
 
-    /// Moves `ready → stopping` if nothing is in flight. The caller then runs
+    /// Moves `ready` (or `error`: a failed wake may have left the backend running) to
+    /// `stopping` if nothing is in flight. The caller then runs
     /// [`put_to_sleep`](Self::put_to_sleep).
     pub fn try_begin_stop(&self) -> bool {
         let mut control = self.control.lock();
-        if self.state() != State::Ready {
+        let before = self.state();
+        if !matches!(before, State::Ready | State::Error) {
             return false;
         }
         // State first, then the count: pairs with `enter` (see there).
         self.state.store(State::Stopping as u8, Ordering::SeqCst);
         if self.in_flight.load(Ordering::SeqCst) != 0 {
-            self.state.store(State::Ready as u8, Ordering::SeqCst);
+            self.state.store(before as u8, Ordering::SeqCst);
             return false;
         }
+        control.before_stop = (before, control.error.clone());
         self.set_state(&mut control, State::Stopping, None);
         // The history ends with this backend's last `ready`: a page opened now must not act on it.
         self.events.clear();
@@ -681,7 +693,8 @@ impl Watcher {
             }
             Err(error) => {
                 // The backend keeps serving; the idle clock retries later.
-                self.set_state(&mut control, State::Ready, None);
+                let (state, previous_error) = control.before_stop.clone();
+                self.set_state(&mut control, state, previous_error);
                 tracing::warn!(backend = %self.backend, %error, "could not put to sleep");
             }
         }
