@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SOON: Duration = Duration::from_secs(15);
 
 async fn provider_for(container: &TestContainer) -> DockerProvider {
+    common::init_tracing();
     DockerProvider::new(connect(None).await.expect("engine"), &container.name)
 }
 
@@ -70,6 +71,7 @@ fn spawn_events(
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
 ) {
+    common::init_tracing();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     (stop, tokio::spawn(events.run(shutdown)))
 }
@@ -266,16 +268,20 @@ async fn stop_a_paused_container() {
         c.wait_http_async(SOON).await;
         c.pause_async().await;
     }
+    // Both handle SIGTERM once thawed: neither may sit out the timeout.
+    let began = Instant::now();
     provider_for(&a)
         .await
-        .stop(None, Duration::from_secs(5))
+        .stop(None, Duration::from_secs(10))
         .await
         .expect("stop paused, engine's default signal");
     provider_for(&b)
         .await
-        .stop(Some("SIGTERM"), Duration::from_secs(5))
+        .stop(Some("SIGTERM"), Duration::from_secs(10))
         .await
         .expect("stop paused, explicit signal");
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(8), "paused stops took {took:?}");
     assert_eq!(a.status_async().await, "exited");
     assert_eq!(b.status_async().await, "exited");
 }
@@ -621,4 +627,115 @@ async fn shutdown_ends_run_promptly() {
         .await
         .expect("returns at once");
     assert!(quiet.all().is_empty());
+}
+
+#[tokio::test]
+async fn a_signalled_stop_is_not_undone_by_a_restart_policy() {
+    let c = TestContainer::builder("stop-restart")
+        .restart("always")
+        .cmd(&[
+            "sh",
+            "-c",
+            "trap 'exit 42' INT; echo ready; sleep 3600 & wait",
+        ])
+        .create_async()
+        .await;
+    c.start_async().await;
+    c.wait_for_log_async("ready", SOON).await;
+    provider_for(&c)
+        .await
+        .stop(Some("SIGINT"), Duration::from_secs(5))
+        .await
+        .expect("stop");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.status_async().await, "exited", "restarted by its policy");
+    assert_eq!(c.exit_code(), 42);
+}
+
+/// The fixtures themselves: the image serves its page, the CGI checks a large body, the event
+/// counter follows a name through recreation (plain sync test: the sync API).
+#[test]
+fn fixtures_work() {
+    let c = TestContainer::http("fixtures");
+    let events = EventCounter::new(&c.name);
+    c.start();
+    let addr = c.wait_http(SOON);
+    assert_eq!(c.base_url(), format!("http://{addr}"));
+
+    let body: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let expected = {
+        use std::io::Write;
+        let mut md5 = std::process::Command::new("md5sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("md5sum on the host");
+        md5.stdin.take().unwrap().write_all(&body).unwrap();
+        let out = md5.wait_with_output().unwrap();
+        let out = String::from_utf8(out.stdout).unwrap();
+        format!("{} {}", out.split_whitespace().next().unwrap(), body.len())
+    };
+    let response = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "POST /cgi-bin/sum HTTP/1.0\r\nHost: t\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response
+    };
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("text/plain"), "{response}");
+    assert_eq!(response.rsplit("\r\n\r\n").next().unwrap().trim(), expected);
+
+    assert!(events.wait_for("start", SOON));
+    let first_id = c.id();
+    c.recreate();
+    assert_ne!(c.id(), first_id);
+    c.start();
+    assert!(
+        events.wait_for_count("start", 2, SOON),
+        "{:?}",
+        events.actions()
+    );
+    assert_eq!(events.count("create"), 1, "{:?}", events.actions());
+    assert_eq!(events.count("destroy"), 1, "{:?}", events.actions());
+    assert_eq!(c.status(), "running");
+    c.remove();
+    assert_eq!(c.status(), "missing");
+}
+
+#[tokio::test]
+async fn an_idle_stream_outlives_the_request_timeout() {
+    // bollard's request timeout bounds the wait for response headers, not a streaming body: a
+    // quiet event stream must not be cut (and resynced) every `timeout`.
+    let c = TestContainer::http_async("idle-stream").await;
+    let recorder = Arc::new(Recorder::default());
+    let docker = connect(None)
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(1));
+    let mut events = DockerEvents::new(docker);
+    events.watch(&c.name, recorder.clone());
+    let (stop, run) = spawn_events(events);
+    let at = recorder
+        .expect_from(0, BackendEvent::Resync(BackendStatus::Stopped))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.start_async().await;
+    recorder.expect_from(at, BackendEvent::Started).await;
+    let resyncs = recorder
+        .all()
+        .iter()
+        .filter(|e| matches!(e, BackendEvent::Resync(_)))
+        .count();
+    assert_eq!(resyncs, 1, "reconnected: {:?}", recorder.all());
+    stop.send(true).unwrap();
+    run.await.unwrap();
 }

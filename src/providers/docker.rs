@@ -656,6 +656,11 @@ impl DockerEvents {
     /// watched container, then maps events to observers; on error or end of stream, reconnects
     /// with backoff (100 ms doubling to 5 s, reset after a healthy period) and resyncs again.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        if self.watched.is_empty() {
+            // Nothing to tell anyone: no subscription at all.
+            shutdown_requested(&mut shutdown).await;
+            return;
+        }
         let mut backoff = BACKOFF_INITIAL;
         let mut attempt: u64 = 0;
         loop {
