@@ -97,7 +97,8 @@ pub async fn connect(host: Option<&str>) -> Result<Docker, ProviderError> {
         .negotiate_version()
         .await
         .map_err(|e| ProviderError::Api {
-            action: "negotiate the API version with",
+            // The first request: this is where an unreachable engine shows.
+            action: "connect to",
             backend: shown.clone(),
             message: e.to_string(),
         })?;
@@ -533,7 +534,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A stream that stayed up this long was healthy: the next failure starts the backoff afresh.
 const HEALTHY_PERIOD: Duration = Duration::from_secs(10);
 /// How far back `since` reaches on subscription, so events between the subscription reaching
-/// the engine and the resync are replayed rather than lost.
+/// the engine and the resync are replayed rather than lost. Measured on this host's clock: an
+/// engine on another host whose clock is ahead by more than this could skip the few events of
+/// that window (the resync still reports the state right after).
 const SINCE_MARGIN: Duration = Duration::from_secs(1);
 /// Containers inspected at once during a resync.
 const RESYNC_CONCURRENCY: usize = 8;
