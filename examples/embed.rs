@@ -72,7 +72,10 @@ fn main() {
         args.drain(at..=at + 1);
     }
     let mut opt = Opt::parse_from_args(args);
-    let path = opt.conf.take().unwrap_or_else(|| "conf/idlewatcher.yaml".into());
+    let path = opt
+        .conf
+        .take()
+        .unwrap_or_else(|| "conf/idlewatcher.yaml".into());
     let config = config::load(path.as_ref()).unwrap_or_else(|errors| {
         eprintln!("{path}:\n{errors}");
         std::process::exit(1)

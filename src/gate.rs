@@ -17,7 +17,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use crate::idle::IdleClock;
 use crate::page;
+use crate::release::ReleaseTicket;
 use crate::respond;
 use crate::routes::{Route, RouteId, RouteTable};
 use crate::sse;
@@ -41,6 +42,9 @@ const RETRY_AFTER_SECS: u64 = 2;
 pub struct GateContext {
     route: Option<RouteId>,
     in_flight: Option<InFlight>,
+    released_from_hold: bool,
+    retries: u32,
+    release: Option<ReleaseTicket>,
 }
 
 impl GateContext {
@@ -48,6 +52,59 @@ impl GateContext {
     pub fn route(&self) -> Option<RouteId> {
         self.route
     }
+
+    /// Tells the gate the upstream answered (call it from `ProxyHttp::upstream_response_filter`):
+    /// a request released from a hold gives its slow-start place back and widens the window
+    /// (see [`release`](crate::release)).
+    pub fn upstream_responded(&mut self) {
+        if let Some(ticket) = self.release.as_mut() {
+            ticket.responded();
+        }
+    }
+
+    /// Decides whether a failed upstream attempt is retried (call it from `ProxyHttp`'s
+    /// `fail_to_connect` and `error_while_proxy`; returns whether it set the error retryable).
+    ///
+    /// A backend that just woke receives every held request at once, and small servers drop
+    /// or reset connections beyond their listen backlog. Requests released from a hold that are
+    /// idempotent and whose body is fully replayable are therefore retried a few times, with a
+    /// jittered backoff (see [`retry_delay`](Self::retry_delay)). Other requests keep Pingora's
+    /// own policy.
+    pub fn retry_after_wake(&mut self, session: &Session, error: &mut pingora::Error) -> bool {
+        let request = session.req_header();
+        let eligible = self.released_from_hold
+            && self.retries < MAX_RELEASE_RETRIES
+            && request.method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        if eligible {
+            self.retries += 1;
+            error.set_retry(true);
+        }
+        eligible
+    }
+
+    /// How long to wait before the next attempt (zero for the first attempt): 10 ms doubling
+    /// per retry, with jitter so retried requests do not arrive together again.
+    pub fn retry_delay(&self) -> Duration {
+        if self.retries == 0 {
+            return Duration::ZERO;
+        }
+        let base = 10u64 << (self.retries - 1).min(8);
+        let jitter = fastrand_below(base);
+        Duration::from_millis(base + jitter)
+    }
+}
+
+/// At most this many extra attempts for a request released from a hold.
+const MAX_RELEASE_RETRIES: u32 = 6;
+
+/// A cheap, good-enough random number below `bound` (for jitter only).
+fn fastrand_below(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(bound);
+    hasher.finish() % bound.max(1)
 }
 
 /// What to do with a Host no route claims.
@@ -242,7 +299,21 @@ impl IdleGate {
             }
             if let Some(guard) = watcher.enter() {
                 ctx.in_flight = Some(guard);
-                return Ok(false);
+                ctx.released_from_hold = true;
+                let window = watcher.release_window();
+                match tokio::time::timeout_at(deadline.into(), window.enter()).await {
+                    Ok(ticket) => {
+                        ctx.release = Some(ticket);
+                        return Ok(false);
+                    }
+                    Err(_) => {
+                        ctx.in_flight = None;
+                        break WakeFailure::TimedOut {
+                            backend: watcher.backend().to_string(),
+                            timeout: watcher.settings().wake_timeout,
+                        };
+                    }
+                }
             }
             // Ready, then at once asleep again: wake once more within the deadline.
             if Instant::now() >= deadline {

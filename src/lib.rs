@@ -47,6 +47,7 @@
 //! | [`gate`] | what a request gets while its backend is not ready |
 //! | [`watcher`] | one backend's state, singleflight wake, sleep |
 //! | [`readiness`] | probing the backend from the gateway |
+//! | [`release`] | slow start of held requests into a backend that just woke |
 //! | [`events`] | wake events, history and live |
 //! | [`sse`], [`page`], [`respond`] | the event stream, the loading page, framed answers |
 //! | [`idle`], [`wheel`] | the idle clock and its timing wheel |
@@ -61,6 +62,7 @@ pub mod page;
 pub mod providers;
 pub mod proxy;
 pub mod readiness;
+pub mod release;
 pub mod respond;
 pub mod routes;
 pub mod sse;
@@ -85,6 +87,10 @@ use crate::routes::{Route, RouteTable};
 use crate::watcher::{BackendSettings, Upstream, UpstreamTarget, Watcher};
 
 pub use crate::gate::{GateContext, IdleGate, UnknownHost};
+
+/// Connecting to a backend that answered its readiness probe should be quick; a SYN lost to a
+/// full listen backlog is retried by the kernel after 1 s, so allow a few of those.
+const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the gateway could not be assembled from a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
@@ -205,7 +211,9 @@ impl IdleWatcher {
                 "idlewatcher: the request has no ready upstream",
             )
         })?;
-        Ok(Box::new(HttpPeer::new(address, false, String::new())))
+        let mut peer = HttpPeer::new(address, false, String::new());
+        peer.options.connection_timeout = Some(UPSTREAM_CONNECT_TIMEOUT);
+        Ok(Box::new(peer))
     }
 
     /// The gate itself (route table, internal endpoints).

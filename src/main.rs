@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    raise_open_file_limit();
     let mut opt = Opt::parse_args();
     let path = opt
         .conf
@@ -88,4 +89,23 @@ fn main() -> ExitCode {
         "idlewatcher started"
     );
     server.run_forever()
+}
+
+/// Raises the soft limit on open files to the hard limit: every held request and every event
+/// subscriber is a socket, and 1024 (a common soft default) is far too few for a gateway.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("could not raise the open file limit");
+            }
+        }
+    }
 }

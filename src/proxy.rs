@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
+use pingora::http::ResponseHeader;
 use pingora::proxy::{http_proxy_service_with_name, HttpProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::Result;
+use pingora::{Error, Result};
 
 use crate::gate::GateContext;
 use crate::IdleWatcher;
@@ -62,6 +63,53 @@ impl ProxyHttp for IdleProxy {
         _session: &mut Session,
         ctx: &mut GateContext,
     ) -> Result<Box<HttpPeer>> {
+        let delay = ctx.retry_delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.idle.upstream_peer(ctx)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut GateContext,
+    ) -> Result<()> {
+        ctx.upstream_responded();
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut GateContext,
+        mut error: Box<Error>,
+    ) -> Box<Error> {
+        ctx.retry_after_wake(session, &mut error);
+        error
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        error: Box<Error>,
+        ctx: &mut GateContext,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut error = error.more_context(format!("Peer: {peer}"));
+        if !ctx.retry_after_wake(session, &mut error) {
+            // Pingora's own policy: retry only what failed on a reused connection.
+            if !session.req_header().method.is_idempotent()
+                || session.as_ref().retry_buffer_truncated()
+            {
+                error.set_retry(false);
+            } else {
+                error.retry.decide_reuse(client_reused);
+            }
+        }
+        error
     }
 }

@@ -31,6 +31,7 @@ use crate::events::{EventLog, WakeEventKind};
 use crate::idle::IdleClock;
 use crate::providers::{BackendEvent, BackendObserver, BackendStatus, Provider, ProviderError};
 use crate::readiness;
+use crate::release::ReleaseWindow;
 
 /// Longest pause before a failed backend may be woken again.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
@@ -188,6 +189,8 @@ struct Control {
     consecutive_failures: u32,
     retry_at: Option<Instant>,
     wake_after_stop: bool,
+    /// The current wake's slow start for released requests.
+    release: ReleaseWindow,
     /// What to go back to if putting the backend to sleep fails.
     before_stop: (State, Option<Arc<str>>),
 }
@@ -238,6 +241,7 @@ impl Watcher {
                 consecutive_failures: 0,
                 retry_at: None,
                 wake_after_stop: false,
+                release: ReleaseWindow::default(),
                 before_stop: (State::Napping, None),
             }),
             status: watch::Sender::new(Status {
@@ -375,6 +379,7 @@ impl Watcher {
         control.generation += 1;
         control.backend_up = false;
         control.wake_after_stop = false;
+        control.release = ReleaseWindow::default();
         let generation = control.generation;
         self.set_state(control, State::Starting, None);
         self.events.clear();
@@ -387,6 +392,11 @@ impl Watcher {
             tokio::spawn(this.run_wake(generation));
         }
         generation
+    }
+
+    /// The slow-start window through which requests held during the last wake are released.
+    pub fn release_window(&self) -> ReleaseWindow {
+        self.control.lock().release.clone()
     }
 
     /// Waits until the backend is ready, the wake of `generation` (or a later one) fails, or

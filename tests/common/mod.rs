@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod gateway;
 
 /// Sends the library's `tracing` output to the test harness (shown for failed tests, or with
 /// `--nocapture`); level from `RUST_LOG`, default `info`. Safe to call from every test.

@@ -1,0 +1,91 @@
+//! Slow start for a backend that just woke.
+//!
+//! When a wake completes, every held request is released at once. A freshly started server
+//! often has a tiny listen backlog (busybox httpd: 9) and cold caches; thousands of simultaneous
+//! connections overflow its accept queue, and the kernel then silently drops connections that
+//! the gateway believes are open — they hang for minutes before a reset. So released requests
+//! pass through a window, like TCP's slow start: [`INITIAL_WINDOW`] may be on their way to the
+//! backend at once, and every response received opens one more place (the window doubles each
+//! round trip), so a capable backend is at full concurrency within a few round trips while a
+//! small one is never flooded. Only requests released from a hold use it; traffic arriving after
+//! the backend is ready goes straight through.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Requests released at once before the backend answered any.
+pub const INITIAL_WINDOW: usize = 8;
+
+/// One wake's release window. Cheap to clone (shared by every waiter of that wake).
+#[derive(Clone)]
+pub struct ReleaseWindow {
+    places: Arc<Semaphore>,
+}
+
+impl Default for ReleaseWindow {
+    fn default() -> Self {
+        Self {
+            places: Arc::new(Semaphore::new(INITIAL_WINDOW)),
+        }
+    }
+}
+
+impl ReleaseWindow {
+    /// Waits for a place in the window.
+    pub async fn enter(&self) -> ReleaseTicket {
+        let permit = Arc::clone(&self.places).acquire_owned().await.ok();
+        ReleaseTicket {
+            permit,
+            places: Arc::clone(&self.places),
+        }
+    }
+
+    /// How many places are free right now.
+    pub fn available(&self) -> usize {
+        self.places.available_permits()
+    }
+}
+
+/// A released request's place in the window. Dropped without a response (the request failed
+/// or was abandoned), the place is returned; after [`responded`](Self::responded), the window
+/// also grows by one.
+pub struct ReleaseTicket {
+    permit: Option<OwnedSemaphorePermit>,
+    places: Arc<Semaphore>,
+}
+
+impl ReleaseTicket {
+    /// The backend answered (response headers arrived): give the place back and open one more.
+    pub fn responded(&mut self) {
+        if self.permit.take().is_some() {
+            self.places.add_permits(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn responses_grow_the_window_and_failures_do_not() {
+        let window = ReleaseWindow::default();
+        let mut tickets = Vec::new();
+        for _ in 0..INITIAL_WINDOW {
+            tickets.push(window.enter().await);
+        }
+        assert_eq!(window.available(), 0);
+        // A failed request gives its place back, no more.
+        drop(tickets.pop());
+        assert_eq!(window.available(), 1);
+        tickets.push(window.enter().await);
+        // A response gives the place back and opens another.
+        for ticket in &mut tickets {
+            ticket.responded();
+        }
+        assert_eq!(window.available(), 2 * INITIAL_WINDOW);
+        drop(tickets);
+        assert_eq!(window.available(), 2 * INITIAL_WINDOW);
+    }
+}

@@ -1,0 +1,233 @@
+//! A real `idlewatcher` gateway process for integration tests: the binary built by cargo for
+//! this test run, on a free loopback port, with a config written by the test.
+//!
+//! ```ignore
+//! let gateway = Gateway::start(&format!("
+//! idlewatcher:
+//!   listen: [\"@LISTEN@\"]
+//!   routes:
+//!     - name: app
+//!       hosts: [app.test]
+//!       docker: {{ container: {name} }}
+//!       port: 80
+//! "));
+//! let body = gateway.client().get(gateway.url("app.test", "/")).send().await?;
+//! ```
+//!
+//! `@LISTEN@` is replaced by the chosen `127.0.0.1:PORT`. Pingora's server keys are added when the
+//! text has none (`threads: 2`, short shutdown periods). The process gets SIGTERM when the
+//! fixture drops; its log is printed if the test failed.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The gateway binary cargo built for this test run.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_idlewatcher");
+
+/// Server keys prepended to a test config that sets none.
+const SERVER_KEYS: &str = "version: 1\nthreads: 2\ngrace_period_seconds: 0\n\
+                           graceful_shutdown_timeout_seconds: 1\n";
+
+/// A free loopback port (bound, read, released: good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// Writes `text` to a fresh file in a temporary directory that lives as long as the returned
+/// guard.
+pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("idlewatcher.yaml");
+    std::fs::write(&path, text).expect("config written");
+    (dir, path)
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    /// Where it listens.
+    pub address: SocketAddr,
+    dir: tempfile::TempDir,
+    log_path: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway on `config` (see the module docs) and waits until it accepts
+    /// connections. Panics with the gateway's log if it exits or never listens.
+    pub fn start(config: &str) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables (e.g. `RUST_LOG`).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
+        let address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut text = config.replace("@LISTEN@", &address.to_string());
+        if !text.contains("\nversion:") && !text.starts_with("version:") {
+            text = format!("{SERVER_KEYS}{text}");
+        }
+        let (dir, config_path) = write_config(&text);
+        let log_path = dir.path().join("gateway.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut command = Command::new(BINARY);
+        command
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "info,idlewatcher=debug")
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .stdin(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("the idlewatcher binary starts");
+        let mut gateway = Self {
+            child,
+            address,
+            dir,
+            log_path,
+        };
+        gateway.wait_listening(Duration::from_secs(20));
+        gateway
+    }
+
+    fn wait_listening(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the gateway exited ({status}) before listening:\n{}",
+                    self.logs()
+                );
+            }
+            if TcpStream::connect_timeout(&self.address, Duration::from_millis(100)).is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the gateway never listened on {}:\n{}",
+                    self.address,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `http://HOST:PORT/path` for a route host, to use with [`client`](Self::client).
+    pub fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.address.port())
+    }
+
+    /// An HTTP client that reaches every host name at this gateway (no DNS involved).
+    pub fn client(&self) -> reqwest::Client {
+        self.client_builder().build().expect("a reqwest client")
+    }
+
+    /// A client builder already pointed at this gateway, to add options to.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let address = self.address;
+        reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(FixedResolver(address)))
+            .pool_max_idle_per_host(4096)
+    }
+
+    /// The route's `status` endpoint as JSON.
+    pub async fn status(&self, host: &str) -> serde_json::Value {
+        self.client()
+            .get(self.url(host, "/.idlewatcher/status"))
+            .send()
+            .await
+            .expect("status answered")
+            .json()
+            .await
+            .expect("status is JSON")
+    }
+
+    /// Polls the route's status until its `state` is `state`, or panics after `timeout`.
+    pub async fn wait_state(&self, host: &str, state: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(host).await;
+            if status["state"] == state {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "route {host} never reached state {state}: last status {status}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log_path) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// The temporary directory holding the config and the log.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns how long it took.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        while started.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- gateway log ----\n{}\n---- end of gateway log ----",
+                self.logs()
+            );
+        }
+        if self.terminate(Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Resolves every name to the gateway's address.
+struct FixedResolver(SocketAddr);
+
+impl reqwest::dns::Resolve for FixedResolver {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let address = self.0;
+        Box::pin(async move {
+            let addresses: reqwest::dns::Addrs = Box::new(std::iter::once(address));
+            Ok(addresses)
+        })
+    }
+}
