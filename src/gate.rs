@@ -53,6 +53,12 @@ impl GateContext {
         self.route
     }
 
+    /// Whether the request was held while its backend woke (it then gets the retry policy of
+    /// [`retry_after_wake`](Self::retry_after_wake)).
+    pub fn released_from_hold(&self) -> bool {
+        self.released_from_hold
+    }
+
     /// Tells the gate the upstream answered (call it from `ProxyHttp::upstream_response_filter`):
     /// a request released from a hold gives its slow-start place back and widens the window
     /// (see [`release`](crate::release)).

@@ -10,23 +10,29 @@
 //! small one is never flooded. Only requests released from a hold use it; traffic arriving after
 //! the backend is ready goes straight through.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Requests released at once before the backend answered any.
 pub const INITIAL_WINDOW: usize = 8;
+/// The window stops growing here: enough to keep any backend busy, few enough that a small
+/// one's accept queue is not flooded.
+pub const MAX_WINDOW: usize = 64;
 
 /// One wake's release window. Cheap to clone (shared by every waiter of that wake).
 #[derive(Clone)]
 pub struct ReleaseWindow {
     places: Arc<Semaphore>,
+    size: Arc<AtomicUsize>,
 }
 
 impl Default for ReleaseWindow {
     fn default() -> Self {
         Self {
             places: Arc::new(Semaphore::new(INITIAL_WINDOW)),
+            size: Arc::new(AtomicUsize::new(INITIAL_WINDOW)),
         }
     }
 }
@@ -37,7 +43,7 @@ impl ReleaseWindow {
         let permit = Arc::clone(&self.places).acquire_owned().await.ok();
         ReleaseTicket {
             permit,
-            places: Arc::clone(&self.places),
+            window: self.clone(),
         }
     }
 
@@ -52,14 +58,20 @@ impl ReleaseWindow {
 /// also grows by one.
 pub struct ReleaseTicket {
     permit: Option<OwnedSemaphorePermit>,
-    places: Arc<Semaphore>,
+    window: ReleaseWindow,
 }
 
 impl ReleaseTicket {
     /// The backend answered (response headers arrived): give the place back and open one more.
     pub fn responded(&mut self) {
         if self.permit.take().is_some() {
-            self.places.add_permits(1);
+            let size = &self.window.size;
+            let grown = size.fetch_update(Ordering::AcqRel, Ordering::Acquire, |size| {
+                (size < MAX_WINDOW).then_some(size + 1)
+            });
+            if grown.is_ok() {
+                self.window.places.add_permits(1);
+            }
         }
     }
 }
@@ -87,5 +99,14 @@ mod tests {
         assert_eq!(window.available(), 2 * INITIAL_WINDOW);
         drop(tickets);
         assert_eq!(window.available(), 2 * INITIAL_WINDOW);
+    }
+
+    #[tokio::test]
+    async fn the_window_stops_growing_at_its_maximum() {
+        let window = ReleaseWindow::default();
+        for _ in 0..(MAX_WINDOW * 4) {
+            window.enter().await.responded();
+        }
+        assert_eq!(window.available(), MAX_WINDOW);
     }
 }
