@@ -611,7 +611,16 @@ impl Watcher {
             None,
         );
 
-        let addresses = self.resolve_addresses().await.map_err(|e| e.to_string())?;
+        let addresses = match self.resolve_addresses().await {
+            Ok(addresses) => addresses,
+            // No address is often the symptom of a process that already exited: say that.
+            Err(error) => match self.provider.status().await {
+                Ok(status) if status != BackendStatus::Running => {
+                    return Err(self.stopped_while_starting(status, &error.to_string()))
+                }
+                _ => return Err(error.to_string()),
+            },
+        };
         let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
         self.events.push(
             WakeEventKind::WaitingReady,
@@ -677,16 +686,25 @@ impl Watcher {
                 match self.provider.status().await {
                     Ok(BackendStatus::Running) | Err(_) => {}
                     Ok(other) => {
-                        return Err(format!(
-                            "{} stopped while starting ({other:?}; last probe: {failure})",
-                            self.backend
-                        ))
+                        return Err(
+                            self.stopped_while_starting(other, &format!("last probe: {failure}"))
+                        )
                     }
                 }
             }
             interval = readiness::next_interval(interval, &failure);
             tokio::time::sleep(interval).await;
         }
+    }
+
+    fn stopped_while_starting(&self, status: BackendStatus, detail: &str) -> String {
+        let what = match status {
+            BackendStatus::Stopped => "exited",
+            BackendStatus::Paused => "was paused",
+            BackendStatus::Missing => "was removed",
+            BackendStatus::Running => "is running",
+        };
+        format!("{} {what} while starting ({detail})", self.backend)
     }
 
     /// Moves `ready` (or `error`: a failed wake may have left the backend running) to
