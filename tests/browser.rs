@@ -34,10 +34,10 @@ async fn event_millis(gateway: &Gateway, host: &str, kind: &str) -> f64 {
     }
     let event: serde_json::Value = text
         .lines()
+        .rev()
         .filter_map(|line| line.strip_prefix("data: "))
         .filter_map(|data| serde_json::from_str(data).ok())
-        .filter(|event: &serde_json::Value| event["type"] == kind)
-        .last()
+        .find(|event: &serde_json::Value| event["type"] == kind)
         .unwrap_or_else(|| panic!("no {kind} event in {text}"));
     let at = humantime::parse_rfc3339(event["timestamp"].as_str().expect("timestamp"))
         .expect("RFC 3339");
