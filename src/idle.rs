@@ -164,8 +164,9 @@ impl IdleTimers {
             if !matches!(watcher.state(), State::Ready | State::Error) {
                 continue; // Asleep or busy waking: armed again when it becomes ready.
             }
-            let idle_ticks = watcher.settings().idle_ticks as u64;
-            let idle_until = watcher.last_seen() as u64 + idle_ticks;
+            let Some(idle_until) = watcher.idle_deadline() else {
+                continue;
+            };
             if idle_until > now {
                 self.insert(id, idle_until);
             } else if watcher.in_flight() > 0 {
@@ -184,13 +185,10 @@ impl IdleTimers {
         let Some(watcher) = self.watchers.get(arm.id as usize) else {
             return;
         };
-        let idle_ticks = watcher.settings().idle_ticks as u64;
-        if idle_ticks == 0 {
+        let Some(idle_until) = watcher.idle_deadline() else {
             return; // idle_timeout 0: never sleeps.
-        }
-        let deadline = (watcher.last_seen() as u64 + idle_ticks)
-            .max(arm.not_before)
-            .max(now);
+        };
+        let deadline = idle_until.max(arm.not_before).max(now);
         self.insert(arm.id as usize, deadline);
     }
 

@@ -317,6 +317,14 @@ impl Watcher {
         self.last_seen.load(Ordering::Relaxed)
     }
 
+    /// The tick from which the backend counts as idle, if it ever sleeps: `idle_timeout` after
+    /// its last traffic. The last-seen tick is coarse (the traffic may have come at its very
+    /// end), so the timeout counts from the tick after it: a backend never sleeps early.
+    pub fn idle_deadline(&self) -> Option<u64> {
+        let idle_ticks = self.settings.idle_ticks as u64;
+        (idle_ticks > 0).then(|| self.last_seen() as u64 + 1 + idle_ticks)
+    }
+
     /// How many requests (or upgraded connections) are using the backend right now.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::SeqCst)
