@@ -406,7 +406,7 @@ mod tests {
     async fn sleeps_exactly_idle_timeout_after_the_last_activity() {
         let mut f = fixture(5).await;
         f.wake().await; // Activity at tick 0.
-        // Traffic at tick 0 may have come at its very end: idle from tick 1, asleep at 1 + 5.
+                        // Traffic at tick 0 may have come at its very end: idle from tick 1, asleep at 1 + 5.
         assert_eq!(f.run_until(20).await, Some(6));
         assert_eq!(f.watcher.state(), State::Napping);
         assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
@@ -463,7 +463,10 @@ mod tests {
         let to_stop = f.timers.tick(3);
         assert_eq!(to_stop.len(), 1);
         assert_eq!(f.watcher.state(), State::Stopping);
-        assert!(f.watcher.enter().is_none(), "never proxied to a stopping backend");
+        assert!(
+            f.watcher.enter().is_none(),
+            "never proxied to a stopping backend"
+        );
         // A request arrives: it will wait for the next generation.
         let generation = f.watcher.wake().unwrap();
         let waiter = {
