@@ -190,6 +190,9 @@ impl Gateway {
     /// Sends SIGTERM and waits for the exit; returns how long it took.
     pub fn terminate(&mut self, timeout: Duration) -> Option<Duration> {
         let started = Instant::now();
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return Some(Duration::ZERO); // Already gone.
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
