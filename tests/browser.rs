@@ -7,38 +7,18 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use common::browser::Browser;
 use common::docker::{EventCounter, TestContainer, INDEX_BODY};
-use common::gateway::Gateway;
-
-/// One route `NAME.test` in front of `container`, with extra route keys.
-fn one_route(name: &str, container: &str, extra: &str) -> String {
-    format!(
-        "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes:\n    - name: {name}\n      hosts: [\"{name}.test\"]\n      docker: {{ container: {container} }}\n      port: 80\n{extra}"
-    )
-}
+use common::gateway::{one_route, Gateway};
 
 /// The timestamp (ms since the epoch) of the newest `kind` event in the route's history.
 async fn event_millis(gateway: &Gateway, host: &str, kind: &str) -> f64 {
-    let mut response = gateway
-        .client()
-        .get(gateway.url(host, "/.idlewatcher/events"))
-        .send()
-        .await
-        .expect("events answered");
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await {
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        if text.contains(&format!("\"type\":\"{kind}\"")) {
-            break;
-        }
-    }
-    let event: serde_json::Value = text
-        .lines()
+    let history = gateway
+        .event_history(host, kind, Duration::from_secs(2))
+        .await;
+    let event = history
+        .iter()
         .rev()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|data| serde_json::from_str(data).ok())
-        .find(|event: &serde_json::Value| event["type"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} event in {text}"));
+        .find(|event| event["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event in {history:?}"));
     let at = humantime::parse_rfc3339(event["timestamp"].as_str().expect("timestamp"))
         .expect("RFC 3339");
     at.duration_since(UNIX_EPOCH)

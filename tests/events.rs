@@ -7,15 +7,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::docker::{EventCounter, TestContainer, INDEX_BODY};
-use common::gateway::Gateway;
+use common::gateway::{one_route, Gateway};
 use futures_util::StreamExt;
-
-/// One route `NAME.test` in front of `container`, with extra route keys.
-fn one_route(name: &str, container: &str, extra: &str) -> String {
-    format!(
-        "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes:\n    - name: {name}\n      hosts: [\"{name}.test\"]\n      docker: {{ container: {container} }}\n      port: 80\n{extra}"
-    )
-}
 
 /// A backend that takes about `secs` seconds to start listening (so a wake can be watched).
 async fn slow_backend(prefix: &str, secs: u32) -> TestContainer {

@@ -6,14 +6,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::docker::{TestContainer, INDEX_BODY};
-use common::gateway::Gateway;
-
-/// One route `NAME.test` in front of `container`, with extra route keys.
-fn one_route(name: &str, container: &str, extra: &str) -> String {
-    format!(
-        "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes:\n    - name: {name}\n      hosts: [\"{name}.test\"]\n      docker: {{ container: {container} }}\n      port: 80\n{extra}"
-    )
-}
+use common::gateway::{one_route, Gateway};
 
 /// The clock's tick in these tests (the default).
 const TICK: Duration = Duration::from_secs(1);

@@ -10,24 +10,10 @@ use futures_util::StreamExt;
 
 /// The `type`s of the route's event history, read for at most `window`.
 async fn event_kinds(gateway: &Gateway, host: &str, until: &str, window: Duration) -> Vec<String> {
-    let response = gateway
-        .client()
-        .get(gateway.url(host, "/.idlewatcher/events"))
-        .send()
+    gateway
+        .event_history(host, until, window)
         .await
-        .expect("events answered");
-    let mut stream = response.bytes_stream();
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + window;
-    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, stream.next()).await {
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        if text.contains(&format!("\"type\":\"{until}\"")) {
-            break;
-        }
-    }
-    text.lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .iter()
         .filter_map(|event| event["type"].as_str().map(str::to_string))
         .collect()
 }

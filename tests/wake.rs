@@ -5,37 +5,15 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::docker::{EventCounter, TestContainer, INDEX_BODY};
-use common::gateway::Gateway;
-
-/// One route `NAME.test` in front of `container`, with extra route keys.
-fn one_route(name: &str, container: &str, extra: &str) -> String {
-    format!(
-        "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes:\n    - name: {name}\n      hosts: [\"{name}.test\"]\n      docker: {{ container: {container} }}\n      port: 80\n{extra}"
-    )
-}
+use common::gateway::{one_route, Gateway};
 
 /// The RFC 3339 timestamp of the first event of `kind` in the route's event history.
 async fn event_time(gateway: &Gateway, host: &str, kind: &str) -> Option<SystemTime> {
-    let response = gateway
-        .client()
-        .get(gateway.url(host, "/.idlewatcher/events"))
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await
-        .ok()?;
-    let mut text = String::new();
-    let mut response = response;
-    while let Ok(Some(chunk)) = response.chunk().await {
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        if text.contains(&format!("\"type\":\"{kind}\"")) {
-            break;
-        }
-    }
-    text.lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
-        .find(|event| event["type"] == kind)
-        .and_then(|event| humantime::parse_rfc3339(event["timestamp"].as_str()?).ok())
+    let history = gateway
+        .event_history(host, kind, Duration::from_millis(500))
+        .await;
+    let event = history.iter().find(|event| event["type"] == kind)?;
+    humantime::parse_rfc3339(event["timestamp"].as_str()?).ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
