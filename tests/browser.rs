@@ -150,7 +150,8 @@ async fn a_hostile_route_name_is_shown_as_text() {
         hostile = hostile.replace('\'', "''")
     );
     let gateway = Gateway::start(&config);
-    let browser = Browser::start().await;
+    // On a 320 px wide phone screen, to check the layout too.
+    let browser = Browser::start_narrow(320).await;
     browser
         .client
         .goto(&gateway.url("hostile.test", "/"))
@@ -176,6 +177,32 @@ async fn a_hostile_route_name_is_shown_as_text() {
     assert!(
         title.as_str().is_some_and(|t| t.contains("<img")),
         "{title}"
+    );
+    // Readable at 320 px: the viewport is that wide and nothing scrolls sideways.
+    assert_eq!(
+        browser.eval("return window.innerWidth").await,
+        serde_json::json!(320)
+    );
+    assert_eq!(
+        browser
+            .eval("return document.documentElement.scrollWidth <= window.innerWidth")
+            .await,
+        serde_json::json!(true),
+        "the page scrolls sideways at 320 px"
+    );
+    // The error (the container does not exist) is announced and the button is reachable.
+    browser
+        .wait_until(
+            "const e = document.querySelector('#error'); return e !== null && !e.hidden",
+            Duration::from_secs(5),
+            "the error is shown",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("return document.querySelector('#error').getAttribute('role')")
+            .await,
+        serde_json::json!("alert")
     );
     browser.close().await;
 }

@@ -5,7 +5,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::docker::{TestContainer, INDEX_BODY};
+use common::docker::{EventCounter, TestContainer, INDEX_BODY};
 use common::gateway::{one_route, Gateway};
 
 /// The clock's tick in these tests (the default).
@@ -241,4 +241,27 @@ async fn a_request_during_a_slow_stop_is_answered_after_the_restart() {
         asked.elapsed()
     );
     assert_eq!(container.status_async().await, "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_started_by_hand_is_idle_timed_too() {
+    let container = TestContainer::http_async("idle-adopt").await;
+    let engine = EventCounter::new(&container.name);
+    let gateway = Gateway::start(&one_route(
+        "adopt",
+        &container.name,
+        "      idle_timeout: 2s\n",
+    ));
+    container.start_async().await;
+    let started = Instant::now();
+    gateway
+        .wait_state("adopt.test", "ready", Duration::from_secs(10))
+        .await;
+    // No traffic at all: asleep about idle_timeout after it was adopted.
+    let seen = wait_status(&container, "exited", IDLE + 3 * TICK + SLACK).await;
+    assert!(seen - started >= IDLE, "asleep before idle_timeout");
+    assert_eq!(engine.count("start"), 1, "only the start made by hand");
+    gateway
+        .wait_state("adopt.test", "napping", Duration::from_secs(5))
+        .await;
 }

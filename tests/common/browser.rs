@@ -22,6 +22,16 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium. Panics with installation advice if either
     /// is missing (`make test` installs them).
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A browser whose viewport is `width` CSS pixels wide (a phone), through Chromium's
+    /// device emulation.
+    pub async fn start_narrow(width: u32) -> Self {
+        Self::start_with(Some(width)).await
+    }
+
+    async fn start_with(width: Option<u32>) -> Self {
         let port = free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -44,6 +54,11 @@ impl Browser {
                 "--host-resolver-rules=MAP *.test 127.0.0.1",
             ]
         });
+        if let Some(width) = width {
+            options["mobileEmulation"] = json!({
+                "deviceMetrics": { "width": width, "height": 640, "pixelRatio": 1.0 }
+            });
+        }
         if std::path::Path::new("/usr/bin/chromium").exists() {
             options["binary"] = json!("/usr/bin/chromium");
         }
