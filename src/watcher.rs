@@ -758,6 +758,7 @@ impl Watcher {
             Err(error) => {
                 // The backend keeps serving; the idle clock retries later.
                 let (state, previous_error) = control.before_stop.clone();
+                control.wake_after_stop = false; // Requests that came meanwhile find it up.
                 self.set_state(&mut control, state, previous_error);
                 tracing::warn!(backend = %self.backend, %error, "could not put to sleep");
             }
@@ -786,6 +787,19 @@ impl Watcher {
         );
     }
 
+    /// Naps if the backend really is down and nothing changed since generation `generation`.
+    async fn confirm_stopped(&self, generation: u64) {
+        let status = match self.provider.status().await {
+            Ok(BackendStatus::Running) | Err(_) => return,
+            Ok(status) => status,
+        };
+        let mut control = self.control.lock();
+        if control.generation == generation && self.state() == State::Ready {
+            tracing::debug!(backend = %self.backend, ?status, "stopped outside idlewatcher");
+            self.nap(&mut control, "was stopped outside idlewatcher");
+        }
+    }
+
     fn adopt(&self, control: &mut Control) {
         tracing::info!(backend = %self.backend, "started outside idlewatcher: adopting");
         control.retry_at = None;
@@ -806,10 +820,17 @@ impl BackendObserver for Watcher {
                 self.adopt(&mut control)
             }
             (
-                BackendEvent::Stopped
-                | BackendEvent::Resync(BackendStatus::Stopped | BackendStatus::Paused),
+                BackendEvent::Resync(BackendStatus::Stopped | BackendStatus::Paused),
                 State::Ready,
             ) => self.nap(&mut control, "was stopped outside idlewatcher"),
+            // Events can arrive late (the `die` of our own last stop, after a new wake already
+            // made the backend ready again): believe the engine's current status, not the event.
+            (BackendEvent::Stopped, State::Ready) => {
+                let generation = control.generation;
+                if let Some(this) = self.this.upgrade() {
+                    tokio::spawn(async move { this.confirm_stopped(generation).await });
+                }
+            }
             (
                 BackendEvent::Resync(BackendStatus::Stopped | BackendStatus::Paused),
                 State::Error,
