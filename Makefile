@@ -5,9 +5,10 @@ CARGO       ?= cargo
 CONFIG      ?= conf/idlewatcher.yaml
 BUILD_DEPS  := cmake
 TEST_DEPS   := cmake busybox-static chromium chromium-driver file
+DEMO_DEPS   := cmake busybox-static file
 BENCH_DEPS  := cmake busybox-static wrk nginx-light file
 
-.PHONY: run test lint demo bench build deps-build deps-test deps-bench clean-test-containers
+.PHONY: run test lint demo bench build deps-build deps-test deps-demo deps-bench clean-test-containers
 
 run: deps-build
 	$(CARGO) run --release --bin idlewatcher -- -c $(CONFIG)
@@ -26,7 +27,8 @@ lint: deps-build
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 # A tiny busybox container behind the gateway, asleep until the first request.
-demo: deps-test build
+demo: deps-demo
+	$(CARGO) build --release --bin idlewatcher
 	scripts/build-demo-image.sh
 	@docker rm -f idlewatcher-demo >/dev/null 2>&1 || true
 	docker create --name idlewatcher-demo idlewatcher-demo:latest >/dev/null
@@ -46,6 +48,9 @@ deps-build:
 
 deps-test:
 	@scripts/ensure-packages.sh $(TEST_DEPS)
+
+deps-demo:
+	@scripts/ensure-packages.sh $(DEMO_DEPS)
 
 deps-bench:
 	@scripts/ensure-packages.sh $(BENCH_DEPS)
