@@ -190,6 +190,10 @@ impl Gateway {
     /// Sends SIGTERM and waits for the exit; returns how long it took.
     pub fn terminate(&mut self, timeout: Duration) -> Option<Duration> {
         let started = Instant::now();
+        if let Ok(Some(_)) = self.child.try_wait() {
+            // Already exited (and reaped): its pid may belong to another process by now.
+            return Some(Duration::ZERO);
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
