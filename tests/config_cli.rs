@@ -400,6 +400,7 @@ fn run_gateway_expecting_no_listener(
     let mut child = Command::new(BINARY)
         .arg("-c")
         .arg(path)
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -432,12 +433,24 @@ fn run_gateway_expecting_no_listener(
         refused,
         "case {case:?}: something accepts connections on {address} after the gateway exited"
     );
+    let stderr = std::fs::read(&stderr_path).expect("stderr read");
+    let log = String::from_utf8_lossy(&stderr);
+    for sign in SERVER_STARTED {
+        assert!(
+            !log.contains(sign),
+            "case {case:?}: the gateway started its server on a bad config ({sign:?} logged):\n{log}"
+        );
+    }
     Output {
         status,
         stdout: Vec::new(),
-        stderr: std::fs::read(&stderr_path).expect("stderr read"),
+        stderr,
     }
 }
+
+/// What the gateway logs (at `RUST_LOG=info`) once it gets as far as starting its server; the
+/// control in [`a_valid_config_starts_a_listener`] shows these do appear when it does.
+const SERVER_STARTED: &[&str] = &["idlewatcher started", "Server starting", "Starting service"];
 
 #[test]
 fn every_bad_config_is_rejected_naming_route_and_key_and_never_listens() {
@@ -625,5 +638,57 @@ fn the_shipped_configs_pass_the_check() {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+}
+
+/// The control for the "never listens" checks above: on a valid config the same binary, run the
+/// same way, does listen on the port and does log that its server started.
+#[test]
+fn a_valid_config_starts_a_listener() {
+    let address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    // No routes: no Docker engine needed.
+    let text = config_text(
+        "version: 1\nthreads: 1\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n\
+         idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes: []\n",
+        address,
+    );
+    let (dir, path) = write_config(&text);
+    let stderr_path = dir.path().join("stderr");
+    let mut child = Command::new(BINARY)
+        .arg("-c")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("the idlewatcher binary starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listened = loop {
+        if TcpStream::connect_timeout(&address, Duration::from_millis(50)).is_ok() {
+            break true;
+        }
+        if child.try_wait().expect("try_wait").is_some() || Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let exit_deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > exit_deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(listened, "the gateway never listened on {address}:\n{log}");
+    for sign in SERVER_STARTED {
+        assert!(log.contains(sign), "{sign:?} not logged:\n{log}");
     }
 }
