@@ -5,11 +5,10 @@
 //! `cargo bench --bench wheel -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Before the criterion benches, `main` prints the live heap bytes per route of each approach,
-//! measured with the counting global allocator below (live bytes after arming minus before, / N).
+//! measured with the counting global allocator of `benches/common` (live bytes after arming minus
+//! before, / N).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
@@ -17,51 +16,12 @@ use idlewatcher::wheel::{Expired, Tick, TimingWheel};
 use tokio::task::JoinSet;
 use tokio_util::time::DelayQueue;
 
-/// Counts the bytes currently allocated (not a high-water mark): enough to measure what an
-/// approach keeps per armed route. One relaxed atomic per (de)allocation, same for all contenders.
-struct CountingAllocator;
-
-static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to `System` unchanged; only counts sizes on the side.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = System.alloc(layout);
-        if !ptr.is_null() {
-            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let ptr = System.alloc_zeroed(layout);
-        if !ptr.is_null() {
-            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new = System.realloc(ptr, layout, new_size);
-        if !new.is_null() {
-            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
-            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        new
-    }
-}
+mod common;
 
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
+static GLOBAL: common::CountingAllocator = common::CountingAllocator;
 
-fn live_bytes() -> usize {
-    LIVE_BYTES.load(Ordering::Relaxed)
-}
+use common::live_bytes;
 
 /// Idle timeouts of the workload: every route is due within 5 minutes (tick = 1 s).
 const HORIZON: u64 = 300;

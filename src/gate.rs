@@ -400,12 +400,13 @@ impl IdleGate {
         }
         let watcher = &route.watcher;
         let (state, since, error) = watcher.snapshot();
-        let idle_ticks = watcher.settings().idle_ticks;
-        let sleep_in_seconds = (state == State::Ready && idle_ticks > 0).then(|| {
-            let due = watcher.last_seen() as u64 + idle_ticks as u64;
-            let left = due.saturating_sub(self.clock.now() as u64);
-            (self.clock.tick() * left as u32).as_secs()
-        });
+        let sleep_in_seconds = match (state, watcher.idle_deadline()) {
+            (State::Ready, Some(due)) => {
+                let left = due.saturating_sub(self.clock.now() as u64);
+                Some((self.clock.tick() * left as u32).as_secs())
+            }
+            _ => None,
+        };
         serde_json::to_vec(&StatusBody {
             route: &route.name,
             state: state.as_str(),

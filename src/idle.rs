@@ -164,8 +164,9 @@ impl IdleTimers {
             if !matches!(watcher.state(), State::Ready | State::Error) {
                 continue; // Asleep or busy waking: armed again when it becomes ready.
             }
-            let idle_ticks = watcher.settings().idle_ticks as u64;
-            let idle_until = watcher.last_seen() as u64 + idle_ticks;
+            let Some(idle_until) = watcher.idle_deadline() else {
+                continue;
+            };
             if idle_until > now {
                 self.insert(id, idle_until);
             } else if watcher.in_flight() > 0 {
@@ -184,13 +185,10 @@ impl IdleTimers {
         let Some(watcher) = self.watchers.get(arm.id as usize) else {
             return;
         };
-        let idle_ticks = watcher.settings().idle_ticks as u64;
-        if idle_ticks == 0 {
+        let Some(idle_until) = watcher.idle_deadline() else {
             return; // idle_timeout 0: never sleeps.
-        }
-        let deadline = (watcher.last_seen() as u64 + idle_ticks)
-            .max(arm.not_before)
-            .max(now);
+        };
+        let deadline = idle_until.max(arm.not_before).max(now);
         self.insert(arm.id as usize, deadline);
     }
 
@@ -275,5 +273,213 @@ impl IdleTicker {
 impl BackgroundService for IdleTicker {
     async fn start(&self, shutdown: ShutdownWatch) {
         self.run(shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HealthCheck, StopMethod};
+    use crate::providers::{BackendStatus, Provider, ProviderError};
+    use crate::watcher::{BackendSettings, Upstream, UpstreamTarget};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::atomic::{AtomicBool, AtomicU32};
+
+    /// A backend that only counts what it is asked to do.
+    #[derive(Default)]
+    struct FakeBackend {
+        running: AtomicBool,
+        starts: AtomicU32,
+        stops: AtomicU32,
+        fail_stops: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Provider for FakeBackend {
+        fn describe(&self) -> &str {
+            "fake backend"
+        }
+        async fn status(&self) -> Result<BackendStatus, ProviderError> {
+            Ok(if self.running.load(Ordering::SeqCst) {
+                BackendStatus::Running
+            } else {
+                BackendStatus::Stopped
+            })
+        }
+        async fn start(&self) -> Result<(), ProviderError> {
+            self.starts.fetch_add(1, Ordering::SeqCst);
+            self.running.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn stop(&self, _: Option<&str>, _: Duration) -> Result<(), ProviderError> {
+            if self.fail_stops.load(Ordering::SeqCst) {
+                return Err(ProviderError::Api {
+                    action: "stop",
+                    backend: "fake backend".into(),
+                    message: "refused".into(),
+                });
+            }
+            self.stops.fetch_add(1, Ordering::SeqCst);
+            self.running.store(false, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn kill(&self, _: Option<&str>) -> Result<(), ProviderError> {
+            self.stop(None, Duration::ZERO).await
+        }
+        async fn pause(&self) -> Result<(), ProviderError> {
+            self.stop(None, Duration::ZERO).await
+        }
+        async fn unpause(&self) -> Result<(), ProviderError> {
+            self.start().await
+        }
+        async fn address(&self) -> Result<IpAddr, ProviderError> {
+            Ok(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        }
+    }
+
+    struct Fixture {
+        clock: Arc<IdleClock>,
+        timers: IdleTimers,
+        watcher: Arc<Watcher>,
+        backend: Arc<FakeBackend>,
+        _listener: tokio::net::TcpListener,
+    }
+
+    /// A watcher over a fake backend whose "port" is a real listener (the probe connects).
+    async fn fixture(idle_ticks: u32) -> Fixture {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let clock = IdleClock::new(Duration::from_secs(1));
+        let backend = Arc::new(FakeBackend::default());
+        let upstream = Arc::new(Upstream::new(
+            UpstreamTarget::BackendPort(port),
+            HealthCheck::Tcp,
+        ));
+        let watcher = Watcher::new(
+            0,
+            backend.clone(),
+            BackendSettings {
+                idle_ticks,
+                wake_timeout: Duration::from_secs(5),
+                stop_method: StopMethod::Stop,
+                stop_signal: None,
+                stop_timeout: Duration::from_secs(1),
+                retry_backoff: Duration::from_millis(100),
+            },
+            Vec::new(),
+            vec![upstream],
+            clock.clone(),
+        );
+        let timers = IdleTimers::new(clock.clone(), vec![watcher.clone()]);
+        Fixture {
+            clock,
+            timers,
+            watcher,
+            backend,
+            _listener: listener,
+        }
+    }
+
+    impl Fixture {
+        async fn wake(&self) {
+            let generation = self.watcher.wake().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            self.watcher.wait_ready(generation, deadline).await.unwrap();
+        }
+
+        /// Ticks from the clock's current tick + 1 up to `until`; returns the first tick at
+        /// which a stop was handed out (and the stop itself, done).
+        async fn run_until(&mut self, until: Tick) -> Option<Tick> {
+            let from = self.clock.now() as Tick + 1;
+            for now in from..=until {
+                let to_stop = self.timers.tick(now);
+                if let Some(watcher) = to_stop.first() {
+                    let _ = watcher.put_to_sleep().await;
+                    return Some(now);
+                }
+            }
+            None
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sleeps_exactly_idle_timeout_after_the_last_activity() {
+        let mut f = fixture(5).await;
+        f.wake().await; // Activity at tick 0.
+                        // Traffic at tick 0 may have come at its very end: idle from tick 1, asleep at 1 + 5.
+        assert_eq!(f.run_until(20).await, Some(6));
+        assert_eq!(f.watcher.state(), State::Napping);
+        assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn traffic_re_arms_lazily() {
+        let mut f = fixture(5).await;
+        f.wake().await;
+        assert_eq!(f.run_until(3).await, None);
+        f.watcher.mark_activity(); // Traffic at tick 3.
+        assert_eq!(f.run_until(20).await, Some(9));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_sleeps_while_a_request_is_in_flight() {
+        let mut f = fixture(2).await;
+        f.wake().await;
+        let guard = f.watcher.enter().expect("ready");
+        assert_eq!(f.run_until(10).await, None, "stopped under a request");
+        assert_eq!(f.watcher.state(), State::Ready);
+        drop(guard); // Ends at tick 10: counts as traffic then.
+        assert_eq!(f.run_until(30).await, Some(13));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_timeout_zero_never_sleeps_and_costs_no_timer() {
+        let mut f = fixture(0).await;
+        f.wake().await;
+        assert_eq!(f.run_until(1000).await, None);
+        assert_eq!(f.timers.armed(), 0);
+        assert_eq!(f.watcher.state(), State::Ready);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_stop_keeps_the_backend_serving_and_is_retried() {
+        let mut f = fixture(2).await;
+        f.wake().await;
+        f.backend.fail_stops.store(true, Ordering::SeqCst);
+        let failures = AtomicU32::new(0);
+        assert_eq!(f.run_until(10).await, Some(3));
+        assert_eq!(f.watcher.state(), State::Ready, "still serving");
+        IdleTimers::stop_finished(&f.clock, &f.watcher, &failures, false);
+        // Retried after a backoff (1 tick after the first failure, doubling).
+        f.backend.fail_stops.store(false, Ordering::SeqCst);
+        assert_eq!(f.run_until(10).await, Some(4));
+        assert_eq!(f.watcher.state(), State::Napping);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_during_the_stop_wakes_the_backend_again() {
+        let mut f = fixture(2).await;
+        f.wake().await;
+        let to_stop = f.timers.tick(3);
+        assert_eq!(to_stop.len(), 1);
+        assert_eq!(f.watcher.state(), State::Stopping);
+        assert!(
+            f.watcher.enter().is_none(),
+            "never proxied to a stopping backend"
+        );
+        // A request arrives: it will wait for the next generation.
+        let generation = f.watcher.wake().unwrap();
+        let waiter = {
+            let watcher = f.watcher.clone();
+            tokio::spawn(async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                watcher.wait_ready(generation, deadline).await
+            })
+        };
+        to_stop[0].put_to_sleep().await.unwrap();
+        waiter.await.unwrap().unwrap();
+        assert_eq!(f.watcher.state(), State::Ready);
+        assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
+        assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
     }
 }

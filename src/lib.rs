@@ -93,6 +93,9 @@ pub use crate::gate::{GateContext, IdleGate, UnknownHost};
 /// full listen backlog is retried by the kernel after 1 s, so allow a few of those.
 const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long start-up waits for the Docker engine to answer.
+const DOCKER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// How long data sent to a backend that just woke may stay unacknowledged by its kernel.
 const RELEASED_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -102,6 +105,9 @@ pub enum StartError {
     /// The Docker engine could not be reached.
     #[error("cannot connect to the Docker engine: {0}")]
     Docker(#[source] ProviderError),
+    /// The Docker engine did not answer.
+    #[error("the Docker engine did not answer within {0:?}")]
+    DockerTimeout(std::time::Duration),
     /// A route uses a provider this build does not support.
     #[error("route {route:?}: {message}")]
     Unsupported {
@@ -138,11 +144,11 @@ impl IdleWatcher {
             .iter()
             .any(|route| matches!(route.backend, BackendConfig::Docker { .. }))
         {
-            Some(
-                providers::docker::connect(config.docker_host.as_deref())
-                    .await
-                    .map_err(StartError::Docker)?,
-            )
+            let connect = providers::docker::connect(config.docker_host.as_deref());
+            match tokio::time::timeout(DOCKER_CONNECT_TIMEOUT, connect).await {
+                Ok(docker) => Some(docker.map_err(StartError::Docker)?),
+                Err(_) => return Err(StartError::DockerTimeout(DOCKER_CONNECT_TIMEOUT)),
+            }
         } else {
             None
         };

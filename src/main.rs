@@ -55,6 +55,11 @@ fn main() -> ExitCode {
     opt.conf = None; // Already read: Pingora must not parse our file again.
     server_conf.merge_with_opt(&opt);
 
+    // Daemonize (-d) or take over the listeners of a running instance (-u) first: the Docker
+    // connection and its threads must belong to the process that serves.
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+    server.bootstrap();
+
     // Connecting to the Docker engine needs a runtime; Pingora brings its own later.
     let idle = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -72,8 +77,6 @@ fn main() -> ExitCode {
         }
     };
 
-    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
-    server.bootstrap();
     let proxy = IdleProxy::service(
         Arc::clone(&idle),
         &server.configuration,

@@ -191,6 +191,10 @@ struct Control {
     wake_after_stop: bool,
     /// The current wake's slow start for released requests.
     release: ReleaseWindow,
+    /// The current wake started (or unpaused) the backend itself.
+    woke_it: bool,
+    /// A failed wake's backend is being put back to sleep; no new wake until it is done.
+    cleaning_up: bool,
     /// What to go back to if putting the backend to sleep fails.
     before_stop: (State, Option<Arc<str>>),
 }
@@ -242,6 +246,8 @@ impl Watcher {
                 retry_at: None,
                 wake_after_stop: false,
                 release: ReleaseWindow::default(),
+                woke_it: false,
+                cleaning_up: false,
                 before_stop: (State::Napping, None),
             }),
             status: watch::Sender::new(Status {
@@ -311,6 +317,14 @@ impl Watcher {
         self.last_seen.load(Ordering::Relaxed)
     }
 
+    /// The tick from which the backend counts as idle, if it ever sleeps: `idle_timeout` after
+    /// its last traffic. The last-seen tick is coarse (the traffic may have come at its very
+    /// end), so the timeout counts from the tick after it: a backend never sleeps early.
+    pub fn idle_deadline(&self) -> Option<u64> {
+        let idle_ticks = self.settings.idle_ticks as u64;
+        (idle_ticks > 0).then(|| self.last_seen() as u64 + 1 + idle_ticks)
+    }
+
     /// How many requests (or upgraded connections) are using the backend right now.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::SeqCst)
@@ -358,6 +372,15 @@ impl Watcher {
                 Ok(control.generation + 1)
             }
             State::Napping | State::Error => {
+                if control.cleaning_up {
+                    return Err(WakeFailure::BackingOff {
+                        error: control
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| Arc::from("the last wake failed")),
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
                 if let Some(retry_at) = control.retry_at {
                     let now = Instant::now();
                     if now < retry_at {
@@ -378,6 +401,7 @@ impl Watcher {
     fn start_flight(&self, control: &mut Control) -> u64 {
         control.generation += 1;
         control.backend_up = false;
+        control.woke_it = false;
         control.wake_after_stop = false;
         control.release = ReleaseWindow::default();
         let generation = control.generation;
@@ -476,9 +500,21 @@ impl Watcher {
             }
             Err(message)
         });
+        if self.finish_wake(generation, result) {
+            // A failed wake leaves nothing running (the next wake restarts it afresh); a
+            // backend started by hand is left alone.
+            if let Err(error) = self.send_to_sleep().await {
+                tracing::warn!(backend = %self.backend, %error, "could not stop after a failed wake");
+            }
+            self.control.lock().cleaning_up = false;
+        }
+    }
+
+    /// Publishes a wake's outcome. Returns whether the backend must now be put back to sleep.
+    fn finish_wake(&self, generation: u64, result: Result<(), String>) -> bool {
         let mut control = self.control.lock();
         if control.generation != generation || self.state() != State::Starting {
-            return; // Superseded: the backend was stopped or removed meanwhile.
+            return false; // Superseded: the backend was stopped or removed meanwhile.
         }
         match result {
             Ok(()) => {
@@ -494,9 +530,11 @@ impl Watcher {
                 drop(control);
                 self.idle.arm(self.id);
                 tracing::info!(backend = %self.backend, "ready");
+                false
             }
             Err(error) => {
-                let left_running = control.backend_up;
+                let woke_it = control.woke_it;
+                control.cleaning_up = woke_it;
                 control.consecutive_failures += 1;
                 let backoff = self
                     .settings
@@ -512,11 +550,7 @@ impl Watcher {
                     Some(error.to_string()),
                 );
                 tracing::warn!(backend = %self.backend, %error, retry_in = ?backoff, "wake failed");
-                drop(control);
-                if left_running {
-                    // A backend left running by a failed wake falls asleep like an idle one.
-                    self.idle.arm(self.id);
-                }
+                woke_it
             }
         }
     }
@@ -553,7 +587,14 @@ impl Watcher {
             );
         }
 
-        let woke = match self.provider.status().await.map_err(|e| e.to_string())? {
+        let status = self.provider.status().await.map_err(|e| e.to_string())?;
+        if matches!(status, BackendStatus::Paused | BackendStatus::Stopped) {
+            let mut control = self.control.lock();
+            if control.generation == generation {
+                control.woke_it = true;
+            }
+        }
+        let woke = match status {
             BackendStatus::Running => "is running",
             BackendStatus::Paused => {
                 self.provider.unpause().await.map_err(|e| e.to_string())?;
@@ -578,7 +619,16 @@ impl Watcher {
             None,
         );
 
-        let addresses = self.resolve_addresses().await.map_err(|e| e.to_string())?;
+        let addresses = match self.resolve_addresses().await {
+            Ok(addresses) => addresses,
+            // No address is often the symptom of a process that already exited: say that.
+            Err(error) => match self.provider.status().await {
+                Ok(status) if status != BackendStatus::Running => {
+                    return Err(self.stopped_while_starting(status, &error.to_string()))
+                }
+                _ => return Err(error.to_string()),
+            },
+        };
         let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
         self.events.push(
             WakeEventKind::WaitingReady,
@@ -644,16 +694,25 @@ impl Watcher {
                 match self.provider.status().await {
                     Ok(BackendStatus::Running) | Err(_) => {}
                     Ok(other) => {
-                        return Err(format!(
-                            "{} stopped while starting ({other:?}; last probe: {failure})",
-                            self.backend
-                        ))
+                        return Err(
+                            self.stopped_while_starting(other, &format!("last probe: {failure}"))
+                        )
                     }
                 }
             }
             interval = readiness::next_interval(interval, &failure);
             tokio::time::sleep(interval).await;
         }
+    }
+
+    fn stopped_while_starting(&self, status: BackendStatus, detail: &str) -> String {
+        let what = match status {
+            BackendStatus::Stopped => "exited",
+            BackendStatus::Paused => "was paused",
+            BackendStatus::Missing => "was removed",
+            BackendStatus::Running => "is running",
+        };
+        format!("{} {what} while starting ({detail})", self.backend)
     }
 
     /// Moves `ready` (or `error`: a failed wake may have left the backend running) to
@@ -682,13 +741,8 @@ impl Watcher {
     /// [`try_begin_stop`](Self::try_begin_stop) returned true). On success the backend naps (or
     /// is woken again at once if requests arrived meanwhile); on failure it stays ready.
     pub async fn put_to_sleep(&self) -> Result<(), ProviderError> {
+        let result = self.send_to_sleep().await;
         let settings = &self.settings;
-        let signal = settings.stop_signal.as_deref();
-        let result = match settings.stop_method {
-            StopMethod::Pause => self.provider.pause().await,
-            StopMethod::Stop => self.provider.stop(signal, settings.stop_timeout).await,
-            StopMethod::Kill => self.provider.kill(signal).await,
-        };
         let mut control = self.control.lock();
         match &result {
             Ok(()) => {
@@ -709,6 +763,17 @@ impl Watcher {
             }
         }
         result
+    }
+
+    /// The provider call for the configured stop method.
+    async fn send_to_sleep(&self) -> Result<(), ProviderError> {
+        let settings = &self.settings;
+        let signal = settings.stop_signal.as_deref();
+        match settings.stop_method {
+            StopMethod::Pause => self.provider.pause().await,
+            StopMethod::Stop => self.provider.stop(signal, settings.stop_timeout).await,
+            StopMethod::Kill => self.provider.kill(signal).await,
+        }
     }
 
     fn nap(&self, control: &mut Control, why: &str) {

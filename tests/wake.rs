@@ -5,37 +5,15 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::docker::{EventCounter, TestContainer, INDEX_BODY};
-use common::gateway::Gateway;
-
-/// One route `NAME.test` in front of `container`, with extra route keys.
-fn one_route(name: &str, container: &str, extra: &str) -> String {
-    format!(
-        "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes:\n    - name: {name}\n      hosts: [\"{name}.test\"]\n      docker: {{ container: {container} }}\n      port: 80\n{extra}"
-    )
-}
+use common::gateway::{one_route, Gateway};
 
 /// The RFC 3339 timestamp of the first event of `kind` in the route's event history.
 async fn event_time(gateway: &Gateway, host: &str, kind: &str) -> Option<SystemTime> {
-    let response = gateway
-        .client()
-        .get(gateway.url(host, "/.idlewatcher/events"))
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await
-        .ok()?;
-    let mut text = String::new();
-    let mut response = response;
-    while let Ok(Some(chunk)) = response.chunk().await {
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        if text.contains(&format!("\"type\":\"{kind}\"")) {
-            break;
-        }
-    }
-    text.lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
-        .find(|event| event["type"] == kind)
-        .and_then(|event| humantime::parse_rfc3339(event["timestamp"].as_str()?).ok())
+    let history = gateway
+        .event_history(host, kind, Duration::from_millis(500))
+        .await;
+    let event = history.iter().find(|event| event["type"] == kind)?;
+    humantime::parse_rfc3339(event["timestamp"].as_str()?).ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +35,7 @@ async fn two_thousand_concurrent_requests_start_the_container_once() {
         requests.spawn(async move {
             let response = client
                 .get(&url)
-                .timeout(Duration::from_secs(60))
+                .timeout(Duration::from_secs(30))
                 .send()
                 .await;
             let answer = match response {
@@ -524,11 +502,14 @@ async fn expect_100_continue_gets_no_interim_answer_before_the_backend_is_ready(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_never_listens_fails_held_requests_in_time_then_backs_off() {
-    let container = TestContainer::with_cmd_async("deaf", &["sh", "-c", "sleep 3600"]).await;
+    // Never listens; exits at once on SIGTERM, so the stop that follows a failed wake (the
+    // gateway puts back to sleep what it started) is over well within the backoff.
+    let container = TestContainer::exiting_on_async("deaf", "TERM", 0).await;
+    let engine = EventCounter::new(&container.name);
     let gateway = Gateway::start(&one_route(
         "deaf",
         &container.name,
-        "      wake_timeout: 3s\n      retry_backoff: 2s\n",
+        "      wake_timeout: 3s\n      retry_backoff: 2s\n      stop_timeout: 2s\n",
     ));
     let host = "deaf.test";
     let client = gateway.client();
@@ -655,6 +636,13 @@ async fn a_backend_that_never_listens_fails_held_requests_in_time_then_backs_off
     assert!(
         gap <= Duration::from_secs(4),
         "the new wake began only {gap:?} after the failure (backoff 2 s)"
+    );
+    assert!(
+        engine
+            .wait_for_count_async("start", 2, Duration::from_secs(3))
+            .await,
+        "the new wake did not start the container again: {:?}",
+        engine.actions()
     );
     let (took, response) = retrier.await.expect("retrier");
     let (headers, _) = expect_problem(response, 503).await;

@@ -127,7 +127,30 @@ const SERVE_SCRIPT: &str = r#"#!/bin/sh
 # idlewatcher test backend: busybox httpd on $PORT (default 80), document root /www.
 trap 'exit 0' TERM INT
 httpd -f -p "${PORT:-80}" -h /www &
+# An upgrade (WebSocket-like) echo server on $UPGRADE_PORT (default 81), see /bin/upgrade-session.
+nc -ll -p "${UPGRADE_PORT:-81}" -e /bin/upgrade-session &
 wait
+"#;
+
+/// `/bin/upgrade-session`: one upgraded connection. Reads the request head, answers
+/// `101 Switching Protocols`, then echoes every byte back until the client closes.
+const UPGRADE_SESSION: &str = r#"#!/bin/sh
+while read -r line; do
+    case "$line" in ""|"$(printf '\r')") break ;; esac
+done
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'
+exec cat
+"#;
+
+/// `/www/cgi-bin/stream`: a slow streamed response, one line every 0.5 s for 5 s.
+const STREAM_CGI: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+i=0
+while [ "$i" -lt 10 ]; do
+    echo "line $i"
+    sleep 0.5
+    i=$((i + 1))
+done
 "#;
 
 /// `/www/cgi-bin/sum`: reads exactly $CONTENT_LENGTH bytes of the request body and answers
@@ -154,6 +177,8 @@ fn image_files() -> Vec<(&'static str, &'static str, u32)> {
         ("bin/serve", SERVE_SCRIPT, 0o755),
         ("www/index.html", INDEX_BODY, 0o644),
         ("www/cgi-bin/sum", SUM_CGI, 0o755),
+        ("www/cgi-bin/stream", STREAM_CGI, 0o755),
+        ("bin/upgrade-session", UPGRADE_SESSION, 0o755),
     ]
 }
 

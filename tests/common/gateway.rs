@@ -48,6 +48,14 @@ pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// A config with one route `NAME.test` in front of the Docker container `container` on port 80,
+/// listening on `@LISTEN@`; `extra` adds route keys (each line indented by six spaces).
+pub fn one_route(name: &str, container: &str, extra: &str) -> String {
+    format!(
+        "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes:\n    - name: {name}\n      hosts: [\"{name}.test\"]\n      docker: {{ container: {container} }}\n      port: 80\n{extra}"
+    )
+}
+
 /// A running gateway process.
 pub struct Gateway {
     child: Child,
@@ -168,6 +176,35 @@ impl Gateway {
         }
     }
 
+    /// The route's event history (the `data:` objects of `/.idlewatcher/events`), read until an
+    /// event of type `until` arrives or `window` passes.
+    pub async fn event_history(
+        &self,
+        host: &str,
+        until: &str,
+        window: Duration,
+    ) -> Vec<serde_json::Value> {
+        let mut response = self
+            .client()
+            .get(self.url(host, "/.idlewatcher/events"))
+            .send()
+            .await
+            .expect("events answered");
+        let mut text = String::new();
+        let deadline = tokio::time::Instant::now() + window;
+        let marker = format!("\"type\":\"{until}\"");
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(&marker) {
+                break;
+            }
+        }
+        text.lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .filter_map(|data| serde_json::from_str(data).ok())
+            .collect()
+    }
+
     /// The gateway's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -191,8 +228,7 @@ impl Gateway {
     pub fn terminate(&mut self, timeout: Duration) -> Option<Duration> {
         let started = Instant::now();
         if let Ok(Some(_)) = self.child.try_wait() {
-            // Already exited (and reaped): its pid may belong to another process by now.
-            return Some(Duration::ZERO);
+            return Some(Duration::ZERO); // Already gone.
         }
         let _ = Command::new("kill")
             .arg("-TERM")

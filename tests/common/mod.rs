@@ -4,6 +4,7 @@
 //! unused items are expected here rather than warned about.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod docker;
 pub mod gateway;
 
