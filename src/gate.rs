@@ -16,6 +16,7 @@
 //!    Failure, timeout or too many waiters → 503 + `Retry-After` + problem+json.
 
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use crate::release::ReleaseTicket;
 use crate::respond;
 use crate::routes::{Route, RouteId, RouteTable};
 use crate::sse;
-use crate::watcher::{InFlight, State, WakeFailure};
+use crate::watcher::{InFlight, State, WakeFailure, Watcher};
 
 /// `Retry-After` for the loading page and for overflowing waiters, in seconds.
 const RETRY_AFTER_SECS: u64 = 2;
@@ -42,9 +43,11 @@ const RETRY_AFTER_SECS: u64 = 2;
 pub struct GateContext {
     route: Option<RouteId>,
     in_flight: Option<InFlight>,
-    released_from_hold: bool,
+    slow_start: bool,
     retries: u32,
     release: Option<ReleaseTicket>,
+    fresh_connection: bool,
+    unacknowledged: Option<RawFd>,
 }
 
 impl GateContext {
@@ -53,18 +56,43 @@ impl GateContext {
         self.route
     }
 
-    /// Whether the request was held while its backend woke (it then gets the retry policy of
-    /// [`retry_after_wake`](Self::retry_after_wake)).
-    pub fn released_from_hold(&self) -> bool {
-        self.released_from_hold
+    /// Whether the request entered a backend that just woke through the slow-start window (it
+    /// was held during the wake, or came during the warm-up after it); it then gets the retry
+    /// policy of [`should_retry`](Self::should_retry).
+    pub fn in_slow_start(&self) -> bool {
+        self.slow_start
+    }
+
+    /// Call it from `ProxyHttp::connected_to_upstream`. On a fresh connection carrying a request
+    /// without a body, the request must be acknowledged by the backend's kernel within
+    /// [`UNACKNOWLEDGED_TIMEOUT`] (`TCP_USER_TIMEOUT`): a server whose accept queue overflowed
+    /// silently drops connections the gateway believes open, and without this they would hang
+    /// for minutes. Only bodiless requests: a body may legitimately wait on a slow reader. The
+    /// limit is lifted again when the response arrives (the connection may be reused for an
+    /// upload later).
+    pub fn connected_to_upstream(&mut self, session: &mut Session, reused: bool, fd: RawFd) {
+        self.fresh_connection = !reused;
+        self.unacknowledged = None;
+        if !reused && session.as_downstream_mut().is_body_empty() {
+            set_user_timeout(fd, UNACKNOWLEDGED_TIMEOUT);
+            self.unacknowledged = Some(fd);
+        }
     }
 
     /// Tells the gate the upstream answered (call it from `ProxyHttp::upstream_response_filter`):
-    /// a request released from a hold gives its slow-start place back and widens the window
-    /// (see [`release`](crate::release)).
+    /// a request in the slow start gives its place back and widens the window (see
+    /// [`release`](crate::release)); once the window is fully open, the warm-up is over.
     pub fn upstream_responded(&mut self) {
+        if let Some(fd) = self.unacknowledged.take() {
+            // The connection is alive (its response just arrived): `fd` is still ours.
+            set_user_timeout(fd, Duration::ZERO);
+        }
         if let Some(ticket) = self.release.as_mut() {
-            ticket.responded();
+            if ticket.responded() {
+                if let Some(guard) = &self.in_flight {
+                    guard.watcher().end_warm_up();
+                }
+            }
         }
     }
 
@@ -72,13 +100,16 @@ impl GateContext {
     /// `fail_to_connect` and `error_while_proxy`; returns whether it set the error retryable).
     ///
     /// A backend that just woke receives every held request at once, and small servers drop
-    /// or reset connections beyond their listen backlog. Requests released from a hold that are
-    /// idempotent and whose body is fully replayable are therefore retried a few times, with a
-    /// jittered backoff (see [`retry_delay`](Self::retry_delay)). Other requests keep Pingora's
-    /// own policy.
-    pub fn retry_after_wake(&mut self, session: &Session, error: &mut pingora::Error) -> bool {
+    /// or reset connections beyond their listen backlog. Idempotent requests whose body is
+    /// fully replayable and for which nothing was answered yet are therefore retried a few
+    /// times, with a jittered backoff (see [`retry_delay`](Self::retry_delay)), when they were
+    /// in the slow start, or when their fresh connection was never acknowledged (see
+    /// [`connected_to_upstream`](Self::connected_to_upstream)). Other failures keep Pingora's
+    /// own policy (the caller applies it when this returns false).
+    pub fn should_retry(&mut self, session: &Session, error: &mut pingora::Error) -> bool {
         let request = session.req_header();
-        let eligible = self.released_from_hold
+        let never_acknowledged = self.fresh_connection && timed_out(error);
+        let eligible = (self.slow_start || never_acknowledged)
             && self.retries < MAX_RELEASE_RETRIES
             && request.method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
@@ -102,7 +133,67 @@ impl GateContext {
     }
 }
 
-/// At most this many extra attempts for a request released from a hold.
+/// Waits for a place in the backend's slow-start window (the in-flight guard is already in
+/// `ctx`, so the backend cannot be put to sleep meanwhile).
+async fn join_slow_start(
+    ctx: &mut GateContext,
+    watcher: &Watcher,
+    deadline: Instant,
+) -> std::result::Result<(), WakeFailure> {
+    ctx.slow_start = true;
+    let window = watcher.release_window();
+    match tokio::time::timeout_at(deadline.into(), window.enter()).await {
+        Ok(ticket) => {
+            ctx.release = Some(ticket);
+            Ok(())
+        }
+        Err(_) => {
+            ctx.in_flight = None;
+            Err(WakeFailure::TimedOut {
+                backend: watcher.backend().to_string(),
+                timeout: watcher.settings().wake_timeout,
+            })
+        }
+    }
+}
+
+/// How long the request on a fresh upstream connection may stay unacknowledged by the
+/// backend's kernel (see [`GateContext::connected_to_upstream`]).
+pub const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Sets `TCP_USER_TIMEOUT` on a connected socket (zero restores the system default).
+fn set_user_timeout(fd: RawFd, timeout: Duration) {
+    let millis = timeout.as_millis().min(u32::MAX as u128) as libc::c_uint;
+    // SAFETY: setsockopt reads `size_of::<c_uint>()` bytes from a live local; `fd` is the
+    // socket Pingora just handed to a hook, alive for the duration of the call.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&millis as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(fd, error = %std::io::Error::last_os_error(), "TCP_USER_TIMEOUT not set");
+    }
+}
+
+/// Whether the upstream failure is a connection timing out (unacknowledged data, or connect).
+fn timed_out(error: &pingora::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.root_cause());
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(libc::ETIMEDOUT)
+                || io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// At most this many extra attempts for a request in the slow start.
 const MAX_RELEASE_RETRIES: u32 = 6;
 
 /// A cheap, good-enough random number below `bound` (for jitter only).
@@ -204,10 +295,35 @@ impl IdleGate {
 
         if let Some(guard) = route.watcher.enter() {
             ctx.in_flight = Some(guard);
+            if route.watcher.is_warming_up() {
+                let route = Arc::clone(route);
+                return self.warming_up(session, ctx, &route).await;
+            }
             return Ok(false);
         }
         let route = Arc::clone(route);
         self.not_ready(session, ctx, &route).await
+    }
+
+    /// A request for a backend that just woke: it joins the held ones in the slow start (the
+    /// backend may not take a burst of new connections yet).
+    #[inline(never)]
+    async fn warming_up(
+        &self,
+        session: &mut Session,
+        ctx: &mut GateContext,
+        route: &Route,
+    ) -> Result<bool> {
+        let deadline = Instant::now() + route.watcher.settings().wake_timeout;
+        match join_slow_start(ctx, &route.watcher, deadline).await {
+            Ok(()) => Ok(false),
+            Err(failure) => {
+                let detail = format!("{} could not be reached: {failure}", route.name);
+                let retry = Some(failure.retry_after_secs());
+                respond::problem(session, 503, Some(&route.name), &detail, retry).await?;
+                Ok(true)
+            }
+        }
     }
 
     /// The upstream address for a request the gate let through.
@@ -285,6 +401,7 @@ impl IdleGate {
         // Without a body to stream, the connection can be watched for a client that leaves, so
         // its place among the waiters is released at once (the wake itself goes on).
         let mut watch_client = session.as_downstream_mut().is_body_empty();
+        let mut shutdown = self.clock.shutdown_signal();
         let failure = loop {
             let wait = async {
                 let generation = watcher.wake()?;
@@ -292,12 +409,16 @@ impl IdleGate {
             };
             tokio::pin!(wait);
             let result = loop {
+                if *shutdown.borrow_and_update() {
+                    break Err(WakeFailure::ShuttingDown);
+                }
                 tokio::select! {
                     result = &mut wait => break result,
                     left = session.as_downstream_mut().read_body_or_idle(true), if watch_client => {
                         left?; // An error means the client is gone: nobody to answer.
                         watch_client = false;
                     }
+                    _ = shutdown.changed() => {}
                 }
             };
             if let Err(failure) = result {
@@ -305,20 +426,9 @@ impl IdleGate {
             }
             if let Some(guard) = watcher.enter() {
                 ctx.in_flight = Some(guard);
-                ctx.released_from_hold = true;
-                let window = watcher.release_window();
-                match tokio::time::timeout_at(deadline.into(), window.enter()).await {
-                    Ok(ticket) => {
-                        ctx.release = Some(ticket);
-                        return Ok(false);
-                    }
-                    Err(_) => {
-                        ctx.in_flight = None;
-                        break WakeFailure::TimedOut {
-                            backend: watcher.backend().to_string(),
-                            timeout: watcher.settings().wake_timeout,
-                        };
-                    }
+                match join_slow_start(ctx, watcher, deadline).await {
+                    Ok(()) => return Ok(false),
+                    Err(failure) => break failure,
                 }
             }
             // Ready, then at once asleep again: wake once more within the deadline.

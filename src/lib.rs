@@ -74,7 +74,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use pingora::protocols::l4::ext::TcpKeepalive;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::ServiceWithDependents;
@@ -95,9 +94,6 @@ const UPSTREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_
 
 /// How long start-up waits for the Docker engine to answer.
 const DOCKER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// How long data sent to a backend that just woke may stay unacknowledged by its kernel.
-const RELEASED_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the gateway could not be assembled from a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
@@ -223,17 +219,6 @@ impl IdleWatcher {
         })?;
         let mut peer = HttpPeer::new(address, false, String::new());
         peer.options.connection_timeout = Some(UPSTREAM_CONNECT_TIMEOUT);
-        if ctx.released_from_hold() {
-            // A backend that just woke may silently drop connections beyond its listen backlog
-            // (the handshake completes, the request is never acknowledged). Unacknowledged data
-            // then fails fast, and the request is retried (see `GateContext::retry_after_wake`).
-            peer.options.tcp_keepalive = Some(TcpKeepalive {
-                idle: std::time::Duration::from_secs(60),
-                interval: std::time::Duration::from_secs(10),
-                count: 6,
-                user_timeout: RELEASED_USER_TIMEOUT,
-            });
-        }
         Ok(Box::new(peer))
     }
 

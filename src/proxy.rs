@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::http::ResponseHeader;
+use pingora::protocols::Digest;
 use pingora::proxy::{http_proxy_service_with_name, HttpProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
@@ -80,6 +81,19 @@ impl ProxyHttp for IdleProxy {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut GateContext,
+    ) -> Result<()> {
+        ctx.connected_to_upstream(session, reused, fd);
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -87,7 +101,7 @@ impl ProxyHttp for IdleProxy {
         ctx: &mut GateContext,
         mut error: Box<Error>,
     ) -> Box<Error> {
-        ctx.retry_after_wake(session, &mut error);
+        ctx.should_retry(session, &mut error);
         error
     }
 
@@ -100,7 +114,7 @@ impl ProxyHttp for IdleProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut error = error.more_context(format!("Peer: {peer}"));
-        if !ctx.retry_after_wake(session, &mut error) {
+        if !ctx.should_retry(session, &mut error) {
             // Pingora's own policy: retry only what failed on a reused connection.
             if !session.req_header().method.is_idempotent()
                 || session.as_ref().retry_buffer_truncated()

@@ -7,8 +7,9 @@
 //! pass through a window, like TCP's slow start: [`INITIAL_WINDOW`] may be on their way to the
 //! backend at once, and every response received opens one more place (the window doubles each
 //! round trip), so a capable backend is at full concurrency within a few round trips while a
-//! small one is never flooded. Only requests released from a hold use it; traffic arriving after
-//! the backend is ready goes straight through.
+//! small one is never flooded. Requests released from a hold use it, and so do those that
+//! arrive during the warm-up right after the wake ([`WARM_UP`](crate::watcher::WARM_UP), or until
+//! the window is fully open); after that, traffic goes straight through.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -63,15 +64,21 @@ pub struct ReleaseTicket {
 
 impl ReleaseTicket {
     /// The backend answered (response headers arrived): give the place back and open one more.
-    pub fn responded(&mut self) {
-        if self.permit.take().is_some() {
-            let size = &self.window.size;
-            let grown = size.fetch_update(Ordering::AcqRel, Ordering::Acquire, |size| {
-                (size < MAX_WINDOW).then_some(size + 1)
-            });
-            if grown.is_ok() {
+    /// Returns whether the window is now fully open (the backend took the ramp-up).
+    pub fn responded(&mut self) -> bool {
+        if self.permit.take().is_none() {
+            return false;
+        }
+        let size = &self.window.size;
+        let grown = size.fetch_update(Ordering::AcqRel, Ordering::Acquire, |size| {
+            (size < MAX_WINDOW).then_some(size + 1)
+        });
+        match grown {
+            Ok(before) => {
                 self.window.places.add_permits(1);
+                before + 1 >= MAX_WINDOW
             }
+            Err(_) => true,
         }
     }
 }

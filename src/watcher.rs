@@ -33,6 +33,8 @@ use crate::providers::{BackendEvent, BackendObserver, BackendStatus, Provider, P
 use crate::readiness;
 use crate::release::ReleaseWindow;
 
+/// After a wake, how long new requests still enter through the slow start (at most).
+pub const WARM_UP: Duration = Duration::from_secs(3);
 /// Longest pause before a failed backend may be woken again.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 /// While probing, how often the provider is asked whether the backend is still running
@@ -159,6 +161,9 @@ pub enum WakeFailure {
         /// How long until a new wake may start.
         retry_after: Duration,
     },
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
     /// The request's own deadline passed first.
     #[error("{backend} did not become ready within {}", humantime::format_duration(*.timeout))]
     TimedOut {
@@ -213,6 +218,7 @@ pub struct Watcher {
     events: EventLog,
     last_seen: AtomicU32,
     in_flight: AtomicU32,
+    warm_until: AtomicU32,
     idle: Arc<IdleClock>,
     this: Weak<Watcher>,
 }
@@ -259,6 +265,7 @@ impl Watcher {
             events: EventLog::new(),
             last_seen: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
+            warm_until: AtomicU32::new(0),
             idle,
             this: this.clone(),
         })
@@ -328,6 +335,19 @@ impl Watcher {
     /// How many requests (or upgraded connections) are using the backend right now.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Whether the backend woke moments ago: new requests then enter through the slow start
+    /// too (see [`release`](crate::release)), until [`WARM_UP`] has passed or the window is
+    /// fully open. Two relaxed loads.
+    #[inline]
+    pub fn is_warming_up(&self) -> bool {
+        self.warm_until.load(Ordering::Relaxed) > self.idle.now()
+    }
+
+    /// Ends the warm-up early: the backend took a fully open window.
+    pub fn end_warm_up(&self) {
+        self.warm_until.store(0, Ordering::Relaxed);
     }
 
     /// Lets a request through if the backend is ready, holding an in-flight guard for the whole
@@ -521,6 +541,11 @@ impl Watcher {
                 control.consecutive_failures = 0;
                 control.retry_at = None;
                 self.mark_activity();
+                let warm_ticks = self.idle.ticks(WARM_UP) + 1;
+                self.warm_until.store(
+                    self.idle.now().saturating_add(warm_ticks),
+                    Ordering::Relaxed,
+                );
                 self.set_state(&mut control, State::Ready, None);
                 self.events.push(
                     WakeEventKind::Ready,
