@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::idle::IdleClock;
 use crate::page;
-use crate::release::ReleaseTicket;
+use crate::release::{self, ReleaseTicket};
 use crate::respond;
 use crate::routes::{Route, RouteId, RouteTable};
 use crate::sse;
@@ -65,7 +65,7 @@ impl GateContext {
 
     /// Call it from `ProxyHttp::connected_to_upstream`. On a fresh connection carrying a request
     /// without a body, the request must be acknowledged by the backend's kernel within
-    /// [`UNACKNOWLEDGED_TIMEOUT`] (`TCP_USER_TIMEOUT`): a server whose accept queue overflowed
+    /// [`UNACKNOWLEDGED_TIMEOUT`](release::UNACKNOWLEDGED_TIMEOUT) (`TCP_USER_TIMEOUT`): a server whose accept queue overflowed
     /// silently drops connections the gateway believes open, and without this they would hang
     /// for minutes. Only bodiless requests: a body may legitimately wait on a slow reader. The
     /// limit is lifted again when the response arrives (the connection may be reused for an
@@ -74,7 +74,7 @@ impl GateContext {
         self.fresh_connection = !reused;
         self.unacknowledged = None;
         if !reused && session.as_downstream_mut().is_body_empty() {
-            set_user_timeout(fd, UNACKNOWLEDGED_TIMEOUT);
+            release::set_user_timeout(fd, release::UNACKNOWLEDGED_TIMEOUT);
             self.unacknowledged = Some(fd);
         }
     }
@@ -85,7 +85,7 @@ impl GateContext {
     pub fn upstream_responded(&mut self) {
         if let Some(fd) = self.unacknowledged.take() {
             // The connection is alive (its response just arrived): `fd` is still ours.
-            set_user_timeout(fd, Duration::ZERO);
+            release::set_user_timeout(fd, Duration::ZERO);
         }
         if let Some(ticket) = self.release.as_mut() {
             if ticket.responded() {
@@ -108,9 +108,9 @@ impl GateContext {
     /// own policy (the caller applies it when this returns false).
     pub fn should_retry(&mut self, session: &Session, error: &mut pingora::Error) -> bool {
         let request = session.req_header();
-        let never_acknowledged = self.fresh_connection && timed_out(error);
+        let never_acknowledged = self.fresh_connection && release::timed_out(error);
         let eligible = (self.slow_start || never_acknowledged)
-            && self.retries < MAX_RELEASE_RETRIES
+            && self.retries < release::MAX_RETRIES
             && request.method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
@@ -124,12 +124,7 @@ impl GateContext {
     /// How long to wait before the next attempt (zero for the first attempt): 10 ms doubling
     /// per retry, with jitter so retried requests do not arrive together again.
     pub fn retry_delay(&self) -> Duration {
-        if self.retries == 0 {
-            return Duration::ZERO;
-        }
-        let base = 10u64 << (self.retries - 1).min(8);
-        let jitter = fastrand_below(base);
-        Duration::from_millis(base + jitter)
+        release::retry_delay(self.retries)
     }
 }
 
@@ -155,53 +150,6 @@ async fn join_slow_start(
             })
         }
     }
-}
-
-/// How long the request on a fresh upstream connection may stay unacknowledged by the
-/// backend's kernel (see [`GateContext::connected_to_upstream`]).
-pub const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Sets `TCP_USER_TIMEOUT` on a connected socket (zero restores the system default).
-fn set_user_timeout(fd: RawFd, timeout: Duration) {
-    let millis = timeout.as_millis().min(u32::MAX as u128) as libc::c_uint;
-    // SAFETY: setsockopt reads `size_of::<c_uint>()` bytes from a live local; `fd` is the
-    // socket Pingora just handed to a hook, alive for the duration of the call.
-    let result = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&millis as *const libc::c_uint).cast(),
-            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-        )
-    };
-    if result != 0 {
-        tracing::debug!(fd, error = %std::io::Error::last_os_error(), "TCP_USER_TIMEOUT not set");
-    }
-}
-
-/// Whether the upstream failure is a connection timing out (unacknowledged data, or connect).
-fn timed_out(error: &pingora::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.root_cause());
-    while let Some(current) = cause {
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            return io.raw_os_error() == Some(libc::ETIMEDOUT)
-                || io.kind() == std::io::ErrorKind::TimedOut;
-        }
-        cause = current.source();
-    }
-    false
-}
-
-/// At most this many extra attempts for a request in the slow start.
-const MAX_RELEASE_RETRIES: u32 = 6;
-
-/// A cheap, good-enough random number below `bound` (for jitter only).
-fn fastrand_below(bound: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(bound);
-    hasher.finish() % bound.max(1)
 }
 
 /// What to do with a Host no route claims.

@@ -47,7 +47,7 @@
 //! | [`gate`] | what a request gets while its backend is not ready |
 //! | [`watcher`] | one backend's state, singleflight wake, sleep |
 //! | [`readiness`] | probing the backend from the gateway |
-//! | [`release`] | slow start of held requests into a backend that just woke |
+//! | [`release`] | how requests enter a backend that just woke: slow start, fail-fast, retries |
 //! | [`events`] | wake events, history and live |
 //! | [`sse`], [`page`], [`respond`] | the event stream, the loading page, framed answers |
 //! | [`idle`], [`wheel`] | the idle clock and its timing wheel |

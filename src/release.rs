@@ -1,18 +1,27 @@
-//! Slow start for a backend that just woke.
+//! How requests enter a backend that just woke: slow start, fail-fast, retries.
 //!
 //! When a wake completes, every held request is released at once. A freshly started server
 //! often has a tiny listen backlog (busybox httpd: 9) and cold caches; thousands of simultaneous
 //! connections overflow its accept queue, and the kernel then silently drops connections that
-//! the gateway believes are open — they hang for minutes before a reset. So released requests
-//! pass through a window, like TCP's slow start: [`INITIAL_WINDOW`] may be on their way to the
-//! backend at once, and every response received opens one more place (the window doubles each
-//! round trip), so a capable backend is at full concurrency within a few round trips while a
-//! small one is never flooded. Requests released from a hold use it, and so do those that
-//! arrive during the warm-up right after the wake ([`WARM_UP`](crate::watcher::WARM_UP), or until
-//! the window is fully open); after that, traffic goes straight through.
+//! the gateway believes are open — they hang for minutes before a reset. Three measures:
+//!
+//! - **slow start** ([`ReleaseWindow`]): like TCP's, [`INITIAL_WINDOW`] requests may be on
+//!   their way to the backend at once, and every response received opens one more place (the
+//!   window doubles each round trip, up to [`MAX_WINDOW`]), so a capable backend is at full
+//!   concurrency within a few round trips while a small one is never flooded. Requests released
+//!   from a hold use it, and so do those arriving during the warm-up right after the wake
+//!   ([`WARM_UP`](crate::watcher::WARM_UP), or until the window is fully open);
+//! - **fail-fast**: a bodiless request on a fresh upstream connection must be acknowledged by
+//!   the backend's kernel within [`UNACKNOWLEDGED_TIMEOUT`] (`TCP_USER_TIMEOUT`);
+//! - **retries** ([`MAX_RETRIES`], jittered backoff): idempotent requests whose attempt failed
+//!   that way, or in the slow start, are tried again.
+//!
+//! The per-request side lives in [`GateContext`](crate::gate::GateContext).
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -81,6 +90,63 @@ impl ReleaseTicket {
             Err(_) => true,
         }
     }
+}
+
+/// How long the request on a fresh upstream connection may stay unacknowledged by the
+/// backend's kernel (see [`GateContext::connected_to_upstream`](crate::gate::GateContext::connected_to_upstream)).
+pub const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Sets `TCP_USER_TIMEOUT` on a connected socket (zero restores the system default).
+pub(crate) fn set_user_timeout(fd: RawFd, timeout: Duration) {
+    let millis = timeout.as_millis().min(u32::MAX as u128) as libc::c_uint;
+    // SAFETY: setsockopt reads `size_of::<c_uint>()` bytes from a live local; `fd` is the
+    // socket Pingora just handed to a hook, alive for the duration of the call.
+    let result = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&millis as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(fd, error = %std::io::Error::last_os_error(), "TCP_USER_TIMEOUT not set");
+    }
+}
+
+/// Whether the upstream failure is a connection timing out (unacknowledged data, or connect).
+pub(crate) fn timed_out(error: &pingora::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.root_cause());
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(libc::ETIMEDOUT)
+                || io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// At most this many extra attempts for a request (see `GateContext::should_retry`).
+pub const MAX_RETRIES: u32 = 6;
+
+/// A cheap, good-enough random number below `bound` (for jitter only).
+fn fastrand_below(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(bound);
+    hasher.finish() % bound.max(1)
+}
+
+/// The pause before retry number `retries` (zero before the first attempt): 10 ms doubling per
+/// retry, with jitter so retried requests do not arrive together again.
+pub(crate) fn retry_delay(retries: u32) -> Duration {
+    if retries == 0 {
+        return Duration::ZERO;
+    }
+    let base = 10u64 << (retries - 1).min(8);
+    Duration::from_millis(base + fastrand_below(base))
 }
 
 #[cfg(test)]
