@@ -546,14 +546,15 @@ impl Watcher {
                     self.idle.now().saturating_add(warm_ticks),
                     Ordering::Relaxed,
                 );
+                // Armed before anyone can see `ready` (the idle clock checks the state when the
+                // timer fires, not now).
+                self.idle.arm(self.id);
                 self.set_state(&mut control, State::Ready, None);
                 self.events.push(
                     WakeEventKind::Ready,
                     format!("{} is ready", self.backend),
                     None,
                 );
-                drop(control);
-                self.idle.arm(self.id);
                 tracing::info!(backend = %self.backend, "ready");
                 false
             }
