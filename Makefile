@@ -19,7 +19,8 @@ build: deps-build
 # Every test: formatting, lints, unit, integration (real Docker engine) and browser tests.
 # One release build serves them all.
 test: deps-test lint
-	$(CARGO) test --release --all-targets -- --test-threads=2
+	$(CARGO) test --release --lib --bins --tests --examples -- --test-threads=2
+	$(CARGO) test --release --benches
 	$(CARGO) test --release --doc
 
 lint: deps-build
