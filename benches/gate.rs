@@ -116,6 +116,9 @@ async fn setup() -> Setup {
         .wait_ready(generation, Instant::now() + Duration::from_secs(5))
         .await
         .unwrap();
+    // Past the warm-up that follows a wake: the steady state of a ready route is measured.
+    clock.set_now(1_000);
+    assert!(!watcher.is_warming_up());
     let table = Arc::new(RouteTable::new(routes));
     let gate = IdleGate::new(
         table.clone(),
