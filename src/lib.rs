@@ -35,8 +35,9 @@
 //!
 //! Build the [`IdleWatcher`] with [`IdleWatcher::from_config`], add its
 //! [`background_services`](IdleWatcher::background_services) (the idle clock and the Docker event
-//! stream) to your `Server`, and keep the [`GateContext`] alive for the whole request (it holds
-//! the guard that keeps the backend awake). `examples/embed.rs` is a complete program.
+//! stream: without them nothing sleeps, outside changes go unnoticed, and the warm-up after a
+//! wake never ends) to your `Server`, and keep the [`GateContext`] alive for the whole request
+//! (it holds the guard that keeps the backend awake). `examples/embed.rs` is a complete program.
 //!
 //! ## Layout (one concept per module)
 //!
