@@ -38,8 +38,9 @@ demo: deps-test build
 	@echo
 	./target/release/idlewatcher -c conf/demo.yaml
 
+# Benchmarks (not part of `make test`): about 15 minutes; BENCH_ARGS go to scripts/bench.py.
 bench: deps-bench
-	scripts/bench.sh
+	scripts/bench.sh $(BENCH_ARGS)
 
 deps-build:
 	@scripts/ensure-packages.sh $(BUILD_DEPS)
