@@ -143,6 +143,14 @@ def proc_stat(pid):
     }
 
 
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -231,6 +239,14 @@ class Bench:
                 ids = run(["docker", "ps", "-aq", "--filter", f"label={self.run_label}"], check=False).split()
                 for i in range(0, len(ids), 200):
                     run(["docker", "rm", "-f", *ids[i : i + 200]], check=False)
+        logs = os.path.join(self.target, "bench", "logs")
+        shutil.rmtree(logs, ignore_errors=True)
+        os.makedirs(logs, exist_ok=True)
+        for root, _, files in os.walk(self.tmp):
+            for name in files:
+                if name.endswith((".log", ".yaml", ".conf")):
+                    rel = os.path.relpath(os.path.join(root, name), self.tmp).replace(os.sep, "-")
+                    shutil.copy(os.path.join(root, name), os.path.join(logs, rel))
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- the machine ------------------------------------------------------------------------
@@ -486,12 +502,13 @@ http {{
             return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
         p50 = duration(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
         p99 = duration(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
         errors = re.search(r"Socket errors: (.*)", out)
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         return {
-            "rps": rps, "p50_ms": p50, "p99_ms": p99,
+            "rps": rps, "requests": requests, "p50_ms": p50, "p99_ms": p99,
             "socket_errors": errors.group(1) if errors else None,
             "non_2xx": int(non2xx.group(1)) if non2xx else 0,
             "command": " ".join(cmd[:-3]) + f" -H 'Host: {host}' http://127.0.0.1:PORT/",
@@ -553,15 +570,29 @@ http {{
         log("warm-up: 2 s each")
         for port in targets.values():
             self.wrk(port, "target.bench", 2)
+        nginx_proc = next(p for n, p in self.procs if n == "proxy")
+        pids = {
+            "a_bare_pingora": lambda: [bare.pid],
+            "b_idlewatcher": lambda: [gw_proc.pid],
+            "c_nginx": lambda: [nginx_proc.pid] + children(nginx_proc.pid),
+        }
+
+        def cpu(pid_list):
+            return sum(proc_stat(pid)["cpu_s"] for pid in pid_list)
+
         rounds = {name: [] for name in targets}
         busy = busy_processes({gw_proc.pid, bare.pid})
         load_before = loadavg()
         for r in range(self.opts.rounds):
             for name, port in targets.items():
+                before = cpu(pids[name]())
                 res = self.wrk(port, "target.bench", self.opts.wrk_seconds)
+                res["cpu_s"] = cpu(pids[name]()) - before
+                res["cpu_us_per_request"] = 1e6 * res["cpu_s"] / max(res["requests"], 1)
                 rounds[name].append(res)
                 log(f"round {r + 1}/{self.opts.rounds} {name}: {res['rps']:.0f} req/s, "
-                    f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms")
+                    f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, "
+                    f"{res['cpu_us_per_request']:.1f} µs CPU per request")
         summary = {}
         for name, res in rounds.items():
             summary[name] = {
@@ -569,10 +600,13 @@ http {{
                 "rps_all": [x["rps"] for x in res],
                 "p50_ms_median": statistics.median(x["p50_ms"] for x in res),
                 "p99_ms_median": statistics.median(x["p99_ms"] for x in res),
+                "cpu_us_per_request_median": statistics.median(x["cpu_us_per_request"] for x in res),
+                "cpu_us_per_request_all": [x["cpu_us_per_request"] for x in res],
                 "errors": [x["socket_errors"] for x in res if x["socket_errors"]],
                 "non_2xx": sum(x["non_2xx"] for x in res),
             }
         a, b, c = (summary[k]["rps_median"] for k in targets)
+        cpu_a, cpu_b, cpu_c = (summary[k]["cpu_us_per_request_median"] for k in targets)
         per_round_ba = [rb["rps"] / ra["rps"] for ra, rb in zip(rounds["a_bare_pingora"], rounds["b_idlewatcher"])]
         per_round_bc = [rb["rps"] / rc["rps"] for rc, rb in zip(rounds["c_nginx"], rounds["b_idlewatcher"])]
         self.stop(bare)
@@ -585,21 +619,25 @@ http {{
                             "--listen 127.0.0.1:PORT --upstream 127.0.0.1:UPSTREAM",
             "nginx_conf": nginx_conf,
             "summary": summary,
-            "ratio_b_a": b / a,
-            "ratio_b_c": b / c,
+            "ratio_b_a_of_medians": b / a,
+            "ratio_b_a": statistics.median(per_round_ba),
+            "ratio_b_c_of_medians": b / c,
+            "cpu_per_request_b_over_a": cpu_b / cpu_a,
+            "cpu_per_request_b_over_c": cpu_b / cpu_c,
+            "ratio_b_c": statistics.median(per_round_bc),
             "ratio_b_a_per_round": per_round_ba,
             "ratio_b_c_per_round": per_round_bc,
             "loadavg": [load_before, loadavg()],
             "others_busy": busy,
         }
 
-    def small_gateway(self, routes_yaml):
+    def small_gateway(self, routes_yaml, name):
         port = free_port()
         config = self.gateway_config(
-            "small", f"127.0.0.1:{port}", routes_yaml,
+            f"gateway-{name}", f"127.0.0.1:{port}", routes_yaml,
             "  defaults: { idle_timeout: 1h, wake_timeout: 60s, max_waiters: 20000 }\n",
         )
-        proc, log_path, _ = self.start_gateway("small", config, port)
+        proc, log_path, _ = self.start_gateway(f"gateway-{name}", config, port)
         return proc, port, config
 
     def stage_herd(self, gateway):
@@ -695,13 +733,15 @@ http {{
                 f"{', stop_method: pause' if n == 'cold-pause' else ''} }}\n"
                 for n in ["herd", "cold-stop", "cold-pause", "sse"]
             )
-            gateway = self.small_gateway(routes)
+            # A fresh gateway for each stage: memory freed by one stage (and kept by the
+            # allocator) must not hide the next one's.
             for name, fn in [("herd", self.stage_herd), ("cold", self.stage_cold), ("sse", self.stage_sse)]:
                 if name in only:
+                    gateway = self.small_gateway(routes, name)
                     result = self.timed(name, fn, gateway)
                     if result:
                         stages[name] = result
-            self.stop(gateway[0])
+                    self.stop(gateway[0])
         self.results["machine"]["loadavg_end"] = loadavg()
 
 
@@ -714,8 +754,8 @@ def main():
     parser.add_argument("--create-budget", type=float, default=240, help="seconds allowed for creating the containers")
     parser.add_argument("--create-concurrency", type=int, default=16)
     parser.add_argument("--idle-seconds", type=float, default=60)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--wrk-seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--wrk-connections", type=int, default=64)
     parser.add_argument("--herd", type=int, default=10_000)
