@@ -5,7 +5,7 @@ CARGO       ?= cargo
 CONFIG      ?= conf/idlewatcher.yaml
 BUILD_DEPS  := cmake
 TEST_DEPS   := cmake busybox-static chromium chromium-driver file
-BENCH_DEPS  := cmake busybox-static wrk nginx-light file
+BENCH_DEPS  := cmake busybox-static wrk nginx-light file python3 procps
 
 .PHONY: run test lint demo bench build deps-build deps-test deps-bench clean-test-containers
 
