@@ -143,6 +143,20 @@ def proc_stat(pid):
     }
 
 
+def bootstrap_ratio_ci(b, a, resamples=4000):
+    """95 % interval of median(b) / median(a), resampling whole rounds (a, b pairs)."""
+    import random
+
+    rng = random.Random(1)
+    n = len(a)
+    ratios = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ratios.append(statistics.median(b[i] for i in idx) / statistics.median(a[i] for i in idx))
+    ratios.sort()
+    return [ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]]
+
+
 def children(pid):
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -471,8 +485,15 @@ http {{
         before = proc_stat(proc.pid)
         busy_before = busy_processes({proc.pid})
         load_before = loadavg()
+        window_start = time.time()
         time.sleep(seconds)
         after = proc_stat(proc.pid)
+        window_end = time.time()
+        # Every engine event the gateway's stream receives (its filter: these actions, any container).
+        events = run(["docker", "events", "--since", f"{window_start:.6f}", "--until", f"{window_end:.6f}",
+                      "--filter", "type=container", *sum((["--filter", f"event={a}"] for a in
+                      ["start", "unpause", "die", "pause", "destroy", "create"]), []),
+                      "--format", "{{.Action}}"], timeout=60, check=False).split()
         cpu = after["cpu_s"] - before["cpu_s"]
         result = {
             "routes": routes,
@@ -481,6 +502,8 @@ http {{
             "startup": startup,
             "idle_seconds": seconds,
             "rss_kib": after["rss_kib"],
+            "startup_peak_kib": after["hwm_kib"],
+            "engine_events_in_window": len(events),
             "rss_per_route_bytes": after["rss_kib"] * 1024 / routes,
             "cpu_seconds": cpu,
             "cpu_percent": 100 * cpu / seconds,
@@ -608,6 +631,9 @@ http {{
         a, b, c = (summary[k]["rps_median"] for k in targets)
         cpu_a, cpu_b, cpu_c = (summary[k]["cpu_us_per_request_median"] for k in targets)
         per_round_ba = [rb["rps"] / ra["rps"] for ra, rb in zip(rounds["a_bare_pingora"], rounds["b_idlewatcher"])]
+        ci_ba = bootstrap_ratio_ci([x["rps"] for x in rounds["b_idlewatcher"]], [x["rps"] for x in rounds["a_bare_pingora"]])
+        ci_cpu = bootstrap_ratio_ci([x["cpu_us_per_request"] for x in rounds["b_idlewatcher"]],
+                                    [x["cpu_us_per_request"] for x in rounds["a_bare_pingora"]])
         per_round_bc = [rb["rps"] / rc["rps"] for rc, rb in zip(rounds["c_nginx"], rounds["b_idlewatcher"])]
         self.stop(bare)
         return {
@@ -622,7 +648,9 @@ http {{
             "ratio_b_a_of_medians": b / a,
             "ratio_b_a": statistics.median(per_round_ba),
             "ratio_b_c_of_medians": b / c,
+            "ratio_b_a_of_medians_ci95": ci_ba,
             "cpu_per_request_b_over_a": cpu_b / cpu_a,
+            "cpu_per_request_b_over_a_ci95": ci_cpu,
             "cpu_per_request_b_over_c": cpu_b / cpu_c,
             "ratio_b_c": statistics.median(per_round_bc),
             "ratio_b_a_per_round": per_round_ba,
@@ -754,7 +782,7 @@ def main():
     parser.add_argument("--create-budget", type=float, default=240, help="seconds allowed for creating the containers")
     parser.add_argument("--create-concurrency", type=int, default=16)
     parser.add_argument("--idle-seconds", type=float, default=60)
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--wrk-connections", type=int, default=64)
