@@ -676,7 +676,7 @@ http {{
                               "--count", self.opts.herd, "--container", f"{self.prefix}-herd",
                               "--pid", proc.pid, timeout=300)
         result["command"] = (f"loadgen herd --gateway 127.0.0.1:PORT --host herd.bench --count "
-                             f"{self.opts.herd} --container {self.prefix}-herd --pid GATEWAY_PID")
+                             f"{self.opts.herd} --container PREFIX-herd --pid GATEWAY_PID")
         return result
 
     def stage_cold(self, gateway):
@@ -693,7 +693,7 @@ http {{
                                        "--container", container, "--method", method,
                                        "--wakes", self.opts.wakes, timeout=900)
             out[method]["command"] = (f"loadgen cold --gateway 127.0.0.1:PORT --host {host} --container "
-                                      f"{container} --method {method} --wakes {self.opts.wakes}")
+                                      f"PREFIX-cold-{method} --method {method} --wakes {self.opts.wakes}")
         return out
 
     def stage_sse(self, gateway):
@@ -704,7 +704,7 @@ http {{
                               "--count", self.opts.subscribers, "--container", f"{self.prefix}-sse",
                               "--pid", proc.pid, timeout=300)
         result["command"] = (f"loadgen sse --gateway 127.0.0.1:PORT --host sse.bench --count "
-                             f"{self.opts.subscribers} --container {self.prefix}-sse --pid GATEWAY_PID")
+                             f"{self.opts.subscribers} --container PREFIX-sse --pid GATEWAY_PID")
         return result
 
     # -- the whole run ----------------------------------------------------------------------

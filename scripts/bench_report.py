@@ -71,7 +71,7 @@ def render_e2e(results):
         "`examples/bare_proxy.rs`) runs these on one machine, one after the other, against the real Docker "
         "engine, and rewrites this section. Every stage can be run alone: `scripts/bench.sh --only STAGE` "
         "(`footprint`, `warm`, `herd`, `cold`, `sse`); the commands below name the ports and generated "
-        "configs as placeholders (they are picked fresh each run).\n\n"
+        "configs as placeholders (they are picked fresh each run); PREFIX is the run's container prefix: the containers are made by `loadgen create` from the `idlewatcher-bench` image that `scripts/bench.py` builds (`FROM scratch` + Debian's static busybox; `/bin/serve` sleeps `LISTEN_DELAY` seconds, then runs busybox httpd), labelled `idlewatcher-test=1`, and removed at the end.\n\n"
     )
     out.append(_machine(results))
     errors = {k: v["error"] for k, v in s.items() if isinstance(v, dict) and "error" in v}
