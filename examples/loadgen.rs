@@ -66,7 +66,10 @@ impl Args {
             let value = iter
                 .next()
                 .unwrap_or_else(|| fail(&format!("--{name} needs a value")));
-            values.entry(name.to_string()).or_default().push(value.clone());
+            values
+                .entry(name.to_string())
+                .or_default()
+                .push(value.clone());
         }
         Self { values }
     }
@@ -266,7 +269,9 @@ async fn wait_state(
             return Ok(started.elapsed());
         }
         if started.elapsed() > timeout {
-            return Err(format!("route {host} still {now:?}, not {state:?}, after {timeout:?}").into());
+            return Err(
+                format!("route {host} still {now:?}, not {state:?}, after {timeout:?}").into(),
+            );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -349,7 +354,11 @@ async fn create(args: &Args) -> Result<Value, Error> {
         Some(name) => name.clone(),
         None => args.required("prefix").to_string(),
     };
-    let count: usize = if single.is_some() { 1 } else { args.number("count", 1) };
+    let count: usize = if single.is_some() {
+        1
+    } else {
+        args.number("count", 1)
+    };
     let concurrency: usize = args.number("concurrency", 16);
     let mut labels = HashMap::new();
     for label in args.all("label") {
@@ -728,7 +737,11 @@ async fn sse(args: &Args) -> Result<Value, Error> {
             Ok(Ok(Ok((at, wall)))) => received.push((at, wall)),
             Ok(Ok(Err(error))) => *errors.entry(error).or_default() += 1,
             Ok(Err(error)) => *errors.entry(error.to_string()).or_default() += 1,
-            Err(_) => *errors.entry("no `ready` within the timeout".into()).or_default() += 1,
+            Err(_) => {
+                *errors
+                    .entry("no `ready` within the timeout".into())
+                    .or_default() += 1
+            }
         }
     }
     let (held_done, held_status) = wake.await?;
@@ -763,9 +776,9 @@ async fn sse(args: &Args) -> Result<Value, Error> {
 /// with a 100 µs pause).
 async fn connect_loop(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, Error> {
     loop {
-        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => return Ok(stream),
-            Ok(Err(_)) | Err(_) => {}
+        let attempt = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr));
+        if let Ok(Ok(stream)) = attempt.await {
+            return Ok(stream);
         }
         if Instant::now() > deadline {
             return Err(format!("{addr} never accepted").into());
@@ -901,7 +914,11 @@ async fn cold(args: &Args) -> Result<Value, Error> {
         wait_state(gateway, &host, "ready", limit).await?;
         sleep_backend(&docker, &container, &method).await?;
         wait_state(gateway, &host, "napping", limit).await?;
-        let action = if method == "pause" { "unpause" } else { "start" };
+        let action = if method == "pause" {
+            "unpause"
+        } else {
+            "start"
+        };
         let starts = engine_events(&docker, &container, &[action], window_start, unix_now())
             .await?
             .len();

@@ -182,10 +182,6 @@ def busy_processes(exclude_pids):
     return rows[:6]
 
 
-def fmt_ms(value, digits=1):
-    return "n/a" if value is None else f"{value:.{digits}f} ms"
-
-
 class Bench:
     def __init__(self, opts):
         self.opts = opts
@@ -737,7 +733,7 @@ http {{
         docker_stages = only & {"footprint", "warm", "herd", "cold", "sse"}
         if docker_stages:
             self.build_image()
-            upstream_port, upstream_conf = self.static_upstream()
+            upstream_port, _ = self.static_upstream()
         if only & {"footprint", "warm"}:
             footprint = self.timed("footprint", self.stage_footprint, self.opts.routes, upstream_port)
             if footprint:
