@@ -6,7 +6,7 @@ CONFIG      ?= conf/idlewatcher.yaml
 BUILD_DEPS  := cmake
 TEST_DEPS   := cmake busybox-static chromium chromium-driver file
 DEMO_DEPS   := cmake busybox-static file
-BENCH_DEPS  := cmake busybox-static wrk nginx-light file
+BENCH_DEPS  := cmake busybox-static wrk nginx-light file python3 procps
 
 .PHONY: run test lint demo bench build deps-build deps-test deps-demo deps-bench clean-test-containers
 
@@ -41,8 +41,9 @@ demo: deps-demo
 	@echo
 	./target/release/idlewatcher -c conf/demo.yaml
 
+# Benchmarks (not part of `make test`): about 15 minutes; BENCH_ARGS go to scripts/bench.py.
 bench: deps-bench
-	scripts/bench.sh
+	scripts/bench.sh $(BENCH_ARGS)
 
 deps-build:
 	@scripts/ensure-packages.sh $(BUILD_DEPS)

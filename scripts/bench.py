@@ -1,0 +1,828 @@
+#!/usr/bin/env python3
+"""`make bench`: the end-to-end benchmarks of issue 5, run side by side on this machine.
+
+Called by scripts/bench.sh after the release build (it passes --target-dir). Python 3 standard
+library only. Stages (each can be picked with --only):
+
+  gate       criterion micro-bench of the request path (cargo bench --bench gate)
+  footprint  RSS and CPU of the gateway idling 60 s with N routes, all napping (N stopped containers)
+  warm       wrk against (a) bare Pingora, (b) idlewatcher with N routes, (c) nginx; interleaved
+  herd       10,000 concurrent requests on a sleeping route (real Docker)
+  cold       cold-start tax over >= 20 wakes, stop/start and pause/unpause
+  sse        10,000 subscribers of one route's events; time for `ready` to reach them all
+
+Everything it creates (containers labelled idlewatcher-test=1 and idlewatcher-bench=RUN,
+processes, temp dirs) is removed at the end, on failure and on Ctrl-C too. The figures go into
+BENCHMARKS.md (the sections between the make-bench markers; the rest of the file is kept) and,
+in full, into TARGET/bench/latest.json.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ["gate", "footprint", "warm", "herd", "cold", "sse"]
+LABEL = "idlewatcher-test=1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Pingora server keys, the same for idlewatcher and the bare proxy (the shipped conf's values).
+SERVER_KEYS = """version: 1
+threads: 2
+grace_period_seconds: 1
+graceful_shutdown_timeout_seconds: 3
+upstream_keepalive_pool_size: 1024
+"""
+
+# The bench's backend image: FROM scratch + Debian's static busybox. `serve` waits
+# $LISTEN_DELAY seconds (a backend that takes a while to listen), then runs busybox httpd, and
+# exits at once on SIGTERM (a bare httpd as PID 1 would ignore it).
+SERVE_SCRIPT = """#!/bin/sh
+trap 'exit 0' TERM INT
+if [ -n "$LISTEN_DELAY" ]; then sleep "$LISTEN_DELAY"; fi
+httpd -f -p "${PORT:-80}" -h /www &
+wait
+"""
+INDEX_HTML = "idlewatcher bench backend: hello\n"
+STATIC_BODY = ("idlewatcher bench static upstream. " * 16)[:512] + "\n"
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(cmd, timeout=None, check=True, capture=True, env=None):
+    """Runs a command; returns its stdout (text)."""
+    result = subprocess.run(
+        cmd,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"`{' '.join(cmd)}` failed ({result.returncode}):\n{(result.stderr or '')[-3000:]}"
+        )
+    return result.stdout if capture else ""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc, timeout, what, log_path=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = open(log_path).read()[-3000:] if log_path else ""
+            raise RuntimeError(f"{what} exited ({proc.returncode}) before listening:\n{tail}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"{what} never listened on port {port}")
+
+
+def http_get(port, host, path="/", timeout=10):
+    """One GET over a fresh connection: (status, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1]) if head else 0
+    return status, body
+
+
+def proc_stat(pid):
+    """(utime+stime seconds, RSS KiB, peak KiB, threads, context switches) of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    status = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            status[key] = value.strip()
+    switches = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        switches += int(line.split(":")[1])
+        except OSError:
+            pass
+    kib = lambda key: int(status.get(key, "0 kB").split()[0])
+    return {
+        "cpu_s": cpu,
+        "rss_kib": kib("VmRSS"),
+        "hwm_kib": kib("VmHWM"),
+        "threads": int(status.get("Threads", "0")),
+        "ctx_switches": switches,
+    }
+
+
+def bootstrap_ratio_ci(b, a, resamples=4000):
+    """95 % interval of median(b) / median(a), resampling whole rounds (a, b pairs)."""
+    import random
+
+    rng = random.Random(1)
+    n = len(a)
+    ratios = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ratios.append(statistics.median(b[i] for i in idx) / statistics.median(a[i] for i in idx))
+    ratios.sort()
+    return [ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]]
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def busy_processes(exclude_pids):
+    """The few processes (not ours) using CPU right now, for the report."""
+    out = run(["ps", "-eo", "pid,pcpu,comm", "--sort=-pcpu"], check=False)
+    rows = []
+    for line in out.splitlines()[1:]:
+        parts = line.split(None, 2)
+        if len(parts) < 3 or int(parts[0]) in exclude_pids or float(parts[1]) < 5:
+            continue
+        rows.append(f"{parts[2]} ({parts[1]}% CPU)")
+    return rows[:6]
+
+
+class Bench:
+    def __init__(self, opts):
+        self.opts = opts
+        self.target = opts.target_dir
+        self.run_id = f"{os.getpid()}{int(time.time()) % 100000}"
+        self.prefix = f"iwb{self.run_id}"
+        self.run_label = f"idlewatcher-bench={self.run_id}"
+        self.tmp = tempfile.mkdtemp(prefix="idlewatcher-bench-")
+        os.chmod(self.tmp, 0o755)  # nginx workers (nobody) read the static file here
+        self.procs = []  # (name, Popen)
+        self.created_containers = False
+        self.results = {"stages": {}, "timings": {"build": opts.build_seconds}}
+        self.started = time.time()
+        self.image = None
+
+    # -- binaries ---------------------------------------------------------------------------
+    def bin(self, name):
+        path = os.path.join(self.target, "release", name)
+        if not os.path.exists(path):
+            path = os.path.join(self.target, "release", "examples", name)
+        if not os.path.exists(path):
+            raise RuntimeError(f"{name} is not built under {self.target}/release (run scripts/bench.sh)")
+        return path
+
+    def loadgen(self, *args, timeout=600):
+        cmd = [self.bin("loadgen"), *map(str, args)]
+        log("$ " + " ".join(cmd[1:]))
+        result = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"loadgen {args[0]} failed ({result.returncode})")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    # -- processes --------------------------------------------------------------------------
+    def spawn(self, name, cmd, env=None):
+        log_path = os.path.join(self.tmp, f"{name}.log")
+        out = open(log_path, "w")
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+        self.procs.append((name, proc))
+        return proc, log_path
+
+    def stop(self, proc, sig=signal.SIGINT, timeout=10):
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def cleanup(self):
+        for name, proc in reversed(self.procs):
+            try:
+                self.stop(proc, timeout=5)
+            except Exception as e:  # noqa: BLE001 (clean up what can be)
+                log(f"could not stop {name}: {e}")
+        if self.created_containers:
+            try:
+                removed = self.loadgen("remove", "--label", self.run_label, "--concurrency", 16, timeout=900)
+                self.results["timings"]["remove_containers"] = removed
+                log(f"removed {removed['removed']} containers in {removed['seconds']:.1f} s")
+            except Exception as e:  # noqa: BLE001
+                log(f"container removal failed ({e}); falling back to the docker CLI")
+                ids = run(["docker", "ps", "-aq", "--filter", f"label={self.run_label}"], check=False).split()
+                for i in range(0, len(ids), 200):
+                    run(["docker", "rm", "-f", *ids[i : i + 200]], check=False)
+        logs = os.path.join(self.target, "bench", "logs")
+        shutil.rmtree(logs, ignore_errors=True)
+        os.makedirs(logs, exist_ok=True)
+        for root, _, files in os.walk(self.tmp):
+            for name in files:
+                if name.endswith((".log", ".yaml", ".conf")):
+                    rel = os.path.relpath(os.path.join(root, name), self.tmp).replace(os.sep, "-")
+                    shutil.copy(os.path.join(root, name), os.path.join(logs, rel))
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- the machine ------------------------------------------------------------------------
+    def machine(self):
+        cpu = "unknown"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        docker = run(["docker", "version", "--format", "{{.Server.Version}}"], check=False).strip()
+        driver = run(["docker", "info", "--format", "{{.Driver}}"], check=False).strip()
+        rustc = run(["rustc", "--version"], check=False).strip()
+        mem = 0
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) // 1024 // 1024
+        return {
+            "nproc": os.cpu_count(),
+            "cpu": cpu,
+            "kernel": os.uname().release,
+            "memory_gib": mem,
+            "docker": docker,
+            "docker_storage": driver,
+            "rustc": rustc,
+            "nginx": run(["nginx", "-v"], check=False) or subprocess.run(
+                ["nginx", "-v"], stderr=subprocess.PIPE, text=True).stderr.strip(),
+            "wrk": "wrk (Debian)",
+            "loadavg_start": loadavg(),
+        }
+
+    # -- the backend image ------------------------------------------------------------------
+    def build_image(self):
+        busybox = "/bin/busybox"
+        digest = hashlib.sha256(SERVE_SCRIPT.encode() + INDEX_HTML.encode())
+        with open(busybox, "rb") as f:
+            digest.update(f.read())
+        image = f"idlewatcher-bench:{digest.hexdigest()[:16]}"
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0:
+            self.image = image
+            return
+        context = os.path.join(self.tmp, "image")
+        os.makedirs(os.path.join(context, "bin"))
+        os.makedirs(os.path.join(context, "www"))
+        shutil.copy(busybox, os.path.join(context, "bin", "busybox"))
+        for applet in ["sh", "httpd", "sleep"]:
+            os.symlink("busybox", os.path.join(context, "bin", applet))
+        with open(os.path.join(context, "bin", "serve"), "w") as f:
+            f.write(SERVE_SCRIPT)
+        os.chmod(os.path.join(context, "bin", "serve"), 0o755)
+        with open(os.path.join(context, "www", "index.html"), "w") as f:
+            f.write(INDEX_HTML)
+        with open(os.path.join(context, "Dockerfile"), "w") as f:
+            f.write(
+                "FROM scratch\nCOPY bin /bin\nCOPY www /www\nEXPOSE 80\n"
+                f'LABEL {LABEL.replace("=", "=")}\nCMD ["/bin/serve"]\n'
+            )
+        env = dict(os.environ, DOCKER_BUILDKIT="0")
+        run(["docker", "build", "-q", "-t", image, context], env=env, timeout=300)
+        self.image = image
+
+    def create(self, name, count=None, env=(), max_seconds=None):
+        args = ["create", "--image", self.image, *(["--name", name] if count is None else
+                                                   ["--prefix", name, "--count", count]),
+                "--concurrency", self.opts.create_concurrency,
+                "--label", LABEL, "--label", self.run_label]
+        for e in env:
+            args += ["--env", e]
+        if max_seconds:
+            args += ["--max-seconds", int(max_seconds)]
+        self.created_containers = True
+        return self.loadgen(*args, timeout=1200)
+
+    # -- nginx ------------------------------------------------------------------------------
+    def nginx(self, name, body):
+        root = os.path.join(self.tmp, name)
+        os.makedirs(os.path.join(root, "tmp"), exist_ok=True)
+        temps = "".join(
+            f"    {kind}_temp_path {root}/tmp/{kind};\n"
+            for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+        )
+        conf = os.path.join(root, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(body.replace("@TEMPS@", temps).replace("@ROOT@", root))
+        proc, log_path = self.spawn(name, ["nginx", "-p", root, "-c", conf])
+        return proc, log_path, conf
+
+    def static_upstream(self):
+        port = free_port()
+        www = os.path.join(self.tmp, "www")
+        os.makedirs(www, exist_ok=True)
+        with open(os.path.join(www, "index.html"), "w") as f:
+            f.write(STATIC_BODY)
+        os.chmod(www, 0o755)
+        os.chmod(os.path.join(www, "index.html"), 0o644)
+        body = f"""daemon off;
+worker_processes 1;
+pid @ROOT@/nginx.pid;
+error_log @ROOT@/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+@TEMPS@    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {www};
+        location / {{ }}
+    }}
+}}
+"""
+        proc, log_path, conf = self.nginx("static", body)
+        wait_listening(port, proc, 10, "the static nginx", log_path)
+        return port, conf
+
+    # -- idlewatcher ------------------------------------------------------------------------
+    def gateway_config(self, name, listen, routes_yaml, extra=""):
+        path = os.path.join(self.tmp, f"{name}.yaml")
+        with open(path, "w") as f:
+            f.write(SERVER_KEYS)
+            f.write("idlewatcher:\n")
+            f.write(f'  listen: ["{listen}"]\n')
+            f.write(extra)
+            f.write("  routes:\n")
+            f.write(routes_yaml)
+        return path
+
+    def start_gateway(self, name, config, port, wait_resync=True, timeout=300):
+        env = dict(os.environ, RUST_LOG=os.environ.get("BENCH_RUST_LOG", "info"))
+        t0 = time.time()
+        proc, log_path = self.spawn(name, [self.bin("idlewatcher"), "-c", config], env=env)
+        wait_listening(port, proc, timeout, f"idlewatcher ({name})", log_path)
+        listening = time.time() - t0
+        resynced = None
+        if wait_resync:
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                with open(log_path) as f:
+                    if "watched containers resynced" in f.read():
+                        resynced = time.time() - t0
+                        break
+                if proc.poll() is not None:
+                    raise RuntimeError(f"idlewatcher ({name}) exited:\n{open(log_path).read()[-3000:]}")
+                time.sleep(0.1)
+            if resynced is None:
+                raise RuntimeError(f"idlewatcher ({name}) never resynced its containers")
+        return proc, log_path, {"listening_s": listening, "resynced_s": resynced}
+
+    def wait_state(self, port, host, state, timeout=60):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            try:
+                status, body = http_get(port, host, "/.idlewatcher/status")
+                start, end = body.find(b"{"), body.rfind(b"}")
+                last = json.loads(body[start : end + 1])["state"]
+                if status == 200 and last == state:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"route {host} is {last!r}, not {state!r}, after {timeout} s")
+
+    # -- stages -----------------------------------------------------------------------------
+    def stage_gate(self):
+        cmd = ["cargo", "bench", "--bench", "gate", "--", "--warm-up-time", "1", "--measurement-time", "3"]
+        log("$ " + " ".join(cmd))
+        out = run(cmd, timeout=900)
+        result = {"command": " ".join(cmd), "benches": {}}
+        m = re.search(r"([\d.]+) heap allocations per request \((\d+) in (\d+) requests\)", out)
+        if m:
+            result["allocations_per_request"] = float(m.group(1))
+            result["allocations"] = f"{m.group(2)} in {m.group(3)} requests"
+        for m in re.finditer(r"^(\S+)\s*\n?\s*time:\s+\[([\d.]+ \S+) ([\d.]+ \S+) ([\d.]+ \S+)\]", out, re.M):
+            result["benches"][m.group(1)] = {"low": m.group(2), "median": m.group(3), "high": m.group(4)}
+        if not result["benches"]:
+            raise RuntimeError("no criterion figures in the gate bench's output:\n" + out[-2000:])
+        return result
+
+    def big_routes(self, count, upstream_port):
+        """`count` napping routes (r0…) on the created containers, plus the warm-path target."""
+        lines = []
+        for i in range(count - 1):
+            lines.append(
+                f"    - {{ name: r{i}, hosts: [r{i}.bench], docker: {{ container: {self.prefix}-{i} }}, port: 80 }}\n"
+            )
+        lines.append(
+            f"    - {{ name: target, hosts: [target.bench], docker: {{ container: {self.prefix}-target }}, "
+            f'upstream: "127.0.0.1:{upstream_port}", health: {{ tcp: true }} }}\n'
+        )
+        return "".join(lines)
+
+    def stage_footprint(self, routes, upstream_port):
+        """Creates the containers, starts the big gateway (left running for the warm path)."""
+        log(f"creating {routes} stopped containers through the engine API")
+        budget = self.opts.create_budget
+        created = self.create(self.prefix, routes - 1, max_seconds=budget)
+        target = self.create(f"{self.prefix}-target")
+        self.results["timings"]["create_containers"] = created
+        made = created["created"] + target["created"]
+        note = None
+        if made < routes:
+            note = (f"only {made} of {routes} containers were created within the {budget} s "
+                    f"creation budget; the footprint and warm path use {made} routes")
+            log(note)
+            routes = made
+        port = free_port()
+        config = self.gateway_config(
+            "big", f"127.0.0.1:{port}", self.big_routes(routes, upstream_port),
+            "  defaults: { idle_timeout: 1h, wake_timeout: 60s, stop_method: stop }\n",
+        )
+        t0 = time.time()
+        check = run([self.bin("idlewatcher"), "-t", "-c", config], timeout=300)
+        validate_s = time.time() - t0
+        log(check.strip())
+        proc, log_path, startup = self.start_gateway("big", config, port)
+        startup["validate_s"] = validate_s
+        log(f"big gateway: listening after {startup['listening_s']:.1f} s, resynced after {startup['resynced_s']:.1f} s")
+        self.wait_state(port, "target.bench", "napping")
+        self.wait_state(port, "r0.bench", "napping")
+        time.sleep(2)
+        seconds = self.opts.idle_seconds
+        before = proc_stat(proc.pid)
+        busy_before = busy_processes({proc.pid})
+        load_before = loadavg()
+        window_start = time.time()
+        time.sleep(seconds)
+        after = proc_stat(proc.pid)
+        window_end = time.time()
+        # Every engine event the gateway's stream receives (its filter: these actions, any container).
+        events = run(["docker", "events", "--since", f"{window_start:.6f}", "--until", f"{window_end:.6f}",
+                      "--filter", "type=container", *sum((["--filter", f"event={a}"] for a in
+                      ["start", "unpause", "die", "pause", "destroy", "create"]), []),
+                      "--format", "{{.Action}}"], timeout=60, check=False).split()
+        cpu = after["cpu_s"] - before["cpu_s"]
+        result = {
+            "routes": routes,
+            "containers": created,
+            "note": note,
+            "startup": startup,
+            "idle_seconds": seconds,
+            "rss_kib": after["rss_kib"],
+            "startup_peak_kib": after["hwm_kib"],
+            "engine_events_in_window": len(events),
+            "rss_per_route_bytes": after["rss_kib"] * 1024 / routes,
+            "cpu_seconds": cpu,
+            "cpu_percent": 100 * cpu / seconds,
+            "ctx_switches_per_s": (after["ctx_switches"] - before["ctx_switches"]) / seconds,
+            "threads": after["threads"],
+            "loadavg": [load_before, loadavg()],
+            "others_busy": busy_before,
+            "config": config,
+        }
+        return result, (proc, port, routes)
+
+    def wrk(self, port, host, seconds):
+        cmd = ["wrk", "-t", str(self.opts.wrk_threads), "-c", str(self.opts.wrk_connections),
+               "-d", f"{seconds}s", "--latency", "-H", f"Host: {host}", f"http://127.0.0.1:{port}/"]
+        out = run(cmd, timeout=seconds + 60)
+
+        def duration(text):
+            value, unit = re.match(r"([\d.]+)(us|ms|s|m)", text).groups()
+            return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
+        p50 = duration(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+        p99 = duration(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+        errors = re.search(r"Socket errors: (.*)", out)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        return {
+            "rps": rps, "requests": requests, "p50_ms": p50, "p99_ms": p99,
+            "socket_errors": errors.group(1) if errors else None,
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "command": " ".join(cmd[:-3]) + f" -H 'Host: {host}' http://127.0.0.1:PORT/",
+        }
+
+    def stage_warm(self, big, upstream_port):
+        gw_proc, gw_port, routes = big
+        # (a) the bare Pingora proxy, with the same server keys.
+        bare_port = free_port()
+        server_conf = os.path.join(self.tmp, "bare.yaml")
+        with open(server_conf, "w") as f:
+            f.write(SERVER_KEYS)
+        bare_cmd = [self.bin("bare_proxy"), "-c", server_conf, "--listen", f"127.0.0.1:{bare_port}",
+                    "--upstream", f"127.0.0.1:{upstream_port}"]
+        bare, bare_log = self.spawn("bare", bare_cmd)
+        wait_listening(bare_port, bare, 30, "bare_proxy", bare_log)
+        # (c) nginx as a reverse proxy with upstream keepalive.
+        nginx_port = free_port()
+        _, nginx_log, nginx_conf = self.nginx("proxy", f"""daemon off;
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid @ROOT@/nginx.pid;
+error_log @ROOT@/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+@TEMPS@    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    upstream static {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 256;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen 127.0.0.1:{nginx_port} backlog=4096;
+        location / {{
+            proxy_pass http://static;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+""")
+        wait_listening(nginx_port, None, 10, "the nginx proxy")
+        # (b) the target route becomes ready: its container is started by hand and adopted.
+        run(["docker", "start", f"{self.prefix}-target"], timeout=60)
+        self.wait_state(gw_port, "target.bench", "ready")
+        targets = {
+            "a_bare_pingora": bare_port,
+            "b_idlewatcher": gw_port,
+            "c_nginx": nginx_port,
+        }
+        for name, port in targets.items():
+            status, body = http_get(port, "target.bench")
+            if status != 200 or body.decode(errors="replace").strip() != STATIC_BODY.strip():
+                raise RuntimeError(f"{name} answered {status} {body[:200]!r}, not the static file")
+        log("warm-up: 2 s each")
+        for port in targets.values():
+            self.wrk(port, "target.bench", 2)
+        nginx_proc = next(p for n, p in self.procs if n == "proxy")
+        pids = {
+            "a_bare_pingora": lambda: [bare.pid],
+            "b_idlewatcher": lambda: [gw_proc.pid],
+            "c_nginx": lambda: [nginx_proc.pid] + children(nginx_proc.pid),
+        }
+
+        def cpu(pid_list):
+            return sum(proc_stat(pid)["cpu_s"] for pid in pid_list)
+
+        rounds = {name: [] for name in targets}
+        busy = busy_processes({gw_proc.pid, bare.pid})
+        load_before = loadavg()
+        for r in range(self.opts.rounds):
+            for name, port in targets.items():
+                before = cpu(pids[name]())
+                res = self.wrk(port, "target.bench", self.opts.wrk_seconds)
+                res["cpu_s"] = cpu(pids[name]()) - before
+                res["cpu_us_per_request"] = 1e6 * res["cpu_s"] / max(res["requests"], 1)
+                rounds[name].append(res)
+                log(f"round {r + 1}/{self.opts.rounds} {name}: {res['rps']:.0f} req/s, "
+                    f"p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, "
+                    f"{res['cpu_us_per_request']:.1f} µs CPU per request")
+        summary = {}
+        for name, res in rounds.items():
+            summary[name] = {
+                "rps_median": statistics.median(x["rps"] for x in res),
+                "rps_all": [x["rps"] for x in res],
+                "p50_ms_median": statistics.median(x["p50_ms"] for x in res),
+                "p99_ms_median": statistics.median(x["p99_ms"] for x in res),
+                "cpu_us_per_request_median": statistics.median(x["cpu_us_per_request"] for x in res),
+                "cpu_us_per_request_all": [x["cpu_us_per_request"] for x in res],
+                "errors": [x["socket_errors"] for x in res if x["socket_errors"]],
+                "non_2xx": sum(x["non_2xx"] for x in res),
+            }
+        a, b, c = (summary[k]["rps_median"] for k in targets)
+        cpu_a, cpu_b, cpu_c = (summary[k]["cpu_us_per_request_median"] for k in targets)
+        per_round_ba = [rb["rps"] / ra["rps"] for ra, rb in zip(rounds["a_bare_pingora"], rounds["b_idlewatcher"])]
+        ci_ba = bootstrap_ratio_ci([x["rps"] for x in rounds["b_idlewatcher"]], [x["rps"] for x in rounds["a_bare_pingora"]])
+        ci_cpu = bootstrap_ratio_ci([x["cpu_us_per_request"] for x in rounds["b_idlewatcher"]],
+                                    [x["cpu_us_per_request"] for x in rounds["a_bare_pingora"]])
+        per_round_bc = [rb["rps"] / rc["rps"] for rc, rb in zip(rounds["c_nginx"], rounds["b_idlewatcher"])]
+        self.stop(bare)
+        return {
+            "routes": routes,
+            "rounds": self.opts.rounds,
+            "seconds_per_round": self.opts.wrk_seconds,
+            "wrk_command": rounds["b_idlewatcher"][0]["command"],
+            "bare_command": "target/release/examples/bare_proxy -c SERVER_KEYS.yaml "
+                            "--listen 127.0.0.1:PORT --upstream 127.0.0.1:UPSTREAM",
+            "nginx_conf": nginx_conf,
+            "summary": summary,
+            "ratio_b_a_of_medians": b / a,
+            "ratio_b_a": statistics.median(per_round_ba),
+            "ratio_b_c_of_medians": b / c,
+            "ratio_b_a_of_medians_ci95": ci_ba,
+            "cpu_per_request_b_over_a": cpu_b / cpu_a,
+            "cpu_per_request_b_over_a_ci95": ci_cpu,
+            "cpu_per_request_b_over_c": cpu_b / cpu_c,
+            "ratio_b_c": statistics.median(per_round_bc),
+            "ratio_b_a_per_round": per_round_ba,
+            "ratio_b_c_per_round": per_round_bc,
+            "loadavg": [load_before, loadavg()],
+            "others_busy": busy,
+        }
+
+    def small_gateway(self, routes_yaml, name):
+        port = free_port()
+        config = self.gateway_config(
+            f"gateway-{name}", f"127.0.0.1:{port}", routes_yaml,
+            "  defaults: { idle_timeout: 1h, wake_timeout: 60s, max_waiters: 20000 }\n",
+        )
+        proc, log_path, _ = self.start_gateway(f"gateway-{name}", config, port)
+        return proc, port, config
+
+    def stage_herd(self, gateway):
+        proc, port, _ = gateway
+        self.wait_state(port, "herd.bench", "napping")
+        time.sleep(1)
+        result = self.loadgen("herd", "--gateway", f"127.0.0.1:{port}", "--host", "herd.bench",
+                              "--count", self.opts.herd, "--container", f"{self.prefix}-herd",
+                              "--pid", proc.pid, timeout=300)
+        result["command"] = (f"loadgen herd --gateway 127.0.0.1:PORT --host herd.bench --count "
+                             f"{self.opts.herd} --container PREFIX-herd --pid GATEWAY_PID")
+        return result
+
+    def stage_cold(self, gateway):
+        proc, port, _ = gateway
+        out = {}
+        for method, host in [("stop", "cold-stop.bench"), ("pause", "cold-pause.bench")]:
+            container = f"{self.prefix}-cold-{method}"
+            if method == "pause":
+                # Running, adopted, then paused by hand: asleep by the pause method.
+                self.wait_state(port, host, "ready")
+                run(["docker", "pause", container], timeout=60)
+            self.wait_state(port, host, "napping")
+            out[method] = self.loadgen("cold", "--gateway", f"127.0.0.1:{port}", "--host", host,
+                                       "--container", container, "--method", method,
+                                       "--wakes", self.opts.wakes, timeout=900)
+            out[method]["command"] = (f"loadgen cold --gateway 127.0.0.1:PORT --host {host} --container "
+                                      f"PREFIX-cold-{method} --method {method} --wakes {self.opts.wakes}")
+        return out
+
+    def stage_sse(self, gateway):
+        proc, port, _ = gateway
+        self.wait_state(port, "sse.bench", "napping")
+        time.sleep(1)
+        result = self.loadgen("sse", "--gateway", f"127.0.0.1:{port}", "--host", "sse.bench",
+                              "--count", self.opts.subscribers, "--container", f"{self.prefix}-sse",
+                              "--pid", proc.pid, timeout=300)
+        result["command"] = (f"loadgen sse --gateway 127.0.0.1:PORT --host sse.bench --count "
+                             f"{self.opts.subscribers} --container PREFIX-sse --pid GATEWAY_PID")
+        return result
+
+    # -- the whole run ----------------------------------------------------------------------
+    def timed(self, name, fn, *args):
+        t0 = time.time()
+        log(f"== {name}")
+        try:
+            result = fn(*args)
+        except Exception as e:
+            self.results["stages"][name] = {"error": str(e)}
+            self.results["timings"][name] = time.time() - t0
+            log(f"{name} FAILED: {e}")
+            if self.opts.keep_going:
+                return None
+            raise
+        self.results["timings"][name] = time.time() - t0
+        return result
+
+    def main(self):
+        only = set(self.opts.only.split(",")) if self.opts.only else set(STAGES)
+        self.results["machine"] = self.machine()
+        self.results["date"] = datetime.date.today().isoformat()
+        self.results["started"] = datetime.datetime.now().isoformat(timespec="seconds")
+        self.results["options"] = vars(self.opts)
+        stages = self.results["stages"]
+        if "gate" in only:
+            result = self.timed("gate", self.stage_gate)
+            if result:
+                stages["gate"] = result
+        docker_stages = only & {"footprint", "warm", "herd", "cold", "sse"}
+        if docker_stages:
+            self.build_image()
+            upstream_port, _ = self.static_upstream()
+        if only & {"footprint", "warm"}:
+            footprint = self.timed("footprint", self.stage_footprint, self.opts.routes, upstream_port)
+            if footprint:
+                result, big = footprint
+                if "footprint" in only:
+                    stages["footprint"] = result
+                if "warm" in only:
+                    warm = self.timed("warm", self.stage_warm, big, upstream_port)
+                    if warm:
+                        stages["warm"] = warm
+                self.stop(big[0])
+        if only & {"herd", "cold", "sse"}:
+            log("== creating the herd, cold-start and SSE containers")
+            self.create(f"{self.prefix}-herd", env=[f"LISTEN_DELAY={self.opts.herd_listen_delay}"])
+            self.create(f"{self.prefix}-cold-stop", env=[f"LISTEN_DELAY={self.opts.listen_delay}"])
+            self.create(f"{self.prefix}-cold-pause")
+            self.create(f"{self.prefix}-sse", env=[f"LISTEN_DELAY={self.opts.listen_delay}"])
+            run(["docker", "start", f"{self.prefix}-cold-pause"], timeout=60)
+            routes = "".join(
+                f"    - {{ name: {n}, hosts: [{n}.bench], docker: {{ container: {self.prefix}-{n} }}, port: 80"
+                f"{', stop_method: pause' if n == 'cold-pause' else ''} }}\n"
+                for n in ["herd", "cold-stop", "cold-pause", "sse"]
+            )
+            # A fresh gateway for each stage: memory freed by one stage (and kept by the
+            # allocator) must not hide the next one's.
+            for name, fn in [("herd", self.stage_herd), ("cold", self.stage_cold), ("sse", self.stage_sse)]:
+                if name in only:
+                    gateway = self.small_gateway(routes, name)
+                    result = self.timed(name, fn, gateway)
+                    if result:
+                        stages[name] = result
+                    self.stop(gateway[0])
+        self.results["machine"]["loadavg_end"] = loadavg()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target-dir", required=True, help="cargo's target directory (release build inside)")
+    parser.add_argument("--build-seconds", type=float, default=0, help="how long scripts/bench.sh spent building")
+    parser.add_argument("--only", help="comma-separated stages: " + ",".join(STAGES))
+    parser.add_argument("--routes", type=int, default=10_000, help="routes (and stopped containers) for footprint and warm path")
+    parser.add_argument("--create-budget", type=float, default=240, help="seconds allowed for creating the containers")
+    parser.add_argument("--create-concurrency", type=int, default=16)
+    parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--wrk-seconds", type=int, default=5)
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--wrk-connections", type=int, default=64)
+    parser.add_argument("--herd", type=int, default=10_000)
+    parser.add_argument("--herd-listen-delay", default="0")
+    parser.add_argument("--listen-delay", default="0.25", help="seconds the cold-start and SSE backends take to listen")
+    parser.add_argument("--wakes", type=int, default=20)
+    parser.add_argument("--subscribers", type=int, default=10_000)
+    parser.add_argument("--keep-going", action="store_true", help="run the other stages after one fails")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    opts = parser.parse_args()
+
+    bench = Bench(opts)
+
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    failed = None
+    try:
+        bench.main()
+    except BaseException as e:  # noqa: BLE001 (report, clean up, exit non-zero)
+        failed = e
+        log(f"FAILED: {e!r}")
+    finally:
+        bench.cleanup()
+    bench.results["total_seconds"] = time.time() - bench.started + opts.build_seconds
+    out_dir = os.path.join(opts.target_dir, "bench")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "latest.json"), "w") as f:
+        json.dump(bench.results, f, indent=2, default=str)
+    import bench_report  # scripts/bench_report.py
+
+    report = bench_report.render(bench.results)
+    with open(os.path.join(out_dir, "latest.md"), "w") as f:
+        f.write(report["e2e"] + "\n" + report.get("gate", ""))
+    # Only a complete run replaces the figures in BENCHMARKS.md.
+    if not opts.no_write and failed is None and not opts.only:
+        bench_report.update_benchmarks_md(os.path.join(ROOT, "BENCHMARKS.md"), report)
+        log("BENCHMARKS.md updated")
+    log(f"results: {out_dir}/latest.json, {out_dir}/latest.md; total {bench.results['total_seconds']:.0f} s")
+    if failed is not None:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

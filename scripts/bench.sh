@@ -1,0 +1,23 @@
+#!/bin/sh
+# `make bench`: builds what the benchmarks need (release), then runs scripts/bench.py, which runs
+# every stage, removes whatever it created and writes the figures into BENCHMARKS.md.
+# Arguments go to scripts/bench.py (e.g. `scripts/bench.sh --only herd,cold`; `--help` lists them).
+# Honours CARGO (default cargo) and CARGO_TARGET_DIR.
+set -eu
+cd "$(dirname "$0")/.."
+CARGO=${CARGO:-cargo}
+
+for tool in docker wrk nginx python3; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "bench: $tool is missing (make bench installs it)" >&2; exit 1; }
+done
+docker info >/dev/null 2>&1 || { echo "bench: the Docker engine is not reachable" >&2; exit 1; }
+
+started=$(date +%s)
+echo "bench: building (release): the gateway, examples/bare_proxy, examples/loadgen, benches/gate" >&2
+$CARGO build --release --bin idlewatcher --example bare_proxy --example loadgen
+$CARGO bench --bench gate --no-run
+target_dir=$($CARGO metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+echo "bench: build took $(( $(date +%s) - started )) s" >&2
+
+exec python3 scripts/bench.py --target-dir "$target_dir" --build-seconds "$(( $(date +%s) - started ))" "$@"
