@@ -11,9 +11,9 @@
 //! `HttpPeer` without TLS and with the same 5 s connect timeout. What is left out is the gate and
 //! everything it needs (route table, in-flight guard, activity mark, background ticker).
 //!
-//! `--l4-read-buffer BYTES` (not used for the baseline) sets the listener's L4 read buffer
-//! instead of Pingora's 64 KiB default: `make bench` uses it to measure what that buffer costs
-//! per connection and per request, for the herd budget (see BENCHMARKS.md).
+//! The listener uses the same L4 read buffer as idlewatcher's
+//! ([`idlewatcher::proxy::LISTENER_READ_BUFFER`]); `--l4-read-buffer BYTES` sets another one
+//! (e.g. Pingora's 64 KiB default, 65536) to measure what that buffer costs per connection.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -88,13 +88,10 @@ fn main() {
     if let Some(app) = proxy.app_logic_mut() {
         app.server_options = Some(options);
     }
-    match read_buffer {
-        None => proxy.add_tcp(&listen.to_string()),
-        Some(bytes) => proxy.add_listener(
-            ListenerConfig::tcp(listen.to_string())
-                .l4_buffer(L4BufferSettings::default().read(bytes)),
-        ),
-    }
+    let bytes = read_buffer.unwrap_or(idlewatcher::proxy::LISTENER_READ_BUFFER);
+    proxy.add_listener(
+        ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::default().read(bytes)),
+    );
     server.add_service(proxy);
     server.run_forever()
 }

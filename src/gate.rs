@@ -81,18 +81,14 @@ impl GateContext {
 
     /// Tells the gate the upstream answered (call it from `ProxyHttp::upstream_response_filter`):
     /// a request in the slow start gives its place back and widens the window (see
-    /// [`release`](crate::release)); once the window is fully open, the warm-up is over.
+    /// [`release`](crate::release)).
     pub fn upstream_responded(&mut self) {
         if let Some(fd) = self.unacknowledged.take() {
             // The connection is alive (its response just arrived): `fd` is still ours.
             release::set_user_timeout(fd, Duration::ZERO);
         }
         if let Some(ticket) = self.release.as_mut() {
-            if ticket.responded() {
-                if let Some(guard) = &self.in_flight {
-                    guard.watcher().end_warm_up();
-                }
-            }
+            ticket.responded();
         }
     }
 
@@ -103,17 +99,30 @@ impl GateContext {
     /// or reset connections beyond their listen backlog. Idempotent requests whose body is
     /// fully replayable and for which nothing was answered yet are therefore retried a few
     /// times, with a jittered backoff (see [`retry_delay`](Self::retry_delay)), when they were
-    /// in the slow start, or when their fresh connection was never acknowledged (see
-    /// [`connected_to_upstream`](Self::connected_to_upstream)). Other failures keep Pingora's
-    /// own policy (the caller applies it when this returns false).
+    /// in the slow start, or when their fresh connection was dropped before any answer (never
+    /// acknowledged — see [`connected_to_upstream`](Self::connected_to_upstream) — reset or
+    /// closed), as HTTP clients do for idempotent requests. Other failures keep Pingora's own
+    /// policy (the caller applies it when this returns false).
     pub fn should_retry(&mut self, session: &Session, error: &mut pingora::Error) -> bool {
         let request = session.req_header();
-        let never_acknowledged = self.fresh_connection && release::timed_out(error);
-        let eligible = (self.slow_start || never_acknowledged)
+        let dropped = self.fresh_connection && release::connection_dropped(error);
+        let eligible = (self.slow_start || dropped)
             && self.retries < release::MAX_RETRIES
             && request.method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
+        if eligible {
+            self.retries += 1;
+            error.set_retry(true);
+        }
+        eligible
+    }
+
+    /// Decides whether a failed connection attempt is retried (call it from `ProxyHttp`'s
+    /// `fail_to_connect`). Nothing was sent yet, so any request may try again: a few times,
+    /// with the same jittered backoff. Returns whether it set the error retryable.
+    pub fn should_retry_connect(&mut self, error: &mut pingora::Error) -> bool {
+        let eligible = self.retries < release::MAX_RETRIES;
         if eligible {
             self.retries += 1;
             error.set_retry(true);

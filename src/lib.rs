@@ -275,12 +275,22 @@ impl BackgroundService for Background {
     }
 }
 
-/// Watchers and routes built from the configuration.
+/// Watchers and routes built from the configuration (in time linear in the routes).
 struct Assembly {
     clock: Arc<IdleClock>,
     watchers: Vec<Arc<Watcher>>,
-    by_backend: Vec<(BackendConfig, Arc<Watcher>)>,
+    by_backend: HashMap<BackendConfig, Arc<Watcher>>,
     routes: Vec<(Arc<Route>, Vec<String>)>,
+}
+
+/// What building a watcher needs to look up, indexed once.
+struct Plan<'a> {
+    config: &'a GatewayConfig,
+    providers: &'a HashMap<BackendConfig, Arc<dyn Provider>>,
+    /// Route name → index.
+    route_index: HashMap<&'a str, usize>,
+    /// Backend → the upstreams of every route that fronts it (its watcher probes them all).
+    upstreams: HashMap<&'a BackendConfig, Vec<Arc<Upstream>>>,
 }
 
 impl Assembly {
@@ -288,15 +298,14 @@ impl Assembly {
         config: &GatewayConfig,
         providers: &HashMap<BackendConfig, Arc<dyn Provider>>,
     ) -> Result<Self, StartError> {
-        let clock = IdleClock::new(config.tick);
         let mut assembly = Self {
-            clock,
+            clock: IdleClock::new(config.tick),
             watchers: Vec::new(),
-            by_backend: Vec::new(),
+            by_backend: HashMap::new(),
             routes: Vec::new(),
         };
         // Each route's upstream, created first so a backend's watcher can probe all of them.
-        let upstreams: Vec<Arc<Upstream>> = config
+        let route_upstreams: Vec<Arc<Upstream>> = config
             .routes
             .iter()
             .map(|route| {
@@ -308,18 +317,31 @@ impl Assembly {
                 Arc::new(Upstream::new(target, route.health.clone()))
             })
             .collect();
-        for index in 0..config.routes.len() {
-            assembly.watcher_for(config, index, &upstreams, providers, &mut Vec::new())?;
+        let mut plan = Plan {
+            config,
+            providers,
+            route_index: HashMap::with_capacity(config.routes.len()),
+            upstreams: HashMap::new(),
+        };
+        for (index, (route, upstream)) in config.routes.iter().zip(&route_upstreams).enumerate() {
+            plan.route_index.insert(route.name.as_str(), index);
+            plan.upstreams
+                .entry(&route.backend)
+                .or_default()
+                .push(Arc::clone(upstream));
         }
-        for (route, upstream) in config.routes.iter().zip(upstreams) {
-            let watcher =
-                assembly
-                    .find(&route.backend)
-                    .cloned()
-                    .ok_or_else(|| StartError::Unsupported {
-                        route: route.name.clone(),
-                        message: "no watcher was built for its backend".into(),
-                    })?;
+        for index in 0..config.routes.len() {
+            assembly.watcher_for(&plan, index, &mut Vec::new())?;
+        }
+        for (route, upstream) in config.routes.iter().zip(route_upstreams) {
+            let watcher = assembly
+                .by_backend
+                .get(&route.backend)
+                .cloned()
+                .ok_or_else(|| StartError::Unsupported {
+                    route: route.name.clone(),
+                    message: "no watcher was built for its backend".into(),
+                })?;
             let entry = Route::new(
                 route.name.clone(),
                 watcher,
@@ -333,25 +355,16 @@ impl Assembly {
         Ok(assembly)
     }
 
-    fn find(&self, backend: &BackendConfig) -> Option<&Arc<Watcher>> {
-        self.by_backend
-            .iter()
-            .find(|(known, _)| known == backend)
-            .map(|(_, watcher)| watcher)
-    }
-
     /// The watcher of route `index`'s backend, created (after its dependencies, depth first)
     /// if needed. The configuration guarantees there is no cycle; `visiting` guards anyway.
     fn watcher_for(
         &mut self,
-        config: &GatewayConfig,
+        plan: &Plan<'_>,
         index: usize,
-        upstreams: &[Arc<Upstream>],
-        providers: &HashMap<BackendConfig, Arc<dyn Provider>>,
         visiting: &mut Vec<usize>,
     ) -> Result<Arc<Watcher>, StartError> {
-        let route = &config.routes[index];
-        if let Some(watcher) = self.find(&route.backend) {
+        let route = &plan.config.routes[index];
+        if let Some(watcher) = self.by_backend.get(&route.backend) {
             return Ok(Arc::clone(watcher));
         }
         if visiting.contains(&index) {
@@ -363,28 +376,21 @@ impl Assembly {
         visiting.push(index);
         let mut dependencies = Vec::new();
         for dependency in &route.depends_on {
-            let Some(target) = config
-                .routes
-                .iter()
-                .position(|r| r.name == dependency.route)
-            else {
+            let Some(&target) = plan.route_index.get(dependency.route.as_str()) else {
                 continue;
             };
-            let watcher = self.watcher_for(config, target, upstreams, providers, visiting)?;
+            let watcher = self.watcher_for(plan, target, visiting)?;
             dependencies.push((watcher, dependency.condition));
         }
         visiting.pop();
-        let sharing: Vec<Arc<Upstream>> = config
-            .routes
-            .iter()
-            .zip(upstreams)
-            .filter(|(other, _)| other.backend == route.backend)
-            .map(|(_, upstream)| Arc::clone(upstream))
-            .collect();
-        let provider = Arc::clone(&providers[&route.backend]);
+        let sharing = plan
+            .upstreams
+            .get(&route.backend)
+            .cloned()
+            .unwrap_or_default();
         let watcher = Watcher::new(
             self.watchers.len() as u32,
-            provider,
+            Arc::clone(&plan.providers[&route.backend]),
             self.settings(route),
             dependencies,
             sharing,
@@ -392,7 +398,7 @@ impl Assembly {
         );
         self.watchers.push(Arc::clone(&watcher));
         self.by_backend
-            .push((route.backend.clone(), Arc::clone(&watcher)));
+            .insert(route.backend.clone(), Arc::clone(&watcher));
         Ok(watcher)
     }
 

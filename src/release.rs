@@ -10,11 +10,12 @@
 //!   window doubles each round trip, up to [`MAX_WINDOW`]), so a capable backend is at full
 //!   concurrency within a few round trips while a small one is never flooded. Requests released
 //!   from a hold use it, and so do those arriving during the warm-up right after the wake
-//!   ([`WARM_UP`](crate::watcher::WARM_UP), or until the window is fully open);
+//!   ([`WARM_UP`](crate::watcher::WARM_UP));
 //! - **fail-fast**: a bodiless request on a fresh upstream connection must be acknowledged by
 //!   the backend's kernel within [`UNACKNOWLEDGED_TIMEOUT`] (`TCP_USER_TIMEOUT`);
-//! - **retries** ([`MAX_RETRIES`], jittered backoff): idempotent requests whose attempt failed
-//!   that way, or in the slow start, are tried again.
+//! - **retries** ([`MAX_RETRIES`], jittered backoff): a failed connection attempt, and an
+//!   idempotent request whose fresh connection was dropped before any answer (or any idempotent
+//!   request in the slow start), are tried again.
 //!
 //! The per-request side lives in [`GateContext`](crate::gate::GateContext).
 
@@ -73,21 +74,16 @@ pub struct ReleaseTicket {
 
 impl ReleaseTicket {
     /// The backend answered (response headers arrived): give the place back and open one more.
-    /// Returns whether the window is now fully open (the backend took the ramp-up).
-    pub fn responded(&mut self) -> bool {
+    pub fn responded(&mut self) {
         if self.permit.take().is_none() {
-            return false;
+            return;
         }
         let size = &self.window.size;
         let grown = size.fetch_update(Ordering::AcqRel, Ordering::Acquire, |size| {
             (size < MAX_WINDOW).then_some(size + 1)
         });
-        match grown {
-            Ok(before) => {
-                self.window.places.add_permits(1);
-                before + 1 >= MAX_WINDOW
-            }
-            Err(_) => true,
+        if grown.is_ok() {
+            self.window.places.add_permits(1);
         }
     }
 }
@@ -115,13 +111,25 @@ pub(crate) fn set_user_timeout(fd: RawFd, timeout: Duration) {
     }
 }
 
-/// Whether the upstream failure is a connection timing out (unacknowledged data, or connect).
-pub(crate) fn timed_out(error: &pingora::Error) -> bool {
+/// Whether the upstream failure is the connection being dropped: closed, reset, or timing out
+/// (data never acknowledged, or connect).
+pub(crate) fn connection_dropped(error: &pingora::Error) -> bool {
+    use pingora::ErrorType;
+    if matches!(
+        error.etype(),
+        ErrorType::ConnectionClosed | ErrorType::ConnectTimedout | ErrorType::ConnectRefused
+    ) {
+        return true;
+    }
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.root_cause());
     while let Some(current) = cause {
         if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
             return io.raw_os_error() == Some(libc::ETIMEDOUT)
-                || io.kind() == std::io::ErrorKind::TimedOut;
+                || matches!(
+                    io.kind(),
+                    TimedOut | ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+                );
         }
         cause = current.source();
     }

@@ -338,16 +338,11 @@ impl Watcher {
     }
 
     /// Whether the backend woke moments ago: new requests then enter through the slow start
-    /// too (see [`release`](crate::release)), until [`WARM_UP`] has passed or the window is
-    /// fully open. Two relaxed loads.
+    /// too (see [`release`](crate::release)), until [`WARM_UP`] has passed (on the idle clock,
+    /// which the background service advances). Two relaxed loads.
     #[inline]
     pub fn is_warming_up(&self) -> bool {
         self.warm_until.load(Ordering::Relaxed) > self.idle.now()
-    }
-
-    /// Ends the warm-up early: the backend took a fully open window.
-    pub fn end_warm_up(&self) {
-        self.warm_until.store(0, Ordering::Relaxed);
     }
 
     /// Lets a request through if the backend is ready, holding an in-flight guard for the whole

@@ -609,6 +609,8 @@ impl fmt::Display for Disconnect {
 pub struct DockerEvents {
     docker: Docker,
     watched: Vec<Watched>,
+    /// Position in `watched` of each reference (start-up stays linear in the routes).
+    positions: HashMap<String, usize>,
 }
 
 impl fmt::Debug for DockerEvents {
@@ -632,6 +634,7 @@ impl DockerEvents {
         Self {
             docker,
             watched: Vec::new(),
+            positions: HashMap::new(),
         }
     }
 
@@ -640,10 +643,12 @@ impl DockerEvents {
     /// gets every event.
     pub fn watch(&mut self, container: &str, observer: Arc<dyn BackendObserver>) {
         let reference = normalize_ref(container);
-        if let Some(w) = self.watched.iter_mut().find(|w| w.reference == reference) {
-            w.observers.push(observer);
+        if let Some(&at) = self.positions.get(reference) {
+            self.watched[at].observers.push(observer);
             return;
         }
+        self.positions
+            .insert(reference.to_string(), self.watched.len());
         self.watched.push(Watched {
             reference: reference.to_string(),
             maybe_id: (12..=64).contains(&reference.len())
