@@ -425,10 +425,11 @@ http {{
         log("$ " + " ".join(cmd))
         out = run(cmd, timeout=900)
         result = {"command": " ".join(cmd), "benches": {}}
-        m = re.search(r"([\d.]+) heap allocations per request \((\d+) in (\d+) requests\)", out)
+        m = re.search(r"([\d.]+) heap allocations per request \((\d+) for ([\d,]+) requests, (\d+) for ([\d,]+)\)", out)
         if m:
             result["allocations_per_request"] = float(m.group(1))
-            result["allocations"] = f"{m.group(2)} in {m.group(3)} requests"
+            result["allocations"] = (f"{m.group(2)} allocations for {m.group(3)} requests, "
+                                     f"{m.group(4)} for {m.group(5)}: the difference per request")
         for m in re.finditer(r"^(\S+)\s*\n?\s*time:\s+\[([\d.]+ \S+) ([\d.]+ \S+) ([\d.]+ \S+)\]", out, re.M):
             result["benches"][m.group(1)] = {"low": m.group(2), "median": m.group(3), "high": m.group(4)}
         if not result["benches"]:

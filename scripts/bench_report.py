@@ -56,7 +56,8 @@ on the ready path.
 |---|---|---|
 {rows}
 - Heap allocations per request by the gate on a ready route: **{allocations}** ({gate.get('allocations', '?')}),
-  counted by a global allocator around 1,000 `IdleGate::check` calls plus the context drop.
+  counted by a global allocator around batches of 1,000 and 2,000 `IdleGate::check` calls plus the
+  context drop (the difference is the per-request cost, free of once-per-batch work).
 - `gate/ready_route_10000_routes` includes a `block_on` of the async `check` on a current-thread
   runtime; `gate/tokio_block_on_baseline` is that `block_on` alone, so the gate's own cost is the
   difference. `activity/mark` is the idle clock's whole cost on the request path.
