@@ -33,30 +33,17 @@ async fn two_thousand_concurrent_requests_start_the_container_once() {
         let client = client.clone();
         let url = url.clone();
         requests.spawn(async move {
-            let response = client
-                .get(&url)
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await;
-            let answer = match response {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    response.text().await.map(|body| (status, body))
-                }
-                Err(e) => Err(e),
-            };
-            (answer, SystemTime::now(), started.elapsed())
+            let outcome = expect_index(&client, &url, Duration::from_secs(30)).await;
+            (outcome, SystemTime::now(), started.elapsed())
         });
     }
     let mut last_answer = SystemTime::UNIX_EPOCH;
     let mut latencies = Vec::with_capacity(2000);
     let mut failures = Vec::new();
     while let Some(result) = requests.join_next().await {
-        let (answer, at, latency) = result.expect("request task");
-        match answer {
-            Ok((200, body)) if body == INDEX_BODY => {}
-            Ok((status, body)) => failures.push(format!("{status} after {latency:?}: {body}")),
-            Err(e) => failures.push(format!("error after {latency:?}: {e:?}")),
+        let (outcome, at, latency) = result.expect("request task");
+        if let Err(e) = outcome {
+            failures.push(format!("after {latency:?}: {e}"));
         }
         last_answer = last_answer.max(at);
         latencies.push(latency);
@@ -120,22 +107,7 @@ async fn requests_arriving_just_after_a_wake_are_answered_too() {
             let client = client.clone();
             let url = url.clone();
             requests.spawn(async move {
-                let response = client
-                    .get(&url)
-                    .timeout(Duration::from_secs(20))
-                    .send()
-                    .await;
-                let outcome = match response {
-                    Ok(response) => {
-                        let status = response.status().as_u16();
-                        match response.text().await {
-                            Ok(body) if status == 200 && body == INDEX_BODY => Ok(()),
-                            Ok(body) => Err(format!("{status}: {body}")),
-                            Err(e) => Err(format!("{status}, body error {e:?}")),
-                        }
-                    }
-                    Err(e) => Err(format!("{e:?}")),
-                };
+                let outcome = expect_index(&client, &url, Duration::from_secs(20)).await;
                 (burst, outcome, started.elapsed())
             });
         }
@@ -168,6 +140,26 @@ async fn requests_arriving_just_after_a_wake_are_answered_too() {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+/// One GET that must be answered 200 with the backend's index page; otherwise says what came.
+async fn expect_index(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let response = client
+        .get(url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status().as_u16();
+    match response.text().await {
+        Ok(body) if status == 200 && body == INDEX_BODY => Ok(()),
+        Ok(body) => Err(format!("{status}: {body}")),
+        Err(e) => Err(format!("{status}, body error {e:?}")),
+    }
+}
 
 /// `n` pseudo-random bytes (xorshift64*, seeded from the clock: a different body every run).
 fn random_bytes(n: usize) -> Vec<u8> {
