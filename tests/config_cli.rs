@@ -460,39 +460,29 @@ fn every_bad_config_is_rejected_naming_route_and_key_and_never_listens() {
         let text = config_text(case.yaml, address);
         let (_dir, path) = write_config(&text);
 
-        let check = run_check(&path);
-        let stderr = String::from_utf8_lossy(&check.stderr);
-        if check.status.success() {
-            failures.push(format!(
-                "case {:?}: `-t` exited {} (want non-zero)\nstderr:\n{stderr}",
-                case.name, check.status
-            ));
-        }
-        for needle in case.expect {
-            if !stderr.contains(needle) {
+        // Both `-t` and the gateway itself must fail, naming every expected route and key.
+        let mut judge = |what: &str, output: &std::process::Output| {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if output.status.success() {
                 failures.push(format!(
-                    "case {:?}: `-t` stderr lacks {needle:?}\nstderr:\n{stderr}\nfile:{text}",
-                    case.name
+                    "case {:?}: {what} exited {} on a bad config (want non-zero)\nstderr:\n{stderr}",
+                    case.name, output.status
                 ));
             }
-        }
-
-        let run = run_gateway_expecting_no_listener(case.name, &path, address);
-        let stderr = String::from_utf8_lossy(&run.stderr);
-        if run.status.success() {
-            failures.push(format!(
-                "case {:?}: the gateway exited {} on a bad config (want non-zero)\nstderr:\n{stderr}",
-                case.name, run.status
-            ));
-        }
-        for needle in case.expect {
-            if !stderr.contains(needle) {
-                failures.push(format!(
-                    "case {:?}: the gateway's stderr lacks {needle:?}\nstderr:\n{stderr}",
-                    case.name
-                ));
+            for needle in case.expect {
+                if !stderr.contains(needle) {
+                    failures.push(format!(
+                        "case {:?}: {what}: stderr lacks {needle:?}\nstderr:\n{stderr}\nfile:{text}",
+                        case.name
+                    ));
+                }
             }
-        }
+        };
+        judge("`-t`", &run_check(&path));
+        judge(
+            "the gateway",
+            &run_gateway_expecting_no_listener(case.name, &path, address),
+        );
     }
     assert!(
         failures.is_empty(),
