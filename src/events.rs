@@ -46,13 +46,6 @@ pub enum WakeEventKind {
     Napping,
 }
 
-impl WakeEventKind {
-    /// Whether this event ends a wake (a subscriber must never miss it).
-    pub fn is_outcome(self) -> bool {
-        matches!(self, Self::Ready | Self::Error)
-    }
-}
-
 /// One event. The route name is added when it is written out, so one backend's log serves
 /// every route that fronts it.
 #[derive(Debug, Clone)]
@@ -160,11 +153,6 @@ impl EventLog {
             _ => 0,
         };
         out.extend(ring.events.iter().skip(skip).cloned());
-    }
-
-    /// The kind of the newest kept event, if any.
-    pub fn last_kind(&self) -> Option<WakeEventKind> {
-        self.ring.lock().events.back().map(|e| e.kind)
     }
 
     /// A receiver that changes whenever an event is pushed.

@@ -121,7 +121,6 @@ pub struct IdleWatcher {
     watchers: Vec<Arc<Watcher>>,
     clock: Arc<IdleClock>,
     background: Mutex<Option<Background>>,
-    max_concurrent_stops: usize,
 }
 
 impl IdleWatcher {
@@ -194,7 +193,6 @@ impl IdleWatcher {
                 ticker: IdleTicker::new(timers, config.max_concurrent_stops),
                 events: Mutex::new(events),
             })),
-            max_concurrent_stops: config.max_concurrent_stops,
         })
     }
 
@@ -246,11 +244,6 @@ impl IdleWatcher {
             Some(background) => vec![Box::new(background_service("idlewatcher", background))],
             None => Vec::new(),
         }
-    }
-
-    /// The idle clock's stop concurrency (as configured).
-    pub fn max_concurrent_stops(&self) -> usize {
-        self.max_concurrent_stops
     }
 }
 

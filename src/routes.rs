@@ -57,11 +57,6 @@ impl Route {
         let held = HeldRequest(&self.waiters);
         (before < self.max_waiters).then_some(held)
     }
-
-    /// How many requests are held right now.
-    pub fn held(&self) -> usize {
-        self.waiters.load(Ordering::Acquire)
-    }
 }
 
 /// One held request; dropping it releases its place.
