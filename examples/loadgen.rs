@@ -5,7 +5,7 @@
 //! loadgen create --image IMG (--name NAME | --prefix P --count N [--max-seconds S])
 //!                [--concurrency 16] [--label K=V]… [--env K=V]…
 //! loadgen remove --label K=V [--concurrency 16]
-//! loadgen herd   --gateway ADDR --host H --count N --container C [--pid GATEWAY_PID]
+//! loadgen herd   --gateway ADDR --host H --count N --container C [--pid GATEWAY_PID] [--any-state true]
 //! loadgen sse    --gateway ADDR --host H --count N --container C [--pid GATEWAY_PID]
 //! loadgen cold   --gateway ADDR --host H --container C --method stop|pause [--wakes 20] [--port 80]
 //! ```
@@ -516,7 +516,7 @@ async fn herd(args: &Args) -> Result<Value, Error> {
     let docker = docker().await?;
 
     let state = gateway_state(gateway, &host).await?;
-    if state != "napping" {
+    if state != "napping" && args.get("any-state") != Some("true") {
         return Err(format!("route {host} is {state:?}, not napping").into());
     }
     let (rss_before, _) = pid.map(memory_kib).unwrap_or_default();
