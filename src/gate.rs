@@ -153,10 +153,7 @@ async fn join_slow_start(
         }
         Err(_) => {
             ctx.in_flight = None;
-            Err(WakeFailure::TimedOut {
-                backend: watcher.backend().to_string(),
-                timeout: watcher.settings().wake_timeout,
-            })
+            Err(watcher.timed_out())
         }
     }
 }
@@ -390,10 +387,7 @@ impl IdleGate {
             }
             // Ready, then at once asleep again: wake once more within the deadline.
             if Instant::now() >= deadline {
-                break WakeFailure::TimedOut {
-                    backend: watcher.backend().to_string(),
-                    timeout: watcher.settings().wake_timeout,
-                };
+                break watcher.timed_out();
             }
         };
         let detail = format!("{} could not be woken: {failure}", route.name);

@@ -438,6 +438,14 @@ impl Watcher {
         self.control.lock().release.clone()
     }
 
+    /// The failure of a request whose own `wake_timeout` deadline passed.
+    pub fn timed_out(&self) -> WakeFailure {
+        WakeFailure::TimedOut {
+            backend: self.backend.clone(),
+            timeout: self.settings.wake_timeout,
+        }
+    }
+
     /// Waits until the backend is ready, the wake of `generation` (or a later one) fails, or
     /// `deadline` passes. A backend that falls asleep again meanwhile is woken again.
     pub async fn wait_ready(&self, generation: u64, deadline: Instant) -> Result<(), WakeFailure> {
@@ -488,10 +496,7 @@ impl Watcher {
             }
             let changed = tokio::time::timeout_at(deadline.into(), receiver.changed()).await;
             if !matches!(changed, Ok(Ok(()))) {
-                return Err(WakeFailure::TimedOut {
-                    backend: self.backend.clone(),
-                    timeout: self.settings.wake_timeout,
-                });
+                return Err(self.timed_out());
             }
         }
     }
