@@ -666,14 +666,19 @@ http {{
         return proc, port, config
 
     def stage_herd(self, gateway):
+        return self.many_clients(gateway, "herd", self.opts.herd)
+
+    def many_clients(self, gateway, kind, count):
+        """`loadgen herd|sse`: `count` clients at once on the sleeping route `KIND.bench`."""
         proc, port, _ = gateway
-        self.wait_state(port, "herd.bench", "napping")
+        host = f"{kind}.bench"
+        self.wait_state(port, host, "napping")
         time.sleep(1)
-        result = self.loadgen("herd", "--gateway", f"127.0.0.1:{port}", "--host", "herd.bench",
-                              "--count", self.opts.herd, "--container", f"{self.prefix}-herd",
+        result = self.loadgen(kind, "--gateway", f"127.0.0.1:{port}", "--host", host,
+                              "--count", count, "--container", f"{self.prefix}-{kind}",
                               "--pid", proc.pid, timeout=300)
-        result["command"] = (f"loadgen herd --gateway 127.0.0.1:PORT --host herd.bench --count "
-                             f"{self.opts.herd} --container PREFIX-herd --pid GATEWAY_PID")
+        result["command"] = (f"loadgen {kind} --gateway 127.0.0.1:PORT --host {host} --count "
+                             f"{count} --container PREFIX-{kind} --pid GATEWAY_PID")
         return result
 
     def stage_cold(self, gateway):
@@ -694,15 +699,7 @@ http {{
         return out
 
     def stage_sse(self, gateway):
-        proc, port, _ = gateway
-        self.wait_state(port, "sse.bench", "napping")
-        time.sleep(1)
-        result = self.loadgen("sse", "--gateway", f"127.0.0.1:{port}", "--host", "sse.bench",
-                              "--count", self.opts.subscribers, "--container", f"{self.prefix}-sse",
-                              "--pid", proc.pid, timeout=300)
-        result["command"] = (f"loadgen sse --gateway 127.0.0.1:PORT --host sse.bench --count "
-                             f"{self.opts.subscribers} --container PREFIX-sse --pid GATEWAY_PID")
-        return result
+        return self.many_clients(gateway, "sse", self.opts.subscribers)
 
     # -- the whole run ----------------------------------------------------------------------
     def timed(self, name, fn, *args):
