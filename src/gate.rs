@@ -14,6 +14,9 @@
 //! 6. Anything else is held: wake, wait until ready or the route's `wake_timeout`, then let the
 //!    very same request through (its body has not been read, so it streams upstream intact).
 //!    Failure, timeout or too many waiters → 503 + `Retry-After` + problem+json.
+//!    Most held requests never reach this point as Pingora sessions: the
+//!    [early hold](crate::hold) holds them before Pingora reads them, far more cheaply, and
+//!    hands them over ready (or failed), so the gate only lets them through (or answers).
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -21,10 +24,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::request::Parts;
 use pingora::proxy::Session;
 use pingora::Result;
 use serde::Serialize;
 
+use crate::hold::{self, Admission, Handover, HoldOutcome};
 use crate::idle::IdleClock;
 use crate::page;
 use crate::release::{self, ReleaseTicket};
@@ -51,6 +56,13 @@ pub struct GateContext {
 }
 
 impl GateContext {
+    /// The request waited through a wake and enters the backend in the slow start.
+    fn admit(&mut self, admission: Admission) {
+        self.in_flight = Some(admission.in_flight);
+        self.release = Some(admission.release);
+        self.slow_start = true;
+    }
+
     /// The route the request matched, once the gate ran.
     pub fn route(&self) -> Option<RouteId> {
         self.route
@@ -145,17 +157,36 @@ async fn join_slow_start(
     deadline: Instant,
 ) -> std::result::Result<(), WakeFailure> {
     ctx.slow_start = true;
-    let window = watcher.release_window();
-    match tokio::time::timeout_at(deadline.into(), window.enter()).await {
+    match hold::enter_window(watcher, deadline).await {
         Ok(ticket) => {
             ctx.release = Some(ticket);
             Ok(())
         }
-        Err(_) => {
+        Err(failure) => {
             ctx.in_flight = None;
-            Err(watcher.timed_out())
+            Err(failure)
         }
     }
+}
+
+/// What the gate does with a request whose backend is not ready (module docs, steps 4–6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asleep<'a> {
+    /// `/favicon.ico`: 204, nothing woken.
+    Favicon,
+    /// Not the route's `start_endpoint` (given): 403, nothing woken.
+    Forbidden(&'a str),
+    /// A browser navigation: the wake starts, the loading page answers.
+    LoadingPage,
+    /// Held until ready, then let through.
+    Hold,
+}
+
+/// Answers a request whose backend could not be woken: 503, `Retry-After`, problem+json.
+async fn wake_failed(session: &mut Session, route: &Route, failure: &WakeFailure) -> Result<()> {
+    let detail = format!("{} could not be woken: {failure}", route.name);
+    let retry = Some(failure.retry_after_secs());
+    respond::problem(session, 503, Some(&route.name), &detail, retry).await
 }
 
 /// What to do with a Host no route claims.
@@ -251,12 +282,12 @@ impl IdleGate {
             ctx.in_flight = Some(guard);
             if route.watcher.is_warming_up() {
                 let route = Arc::clone(route);
-                return self.warming_up(session, ctx, &route).await;
+                return self.warming_up(session, ctx, id, &route).await;
             }
             return Ok(false);
         }
         let route = Arc::clone(route);
-        self.not_ready(session, ctx, &route).await
+        self.not_ready(session, ctx, id, &route).await
     }
 
     /// A request for a backend that just woke: it joins the held ones in the slow start (the
@@ -266,8 +297,14 @@ impl IdleGate {
         &self,
         session: &mut Session,
         ctx: &mut GateContext,
+        id: RouteId,
         route: &Route,
     ) -> Result<bool> {
+        if let Some(Handover::Admitted(admission)) = hold::take_handover(id) {
+            // Held before Pingora read it: its place in the window is already taken.
+            ctx.admit(admission);
+            return Ok(false);
+        }
         let deadline = Instant::now() + route.watcher.settings().wake_timeout;
         match join_slow_start(ctx, &route.watcher, deadline).await {
             Ok(()) => Ok(false),
@@ -286,46 +323,73 @@ impl IdleGate {
         self.routes.get(ctx.route?)?.upstream.address()
     }
 
+    /// What a request for `route`, whose backend is not ready, gets (steps 4–6 of the module
+    /// docs). The early hold asks the same question before Pingora parsed the request.
+    pub fn when_asleep<'a>(&self, route: &'a Route, request: &Parts) -> Asleep<'a> {
+        let path = request.uri.path();
+        if path == "/favicon.ico" {
+            return Asleep::Favicon;
+        }
+        if let Some(endpoint) = &route.start_endpoint {
+            if path != endpoint {
+                return Asleep::Forbidden(endpoint);
+            }
+        }
+        if !route.no_loading_page && page::is_browser_navigation(request) {
+            return Asleep::LoadingPage;
+        }
+        Asleep::Hold
+    }
+
+    /// Whether `path` is one of the internal endpoints (answered by the gate, never woken).
+    pub fn is_internal(&self, path: &str) -> bool {
+        path.strip_prefix(&*self.prefix)
+            .and_then(Internal::parse)
+            .is_some()
+    }
+
     async fn not_ready(
         &self,
         session: &mut Session,
         ctx: &mut GateContext,
+        id: RouteId,
         route: &Route,
     ) -> Result<bool> {
-        let request = session.req_header();
-        let path = request.uri.path();
-        if path == "/favicon.ico" {
-            respond::send(session, 204, &[("cache-control", "no-store")], Bytes::new()).await?;
-            return Ok(true);
-        }
-        if let Some(endpoint) = &route.start_endpoint {
-            if path != endpoint {
+        match self.when_asleep(route, session.req_header()) {
+            Asleep::Favicon => {
+                respond::send(session, 204, &[("cache-control", "no-store")], Bytes::new()).await?;
+            }
+            Asleep::Forbidden(endpoint) => {
                 let detail = format!("{} is asleep and only {endpoint} may wake it", route.name);
                 respond::problem(session, 403, Some(&route.name), &detail, None).await?;
-                return Ok(true);
             }
+            Asleep::LoadingPage => {
+                // Starts the wake in the background; a refusal (backoff) shows in the page's
+                // events.
+                let _ = route.watcher.wake();
+                let body = page::render(&route.name, &self.prefix, RETRY_AFTER_SECS);
+                let retry = RETRY_AFTER_SECS.to_string();
+                respond::send(
+                    session,
+                    503,
+                    &[
+                        ("content-type", "text/html; charset=utf-8"),
+                        ("cache-control", "no-store"),
+                        ("retry-after", &retry),
+                        ("content-security-policy", page::CONTENT_SECURITY_POLICY),
+                        ("x-content-type-options", "nosniff"),
+                    ],
+                    Bytes::from(body),
+                )
+                .await?;
+            }
+            Asleep::Hold => match hold::take_handover(id) {
+                // Held before Pingora read it, and the wake failed meanwhile: do not hold again.
+                Some(Handover::Failed(failure)) => wake_failed(session, route, &failure).await?,
+                _ => return self.hold(session, ctx, route).await,
+            },
         }
-        if !route.no_loading_page && page::is_browser_navigation(request) {
-            // Starts the wake in the background; a refusal (backoff) shows in the page's events.
-            let _ = route.watcher.wake();
-            let body = page::render(&route.name, &self.prefix, RETRY_AFTER_SECS);
-            let retry = RETRY_AFTER_SECS.to_string();
-            respond::send(
-                session,
-                503,
-                &[
-                    ("content-type", "text/html; charset=utf-8"),
-                    ("cache-control", "no-store"),
-                    ("retry-after", &retry),
-                    ("content-security-policy", page::CONTENT_SECURITY_POLICY),
-                    ("x-content-type-options", "nosniff"),
-                ],
-                Bytes::from(body),
-            )
-            .await?;
-            return Ok(true);
-        }
-        self.hold(session, ctx, route).await
+        Ok(true)
     }
 
     /// Holds the request until the backend is ready, then lets it through unchanged.
@@ -354,52 +418,30 @@ impl IdleGate {
         let deadline = Instant::now() + watcher.settings().wake_timeout;
         // Without a body to stream, the connection can be watched for a client that leaves, so
         // its place among the waiters is released at once (the wake itself goes on).
-        let mut watch_client = session.as_downstream_mut().is_body_empty();
-        let mut shutdown = self.clock.shutdown_signal();
-        let failure = loop {
-            let wait = async {
-                let generation = watcher.wake()?;
-                watcher.wait_ready(generation, deadline).await
-            };
-            tokio::pin!(wait);
-            let result = loop {
-                if *shutdown.borrow_and_update() {
-                    break Err(WakeFailure::ShuttingDown);
-                }
-                tokio::select! {
-                    result = &mut wait => break result,
-                    left = session.as_downstream_mut().read_body_or_idle(true), if watch_client => {
-                        left?; // An error means the client is gone: nobody to answer.
-                        watch_client = false;
-                    }
-                    _ = shutdown.changed() => {}
-                }
-            };
-            if let Err(failure) = result {
-                break failure;
-            }
-            if let Some(guard) = watcher.enter() {
-                ctx.in_flight = Some(guard);
-                match join_slow_start(ctx, watcher, deadline).await {
-                    Ok(()) => return Ok(false),
-                    Err(failure) => break failure,
+        let watch_client = session.as_downstream_mut().is_body_empty();
+        let downstream = session.as_downstream_mut();
+        let client_left = async {
+            if watch_client {
+                // An error means the client is gone; anything else: stop watching.
+                if let Err(error) = downstream.read_body_or_idle(true).await {
+                    return error;
                 }
             }
-            // Ready, then at once asleep again: wake once more within the deadline.
-            if Instant::now() >= deadline {
-                break watcher.timed_out();
-            }
+            std::future::pending().await
         };
-        let detail = format!("{} could not be woken: {failure}", route.name);
-        respond::problem(
-            session,
-            503,
-            Some(&route.name),
-            &detail,
-            Some(failure.retry_after_secs()),
-        )
-        .await?;
-        Ok(true)
+        let shutdown = self.clock.shutdown_signal();
+        match hold::hold_until_admitted(watcher, deadline, shutdown, client_left).await {
+            HoldOutcome::Admitted(admission) => {
+                ctx.admit(admission);
+                Ok(false)
+            }
+            HoldOutcome::Failed(failure) => {
+                wake_failed(session, route, &failure).await?;
+                Ok(true)
+            }
+            // Nobody to answer.
+            HoldOutcome::ClientLeft(error) => Err(error),
+        }
     }
 
     async fn serve_internal(

@@ -46,6 +46,7 @@
 //! | [`config`] | the YAML file, validated all at once |
 //! | [`routes`] | the Host → route table |
 //! | [`gate`] | what a request gets while its backend is not ready |
+//! | [`hold`] | holding requests through a wake, before Pingora reads them where it can |
 //! | [`watcher`] | one backend's state, singleflight wake, sleep |
 //! | [`readiness`] | probing the backend from the gateway |
 //! | [`release`] | how requests enter a backend that just woke: slow start, fail-fast, retries |
@@ -58,6 +59,7 @@
 pub mod config;
 pub mod events;
 pub mod gate;
+pub mod hold;
 pub mod idle;
 pub mod page;
 pub mod providers;

@@ -6,7 +6,8 @@
 //! are held and proxied instead, so an API client never receives HTML with a 503 (let alone a 200
 //! a CDN could cache).
 
-use pingora::http::{Method, RequestHeader};
+use http::request::Parts;
+use http::Method;
 
 /// The page template (see `assets/README.md` for its contract).
 pub const TEMPLATE: &str = include_str!("../assets/loading.html");
@@ -18,8 +19,9 @@ pub const STYLE: &str = include_str!("../assets/style.css");
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; connect-src 'self'; img-src data:";
 
-/// Whether the request is a browser navigation that should see the loading page.
-pub fn is_browser_navigation(request: &RequestHeader) -> bool {
+/// Whether the request is a browser navigation that should see the loading page (a Pingora
+/// `RequestHeader` dereferences to the `Parts` this takes).
+pub fn is_browser_navigation(request: &Parts) -> bool {
     if request.method != Method::GET || is_upgrade(request) {
         return false;
     }
@@ -61,7 +63,7 @@ fn accepts_html(range: &str) -> bool {
 }
 
 /// Whether the request asks for a protocol upgrade (WebSocket and the like).
-pub fn is_upgrade(request: &RequestHeader) -> bool {
+pub fn is_upgrade(request: &Parts) -> bool {
     let headers = &request.headers;
     headers.contains_key(http::header::UPGRADE)
         || headers

@@ -8,13 +8,14 @@ use pingora::apps::HttpServerOptions;
 use pingora::http::ResponseHeader;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::Digest;
-use pingora::proxy::{http_proxy_service_with_name, HttpProxy, ProxyHttp, Session};
+use pingora::proxy::{http_proxy, HttpProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
 
 use crate::gate::GateContext;
+use crate::hold::EarlyHold;
 use crate::IdleWatcher;
 
 /// The listener's L4 read buffer, in bytes. Pingora's default is 64 KiB per connection, mostly
@@ -34,19 +35,18 @@ impl IdleProxy {
         Self { idle }
     }
 
-    /// The listening service: this proxy on every `listen` address, HTTP/1.1 and cleartext
-    /// HTTP/2 (h2c).
+    /// The listening service: this proxy behind an [`EarlyHold`] on every `listen` address,
+    /// HTTP/1.1 and cleartext HTTP/2 (h2c).
     pub fn service(
         idle: Arc<IdleWatcher>,
         server: &Arc<ServerConf>,
         listen: &[String],
-    ) -> Service<HttpProxy<IdleProxy>> {
-        let mut service = http_proxy_service_with_name(server, Self::new(idle), "idlewatcher");
+    ) -> Service<EarlyHold<HttpProxy<IdleProxy>>> {
+        let mut proxy = http_proxy(server, Self::new(Arc::clone(&idle)));
         let mut options = HttpServerOptions::default();
         options.h2c = true;
-        if let Some(proxy) = service.app_logic_mut() {
-            proxy.server_options = Some(options);
-        }
+        proxy.server_options = Some(options);
+        let mut service = Service::new("idlewatcher".to_string(), EarlyHold::new(idle, proxy));
         for address in listen {
             service.add_listener(
                 ListenerConfig::tcp(address.clone())
