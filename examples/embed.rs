@@ -13,9 +13,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::prelude::*;
-use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
+use pingora::proxy::{http_proxy, ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
+use pingora::services::listening::Service;
 
+use idlewatcher::hold::EarlyHold;
 use idlewatcher::{config, GateContext, IdleWatcher, UnknownHost};
 
 /// The gateway's own per-request state, with idlewatcher's inside.
@@ -97,12 +99,18 @@ fn main() {
     let server_conf = ServerConf::from_yaml(&config.server_yaml).expect("validated server keys");
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(
+    let gateway = http_proxy(
         &server.configuration,
         MyGateway {
             idle: Arc::clone(&idle),
             default_upstream,
         },
+    );
+    // Optional: requests for sleeping routes are held before Pingora reads them, at a fraction
+    // of the memory of a held Pingora session (`idlewatcher::hold`).
+    let mut proxy = Service::new(
+        "gateway".to_string(),
+        EarlyHold::new(Arc::clone(&idle), gateway),
     );
     for address in &config.gateway.listen {
         proxy.add_tcp(address);

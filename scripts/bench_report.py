@@ -180,7 +180,7 @@ one wakes it and the others join the wake.
 | time to the last response (from the first request written) | **{_ms(herd['last_response_ms'])}** |
 | per-request latency median / p99 | {_ms(herd['latency_ms']['median'])} / {_ms(herd['latency_ms']['p99'])} |
 | gateway RSS before | {_mib(herd['rss_before_kib'])} |
-| … with the {herd['requests']:,} connections open, no request sent yet (no idlewatcher code has run) | {_mib(herd['rss_connected_kib'])} (+{(herd['rss_connected_kib'] - herd['rss_before_kib']) * 1024 / herd['requests'] / 1000:.1f} kB per connection) |
+| … with the {herd['requests']:,} connections open, no request sent yet (Pingora's connection state; the early hold waits for each first byte) | {_mib(herd['rss_connected_kib'])} (+{(herd['rss_connected_kib'] - herd['rss_before_kib']) * 1024 / herd['requests'] / 1000:.1f} kB per connection) |
 | … with every request held (largest 10 ms sample before the first answer) | {_mib(herd.get('rss_held_kib', 0))} (+{(herd.get('rss_held_kib', 0) - herd['rss_before_kib']) * 1024 / herd['requests'] / 1000:.1f} kB per request) |
 | … peak during the herd (`VmHWM`) | {_mib(herd['hwm_after_kib'])} |
 | **extra memory** (peak − before) | **{_mib(herd['extra_kib'])}** = {herd['extra_kib'] * 1024 / 1e6:.0f} MB (budget ≤ 64 MB) |

@@ -3,24 +3,26 @@
 //! A request held inside `request_filter` (the [gate](crate::gate)) is a live Pingora session:
 //! the connection's task, two boxed futures of ≈ 9 and ≈ 4 kB, the 4 KiB head buffer, the
 //! parsed header — ≈ 25 kB, so 10,000 held requests cost ≈ 250 MB. [`EarlyHold`] wraps the
-//! HTTP application (a [`ServerApp`]) to hold them for a fraction of that:
+//! HTTP application (a [`ServerApp`]) to hold them for a fraction of that (≈ 5 kB each, most of
+//! it Pingora's per-connection state before the first byte; BENCHMARKS.md):
 //!
-//! 1. On a new cleartext connection it reads what the client sent (one read, as Pingora would)
+//! 1. On a new cleartext connection it reads what the client sent first (as Pingora would)
 //!    and parses the request head with `httparse`.
 //! 2. If the gate would hold this request — its route is asleep, it is not an internal
 //!    endpoint, not a browser navigation, not refused by `start_endpoint` — the bare connection
-//!    waits: the socket, the bytes read, the wait. Nothing of Pingora exists for it yet.
+//!    waits in a small task of its own (≈ 1 kB: the bytes read and the wait), and the connection
+//!    task Pingora spawned ends. Of Pingora, only the L4 stream remains.
 //! 3. Once the backend is ready and the request has its place in the slow-start window
 //!    ([`release`](crate::release)), the bytes are put back into the stream (`rewind`) and the
 //!    connection goes to the wrapped application as if just accepted: Pingora parses the same
 //!    head, the body is still unread and streams upstream intact. The gate finds the
-//!    [`Admission`] (in-flight guard and window place, handed over in a task-local) and lets the
+//!    admission (in-flight guard and window place, handed over in a task-local) and lets the
 //!    request through. A wake that fails or times out is handed over the same way, and the gate
 //!    answers its 503 at once.
 //!
 //! Everything else — TLS, h2c, a head not complete in the first read, a ready route, a later
 //! request on a kept-alive connection — goes to the wrapped application at once, bytes put
-//! back, and the gate holds it in `request_filter` if it must ([`hold_until_admitted`] serves
+//! back, and the gate holds it in `request_filter` if it must (`hold_until_admitted` serves
 //! both). The early hold changes what a held request costs, never what it is answered.
 
 use std::cell::Cell;
@@ -38,7 +40,7 @@ use tokio::sync::watch;
 
 use crate::gate::Asleep;
 use crate::release::ReleaseTicket;
-use crate::routes::{Route, RouteId};
+use crate::routes::RouteId;
 use crate::watcher::{InFlight, WakeFailure, Watcher};
 use crate::IdleWatcher;
 
@@ -81,19 +83,22 @@ pub(crate) async fn hold_until_admitted<E>(
 ) -> HoldOutcome<E> {
     tokio::pin!(client_left);
     loop {
-        let wait = async {
-            let generation = watcher.wake()?;
-            watcher.wait_ready(generation, deadline).await
-        };
-        tokio::pin!(wait);
-        let result = loop {
-            if *shutdown.borrow_and_update() {
-                break Err(WakeFailure::ShuttingDown);
-            }
-            tokio::select! {
-                result = &mut wait => break result,
-                gone = &mut client_left => return HoldOutcome::ClientLeft(gone),
-                _ = shutdown.changed() => {}
+        // In a block of its own, so that the wait's state and the window's share memory.
+        let result = {
+            let wait = async {
+                let generation = watcher.wake()?;
+                watcher.wait_ready(generation, deadline).await
+            };
+            tokio::pin!(wait);
+            loop {
+                if *shutdown.borrow_and_update() {
+                    break Err(WakeFailure::ShuttingDown);
+                }
+                tokio::select! {
+                    result = &mut wait => break result,
+                    gone = &mut client_left => return HoldOutcome::ClientLeft(gone),
+                    _ = shutdown.changed() => {}
+                }
             }
         };
         if let Err(failure) = result {
@@ -188,17 +193,24 @@ impl<A> EarlyHold<A> {
 }
 
 /// A request head the gate would hold.
-struct ToHold<'a> {
-    id: RouteId,
-    route: &'a Arc<Route>,
+#[derive(Debug, Clone, Copy)]
+struct ToHold {
+    route: RouteId,
     /// Nothing but the head was read and no body follows: a read can watch for the client
     /// leaving without taking anything from the request.
     watch_client: bool,
 }
 
+/// A connection whose first request is to be held: its stream and the bytes read from it.
+struct HeldConnection {
+    stream: Box<TcpStream>,
+    head: Vec<u8>,
+    to_hold: ToHold,
+}
+
 impl<A> EarlyHold<A> {
     /// Whether the gate would hold the request at the start of `bytes` (a complete head).
-    fn classify(&self, bytes: &[u8]) -> Option<ToHold<'_>> {
+    fn classify(&self, bytes: &[u8]) -> Option<ToHold> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         let httparse::Status::Complete(head_len) = request.parse(bytes).ok()? else {
@@ -238,73 +250,116 @@ impl<A> EarlyHold<A> {
             return None;
         }
         Some(ToHold {
-            id,
-            route,
+            route: id,
             watch_client: bodiless && head_len == bytes.len(),
         })
     }
 
-    /// Reads the first request of a new connection and holds it if its route is asleep.
-    /// Returns the connection (bytes put back) with the hold's verdict, or `None` if the client
-    /// left.
-    async fn first_request(&self, stream: Stream) -> Option<(Stream, Option<(RouteId, Handover)>)> {
+    /// Reads the first request of a new connection. `Ok`: the connection is to be held;
+    /// `Err`: it goes on at once (bytes put back), or `Err(None)` if the client left.
+    async fn first_request(&self, stream: Stream) -> Result<HeldConnection, Option<Stream>> {
         if !stream.as_any().is::<TcpStream>() {
-            return Some((stream, None));
+            return Err(Some(stream));
         }
         let Ok(mut stream) = stream.into_any().downcast::<TcpStream>() else {
-            return None; // Unreachable: the type was checked above.
+            return Err(None); // Unreachable: the type was checked above.
         };
-        let mut head = Vec::with_capacity(FIRST_READ);
-        if stream.read_buf(&mut head).await.ok()? == 0 {
-            return None;
+        // The first byte alone, so that no buffer is held while a client says nothing yet.
+        let mut first = [0u8; 1];
+        if !matches!(stream.read(&mut first).await, Ok(1)) {
+            return Err(None);
         }
-        let verdict = match self.classify(&head) {
-            None => None,
+        let mut head = Vec::with_capacity(FIRST_READ);
+        head.push(first[0]);
+        if !matches!(stream.read_buf(&mut head).await, Ok(1..)) {
+            return Err(None);
+        }
+        match self.classify(&head) {
             Some(to_hold) => {
                 head.shrink_to_fit();
-                self.hold(to_hold, &mut stream, &mut head).await?
+                Ok(HeldConnection {
+                    stream,
+                    head,
+                    to_hold,
+                })
+            }
+            None => {
+                stream.rewind(&head);
+                Err(Some(stream))
+            }
+        }
+    }
+
+    /// Holds a connection until its request is admitted or the hold fails. `None` if the
+    /// client left; otherwise the connection with its bytes put back, and the verdict for the
+    /// gate (none if too many requests are held already: the gate answers that).
+    async fn hold(&self, connection: HeldConnection) -> Option<(Stream, Option<Handover>)> {
+        let HeldConnection {
+            mut stream,
+            mut head,
+            to_hold,
+        } = connection;
+        let route = self.idle.idle_gate().routes().get(to_hold.route)?;
+        let handover = match route.hold() {
+            None => None,
+            Some(_held) => {
+                let watcher = &route.watcher;
+                let deadline = Instant::now() + watcher.settings().wake_timeout;
+                let client_left = async {
+                    if to_hold.watch_client {
+                        let mut byte = [0u8; 1];
+                        match stream.read(&mut byte).await {
+                            // More from the client: keep it, stop watching.
+                            Ok(1) => head.push(byte[0]),
+                            // End of stream or error: gone.
+                            _ => return,
+                        }
+                    }
+                    std::future::pending().await
+                };
+                let shutdown = self.idle.clock().shutdown_signal();
+                match hold_until_admitted(watcher, deadline, shutdown, client_left).await {
+                    HoldOutcome::Admitted(admission) => Some(Handover::Admitted(admission)),
+                    HoldOutcome::Failed(failure) => Some(Handover::Failed(failure)),
+                    HoldOutcome::ClientLeft(()) => return None,
+                }
             }
         };
         stream.rewind(&head);
-        Some((stream, verdict))
+        Some((stream, handover))
     }
+}
 
-    /// Holds a connection until its request is admitted or the hold fails; `None` if the
-    /// client left.
-    async fn hold(
-        &self,
-        to_hold: ToHold<'_>,
-        stream: &mut TcpStream,
-        head: &mut Vec<u8>,
-    ) -> Option<Option<(RouteId, Handover)>> {
-        let ToHold {
-            id,
-            route,
-            watch_client,
-        } = to_hold;
-        // Too many held: the gate answers that.
-        let Some(_held) = route.hold() else {
-            return Some(None);
+impl<A: ServerApp + Send + Sync + 'static> EarlyHold<A> {
+    /// The task of a held connection: hold, then serve it as the wrapped application would
+    /// have, with the verdict in the task-local the gate reads.
+    async fn hold_then_serve(self: Arc<Self>, connection: HeldConnection, shutdown: ShutdownWatch) {
+        let route = connection.to_hold.route;
+        let Some((stream, handover)) = self.hold(connection).await else {
+            return;
         };
-        let watcher = &route.watcher;
-        let deadline = Instant::now() + watcher.settings().wake_timeout;
-        let client_left = async {
-            if watch_client {
-                let mut byte = [0u8; 1];
-                match stream.read(&mut byte).await {
-                    Ok(1) => head.push(byte[0]), // More from the client: keep it, stop watching.
-                    _ => return,                 // End of stream or error: gone.
-                }
+        let served = async {
+            let mut reused = self.app.process_new(stream, &shutdown).await;
+            while let Some(stream) = reused {
+                reused = self.app.process_new(stream, &shutdown).await;
             }
-            std::future::pending().await
         };
-        let shutdown = self.idle.clock().shutdown_signal();
-        let handover = match hold_until_admitted(watcher, deadline, shutdown, client_left).await {
-            HoldOutcome::Admitted(admission) => Handover::Admitted(admission),
-            HoldOutcome::Failed(failure) => Handover::Failed(failure),
-            HoldOutcome::ClientLeft(()) => return None,
+        let Some(handover) = handover else {
+            return served.await;
         };
-        Some(Some((id, handover)))
+        HANDOVER
+            .scope(Cell::new(Some((route, handover))), async {
+                tokio::pin!(served);
+                tokio::select! {
+                    biased;
+                    () = &mut served => {}
+                    () = tokio::time::sleep(UNCLAIMED_AFTER) => {
+                        drop(HANDOVER.with(Cell::take));
+                        served.await;
+                    }
+                }
+            })
+            .await;
     }
 }
 
@@ -315,27 +370,46 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EarlyHold<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (stream, handover) = self.first_request(stream).await?;
-        let Some(handover) = handover else {
-            return self.app.process_new(stream, shutdown).await;
-        };
-        let served = self.app.process_new(stream, shutdown);
-        HANDOVER
-            .scope(Cell::new(Some(handover)), async {
-                tokio::pin!(served);
-                tokio::select! {
-                    biased;
-                    result = &mut served => result,
-                    () = tokio::time::sleep(UNCLAIMED_AFTER) => {
-                        drop(HANDOVER.with(Cell::take));
-                        served.await
-                    }
-                }
-            })
-            .await
+        match self.first_request(stream).await {
+            Err(stream) => self.app.process_new(stream?, shutdown).await,
+            Ok(held) => {
+                // A task of its own, a fraction of the size of the connection task Pingora
+                // spawned, which ends here.
+                tokio::spawn(Arc::clone(self).hold_then_serve(held, shutdown.clone()));
+                None
+            }
+        }
     }
 
     async fn cleanup(&self) {
         self.app.cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> Handover {
+        Handover::Failed(WakeFailure::ShuttingDown)
+    }
+
+    #[tokio::test]
+    async fn a_handover_is_taken_once_by_its_own_route() {
+        assert!(take_handover(3).is_none(), "outside any held connection");
+        HANDOVER
+            .scope(Cell::new(Some((3, failed()))), async {
+                assert!(matches!(
+                    take_handover(3),
+                    Some(Handover::Failed(WakeFailure::ShuttingDown))
+                ));
+                assert!(take_handover(3).is_none(), "a later request finds nothing");
+            })
+            .await;
+        HANDOVER
+            .scope(Cell::new(Some((3, failed()))), async {
+                assert!(take_handover(4).is_none(), "another route's request");
+            })
+            .await;
     }
 }

@@ -37,7 +37,9 @@
 //! [`background_services`](IdleWatcher::background_services) (the idle clock and the Docker event
 //! stream: without them nothing sleeps, outside changes go unnoticed, and the warm-up after a
 //! wake never ends) to your `Server`, and keep the [`GateContext`] alive for the whole request
-//! (it holds the guard that keeps the backend awake). `examples/embed.rs` is a complete program.
+//! (it holds the guard that keeps the backend awake). Wrapping the proxy in an
+//! [`EarlyHold`](hold::EarlyHold) (optional) holds requests for sleeping routes before Pingora
+//! reads them, for far less memory. `examples/embed.rs` is a complete program.
 //!
 //! ## Layout (one concept per module)
 //!

@@ -890,3 +890,142 @@ async fn sigterm_with_a_held_request_exits_within_a_few_seconds() {
     );
     println!("held request at shutdown: {outcome:?}; exit after {took:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The early hold (requests held before Pingora reads them)
+// ---------------------------------------------------------------------------------------------
+
+/// Reads one HTTP/1.1 response framed by `Content-Length` from `stream`: (status, body).
+async fn read_one_response(stream: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let read = async {
+        loop {
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).await.expect("read from the gateway");
+            assert!(n > 0, "the gateway closed the connection: {raw:?}");
+            raw.extend_from_slice(&buf[..n]);
+            let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or_else(|| panic!("a response without Content-Length: {head}"));
+            if raw.len() >= end + 4 + length {
+                let status = head[9..12].parse().expect("a status code");
+                let body = String::from_utf8_lossy(&raw[end + 4..end + 4 + length]);
+                return (status, body.into_owned());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("a response within 30 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_client_that_leaves_gives_its_place_back() {
+    use tokio::io::AsyncWriteExt;
+
+    // Listens 3 s after it starts: the wake is long enough to see who is held.
+    let container = TestContainer::builder("leaver")
+        .cmd(&["sh", "-c", "sleep 3; exec /bin/serve"])
+        .create_async()
+        .await;
+    let gateway = Gateway::start(&one_route(
+        "leaver",
+        &container.name,
+        "      max_waiters: 1\n      wake_timeout: 20s\n",
+    ));
+    let host = "leaver.test";
+    let client = gateway.client();
+    let url = gateway.url(host, "/");
+
+    // A takes the only place among the waiters.
+    let mut first = tokio::net::TcpStream::connect(gateway.address)
+        .await
+        .expect("connected to the gateway");
+    first
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("request sent");
+    gateway
+        .wait_state(host, "starting", Duration::from_secs(10))
+        .await;
+
+    // B, while A holds it: turned away at once.
+    let response = client
+        .get(&url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("B is answered");
+    let (_, body) = expect_problem(response, 503).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("already holds 1 requests")),
+        "B must be refused for want of a place: {body}"
+    );
+
+    // A leaves: its place is given back, so C is held, then served.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = gateway.status(host).await;
+    assert_ne!(
+        status["state"], "ready",
+        "C must be sent while the backend is still waking: {status}"
+    );
+    expect_index(&client, &url, Duration::from_secs(20))
+        .await
+        .expect("C is held, then served by the backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_of_any_head_size_are_served_and_their_connections_kept_alive() {
+    use tokio::io::AsyncWriteExt;
+
+    let container = TestContainer::http_async("heads").await;
+    let engine = EventCounter::new(&container.name);
+    let gateway = Gateway::start(&one_route("heads", &container.name, ""));
+    let host = "heads.test";
+
+    // A small head (held before Pingora reads it) and one larger than the gateway's first read
+    // (held inside Pingora's session): the same answers.
+    let padding = "p".repeat(6000);
+    let mut connections = Vec::new();
+    for pad in ["", padding.as_str()] {
+        let mut stream = tokio::net::TcpStream::connect(gateway.address)
+            .await
+            .expect("connected to the gateway");
+        let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\nX-Pad: {pad}\r\n\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .expect("request sent");
+        connections.push(stream);
+    }
+    for (index, stream) in connections.iter_mut().enumerate() {
+        let (status, body) = read_one_response(stream).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, INDEX_BODY),
+            "held request {index}"
+        );
+        // The connection serves the next request as any other.
+        stream
+            .write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .expect("second request sent");
+        let (status, body) = read_one_response(stream).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, INDEX_BODY),
+            "second request on connection {index}"
+        );
+    }
+    assert_eq!(engine.count("start"), 1, "{:?}", engine.actions());
+}
