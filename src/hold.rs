@@ -6,8 +6,8 @@
 //! HTTP application (a [`ServerApp`]) to hold them for a fraction of that (≈ 5 kB each, most of
 //! it Pingora's per-connection state before the first byte; BENCHMARKS.md):
 //!
-//! 1. On a new cleartext connection it reads what the client sent first (as Pingora would)
-//!    and parses the request head with `httparse`.
+//! 1. On a new cleartext connection it reads the request head (as Pingora would, up to 4 KiB)
+//!    and parses it with `httparse`.
 //! 2. If the gate would hold this request — its route is asleep, it is not an internal
 //!    endpoint, not a browser navigation, not refused by `start_endpoint` — the bare connection
 //!    waits in a small task of its own (≈ 1 kB: the bytes read and the wait), and the connection
@@ -20,7 +20,7 @@
 //!    request through. A wake that fails or times out is handed over the same way, and the gate
 //!    answers its 503 at once.
 //!
-//! Everything else — TLS, h2c, a head not complete in the first read, a ready route, a later
+//! Everything else — TLS, h2c, a head larger than 4 KiB, a ready route, a later
 //! request on a kept-alive connection — goes to the wrapped application at once, bytes put
 //! back, and the gate holds it in `request_filter` if it must (`hold_until_admitted` serves
 //! both). The early hold changes what a held request costs, never what it is answered.
@@ -201,6 +201,16 @@ struct ToHold {
     watch_client: bool,
 }
 
+/// What the first bytes of a connection call for.
+enum Head {
+    /// A request the gate would hold.
+    Hold(ToHold),
+    /// Anything else: the wrapped application takes the connection at once.
+    Pass,
+    /// Not a whole request head yet.
+    Incomplete,
+}
+
 /// A connection whose first request is to be held: its stream and the bytes read from it.
 struct HeldConnection {
     stream: Box<TcpStream>,
@@ -209,13 +219,21 @@ struct HeldConnection {
 }
 
 impl<A> EarlyHold<A> {
-    /// Whether the gate would hold the request at the start of `bytes` (a complete head).
-    fn classify(&self, bytes: &[u8]) -> Option<ToHold> {
+    /// What to do with a connection whose first bytes are `bytes`.
+    fn classify(&self, bytes: &[u8]) -> Head {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
-        let httparse::Status::Complete(head_len) = request.parse(bytes).ok()? else {
-            return None;
-        };
+        match request.parse(bytes) {
+            Ok(httparse::Status::Complete(head_len)) => self
+                .would_hold(&request, head_len == bytes.len())
+                .map_or(Head::Pass, Head::Hold),
+            Ok(httparse::Status::Partial) => Head::Incomplete,
+            Err(_) => Head::Pass,
+        }
+    }
+
+    /// Whether the gate would hold `request`; `alone`: nothing follows its head yet.
+    fn would_hold(&self, request: &httparse::Request<'_, '_>, alone: bool) -> Option<ToHold> {
         let target = request.path?;
         let host = request
             .headers
@@ -251,7 +269,7 @@ impl<A> EarlyHold<A> {
         }
         Some(ToHold {
             route: id,
-            watch_client: bodiless && head_len == bytes.len(),
+            watch_client: bodiless && alone,
         })
     }
 
@@ -271,21 +289,25 @@ impl<A> EarlyHold<A> {
         }
         let mut head = Vec::with_capacity(FIRST_READ);
         head.push(first[0]);
-        if !matches!(stream.read_buf(&mut head).await, Ok(1..)) {
-            return Err(None);
-        }
-        match self.classify(&head) {
-            Some(to_hold) => {
-                head.shrink_to_fit();
-                Ok(HeldConnection {
-                    stream,
-                    head,
-                    to_hold,
-                })
+        // The rest of the head (a head split across segments takes several reads).
+        loop {
+            if !matches!(stream.read_buf(&mut head).await, Ok(1..)) {
+                return Err(None);
             }
-            None => {
-                stream.rewind(&head);
-                Err(Some(stream))
+            match self.classify(&head) {
+                Head::Incomplete if head.len() < FIRST_READ => continue,
+                Head::Hold(to_hold) => {
+                    head.shrink_to_fit();
+                    return Ok(HeldConnection {
+                        stream,
+                        head,
+                        to_hold,
+                    });
+                }
+                Head::Incomplete | Head::Pass => {
+                    stream.rewind(&head);
+                    return Err(Some(stream));
+                }
             }
         }
     }

@@ -993,19 +993,23 @@ async fn held_requests_of_any_head_size_are_served_and_their_connections_kept_al
     let gateway = Gateway::start(&one_route("heads", &container.name, ""));
     let host = "heads.test";
 
-    // A small head (held before Pingora reads it) and one larger than the gateway's first read
-    // (held inside Pingora's session): the same answers.
+    // A small head (held before Pingora reads it), the same in two pieces, and one larger than
+    // the gateway's first read (held inside Pingora's session): the same answers.
     let padding = "p".repeat(6000);
     let mut connections = Vec::new();
-    for pad in ["", padding.as_str()] {
+    for (pad, split) in [("", false), ("", true), (padding.as_str(), false)] {
         let mut stream = tokio::net::TcpStream::connect(gateway.address)
             .await
             .expect("connected to the gateway");
         let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\nX-Pad: {pad}\r\n\r\n");
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .expect("request sent");
+        let (start, rest) = head.split_at(if split { 20 } else { head.len() });
+        for piece in [start, rest] {
+            stream
+                .write_all(piece.as_bytes())
+                .await
+                .expect("request sent");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         connections.push(stream);
     }
     for (index, stream) in connections.iter_mut().enumerate() {
