@@ -44,7 +44,8 @@ use crate::routes::RouteId;
 use crate::watcher::{InFlight, WakeFailure, Watcher};
 use crate::IdleWatcher;
 
-/// The first read of a new connection, in bytes: Pingora's own first head buffer.
+/// The largest request head held early, in bytes (Pingora's own first head buffer); larger
+/// heads go to Pingora and, if they must wait, wait in `request_filter`.
 const FIRST_READ: usize = 4096;
 /// Headers parsed in a request head (more: the connection goes to Pingora, which takes more).
 const MAX_HEADERS: usize = 64;
