@@ -253,17 +253,18 @@ impl IdleGate {
     /// it through (its route is in `ctx`, see [`IdleGate::upstream`]).
     pub async fn check(&self, session: &mut Session, ctx: &mut GateContext) -> Result<bool> {
         let request = session.req_header();
-        let host = request
-            .headers
-            .get(http::header::HOST)
-            .and_then(|value| value.to_str().ok())
-            .or_else(|| request.uri.host());
-        let Some((id, route)) = host.and_then(|host| self.routes.by_host(host)) else {
+        // HTTP/2's `:authority`, else `Host` (Pingora rejects an HTTP/1 absolute-form target
+        // whose authority differs from `Host`).
+        let host = request.uri.host().map(str::as_bytes).or_else(|| {
+            let value = request.headers.get(http::header::HOST)?;
+            Some(value.as_bytes())
+        });
+        let Some((id, route)) = host.and_then(|host| self.routes.by_host_bytes(host)) else {
             if self.unknown_host == UnknownHost::PassThrough {
                 return Ok(false);
             }
             let detail = match host {
-                Some(host) => format!("no route serves host {host:?}"),
+                Some(host) => format!("no route serves host {:?}", String::from_utf8_lossy(host)),
                 None => "the request names no host".to_string(),
             };
             respond::problem(session, 404, None, &detail, None).await?;

@@ -240,10 +240,12 @@ impl<A> EarlyHold<A> {
             .headers
             .iter()
             .find(|header| header.name.eq_ignore_ascii_case("host"))
-            .and_then(|header| std::str::from_utf8(header.value).ok());
+            .map(|header| header.value);
         let uri: http::Uri = target.parse().ok()?;
         let gate = self.idle.idle_gate();
-        let (id, route) = gate.routes().by_host(host.or(uri.host())?)?;
+        let (id, route) = gate
+            .routes()
+            .by_host_bytes(uri.host().map(str::as_bytes).or(host)?)?;
         if route.watcher.is_ready() || gate.is_internal(uri.path()) {
             return None;
         }

@@ -77,7 +77,7 @@ pub struct RouteTable {
     routes: Vec<Arc<Route>>,
     /// aHash: several times faster than std's SipHash on short keys, and still keyed per
     /// process (host names come from clients).
-    hosts: HashMap<Box<str>, RouteId, ahash::RandomState>,
+    hosts: HashMap<Box<[u8]>, RouteId, ahash::RandomState>,
 }
 
 impl RouteTable {
@@ -89,7 +89,7 @@ impl RouteTable {
             for host in hosts {
                 table
                     .hosts
-                    .insert(host.to_ascii_lowercase().into_boxed_str(), id as RouteId);
+                    .insert(host.to_ascii_lowercase().into_bytes().into(), id as RouteId);
             }
             table.routes.push(route);
         }
@@ -99,17 +99,22 @@ impl RouteTable {
     /// The route for a `Host` header value (port ignored, case-insensitive).
     #[inline]
     pub fn by_host(&self, host: &str) -> Option<(RouteId, &Arc<Route>)> {
+        self.by_host_bytes(host.as_bytes())
+    }
+
+    /// [`by_host`](Self::by_host) on the header's raw bytes: no UTF-8 check on the hot path
+    /// (a host that is not ASCII matches no route anyway).
+    #[inline]
+    pub fn by_host_bytes(&self, host: &[u8]) -> Option<(RouteId, &Arc<Route>)> {
         let name = strip_port(host);
         if name.len() > MAX_HOST_LEN {
             return None;
         }
         let mut buffer = [0u8; MAX_HOST_LEN];
         let lower = &mut buffer[..name.len()];
-        lower.copy_from_slice(name.as_bytes());
+        lower.copy_from_slice(name);
         lower.make_ascii_lowercase();
-        // Lowercasing ASCII bytes keeps UTF-8 valid.
-        let lower = std::str::from_utf8(lower).ok()?;
-        let id = *self.hosts.get(lower)?;
+        let id = *self.hosts.get(&*lower)?;
         Some((id, &self.routes[id as usize]))
     }
 
@@ -136,19 +141,20 @@ impl RouteTable {
 }
 
 /// `example.com:8080` → `example.com`, `[::1]:80` → `[::1]`, `example.com.` → `example.com`.
-fn strip_port(host: &str) -> &str {
-    let name = if host.starts_with('[') {
-        match host.find(']') {
+/// Plain loops: host names are short, and a `memchr` call costs more than it saves here.
+fn strip_port(host: &[u8]) -> &[u8] {
+    let name = if host.first() == Some(&b'[') {
+        match host.iter().position(|&byte| byte == b']') {
             Some(end) => &host[..=end],
             None => host,
         }
     } else {
-        match host.rfind(':') {
+        match host.iter().rposition(|&byte| byte == b':') {
             Some(colon) => &host[..colon],
             None => host,
         }
     };
-    name.strip_suffix('.').unwrap_or(name)
+    name.strip_suffix(b".").unwrap_or(name)
 }
 
 #[cfg(test)]
@@ -157,10 +163,10 @@ mod tests {
 
     #[test]
     fn ports_and_trailing_dots_are_ignored() {
-        assert_eq!(strip_port("Example.com:8080"), "Example.com");
-        assert_eq!(strip_port("example.com"), "example.com");
-        assert_eq!(strip_port("example.com.:80"), "example.com");
-        assert_eq!(strip_port("[::1]:8080"), "[::1]");
-        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port(b"Example.com:8080"), b"Example.com");
+        assert_eq!(strip_port(b"example.com"), b"example.com");
+        assert_eq!(strip_port(b"example.com.:80"), b"example.com");
+        assert_eq!(strip_port(b"[::1]:8080"), b"[::1]");
+        assert_eq!(strip_port(b"[::1]"), b"[::1]");
     }
 }

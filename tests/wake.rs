@@ -829,6 +829,22 @@ async fn unknown_host_is_404_and_status_never_wakes() {
         .await
         .expect("answered");
     assert_eq!(response.status().as_u16(), 200);
+    // An absolute-form target (as sent to a forward proxy) is routed too.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(gateway.address)
+            .await
+            .expect("connected to the gateway");
+        stream
+            .write_all(
+                b"GET http://status.test/.idlewatcher/status HTTP/1.1\r\nHost: status.test\r\n\r\n",
+            )
+            .await
+            .expect("request sent");
+        let (status, body) = read_one_response(&mut stream).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(r#""route":"status""#), "{body}");
+    }
     assert!(
         !engine
             .wait_for_async("start", Duration::from_millis(750))
