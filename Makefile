@@ -6,7 +6,7 @@ CONFIG      ?= conf/idlewatcher.yaml
 BUILD_DEPS  := cmake
 TEST_DEPS   := cmake busybox-static chromium chromium-driver file
 DEMO_DEPS   := cmake busybox-static file
-BENCH_DEPS  := cmake busybox-static wrk nginx-light file python3 procps
+BENCH_DEPS  := cmake busybox-static wrk nginx-light file python3 procps valgrind
 
 .PHONY: run test lint demo bench build deps-build deps-test deps-demo deps-bench clean-test-containers
 

@@ -19,7 +19,9 @@ in full, into TARGET/bench/latest.json.
 
 import argparse
 import datetime
+import glob
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -30,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,6 +115,33 @@ def http_get(port, host, path="/", timeout=10):
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ")[1]) if head else 0
     return status, body
+
+
+def keepalive_gets(port, host, connections, per_connection):
+    """`connections` × `per_connection` GETs, each connection kept alive; all must be 200."""
+    failures = []
+
+    def one_connection():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        try:
+            for _ in range(per_connection):
+                conn.request("GET", "/", headers={"Host": host})
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    failures.append(response.status)
+        except OSError as e:
+            failures.append(repr(e))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=one_connection) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} failed requests, e.g. {failures[:3]}")
 
 
 def proc_stat(pid):
@@ -254,7 +284,7 @@ class Bench:
         os.makedirs(logs, exist_ok=True)
         for root, _, files in os.walk(self.tmp):
             for name in files:
-                if name.endswith((".log", ".yaml", ".conf")):
+                if name.endswith((".log", ".yaml", ".conf")) or name.startswith("callgrind-"):
                     rel = os.path.relpath(os.path.join(root, name), self.tmp).replace(os.sep, "-")
                     shutil.copy(os.path.join(root, name), os.path.join(logs, rel))
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -510,7 +540,7 @@ http {{
             "others_busy": busy_before,
             "config": config,
         }
-        return result, (proc, port, routes)
+        return result, (proc, port, routes, config)
 
     def wrk(self, port, host, seconds):
         cmd = ["wrk", "-t", str(self.opts.wrk_threads), "-c", str(self.opts.wrk_connections),
@@ -535,7 +565,7 @@ http {{
         }
 
     def stage_warm(self, big, upstream_port):
-        gw_proc, gw_port, routes = big
+        gw_proc, gw_port, routes, gw_config = big
         # (a) the bare Pingora proxy, with the same server keys.
         bare_port = free_port()
         server_conf = os.path.join(self.tmp, "bare.yaml")
@@ -633,7 +663,34 @@ http {{
                                     [x["cpu_us_per_request"] for x in rounds["a_bare_pingora"]])
         per_round_bc = [rb["rps"] / rc["rps"] for rc, rb in zip(rounds["c_nginx"], rounds["b_idlewatcher"])]
         self.stop(bare)
+        instructions = None
+        if self.opts.callgrind_requests > 0:
+            # The same two proxies under callgrind, one after the other: instructions per
+            # request, a cost the machine's other work cannot disturb.
+            self.stop(gw_proc)
+            cg_port = free_port()
+            with open(gw_config) as f:
+                text = f.read().replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{cg_port}")
+            cg_config = os.path.join(self.tmp, "callgrind-idlewatcher.yaml")
+            with open(cg_config, "w") as f:
+                f.write(text)
+            cg_bare_port = free_port()
+            bare_cg_cmd = [c if c != f"127.0.0.1:{bare_port}" else f"127.0.0.1:{cg_bare_port}" for c in bare_cmd]
+            instructions = {
+                "a_bare_pingora": self.instructions_per_request("bare", bare_cg_cmd, cg_bare_port, None),
+                "b_idlewatcher": self.instructions_per_request(
+                    "idlewatcher", [self.bin("idlewatcher"), "-c", cg_config], cg_port, "target.bench"),
+            }
+            ir_a = statistics.median(instructions["a_bare_pingora"]["per_request"])
+            ir_b = statistics.median(instructions["b_idlewatcher"]["per_request"])
+            instructions["b_over_a"] = ir_b / ir_a
+            instructions["throughput_b_over_a"] = ir_a / ir_b
+            instructions["requests"] = self.opts.callgrind_requests
+            instructions["command"] = (
+                f"valgrind --tool=callgrind PROXY …; callgrind_control --zero PID; "
+                f"{self.opts.callgrind_requests:,} GETs on 4 kept-alive connections; callgrind_control --dump PID")
         return {
+            "instructions": instructions,
             "routes": routes,
             "rounds": self.opts.rounds,
             "seconds_per_round": self.opts.wrk_seconds,
@@ -655,6 +712,32 @@ http {{
             "loadavg": [load_before, loadavg()],
             "others_busy": busy,
         }
+
+    def instructions_per_request(self, name, cmd, port, ready_host, repeats=3):
+        """`cmd` under callgrind: instructions per request over `--callgrind-requests` GETs."""
+        out = os.path.join(self.tmp, f"callgrind-{name}.out")
+        t0 = time.time()
+        proc, log_path = self.spawn(f"callgrind-{name}",
+                                    ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd])
+        wait_listening(port, proc, 600, f"{name} under callgrind", log_path)
+        if ready_host:
+            self.wait_state(port, ready_host, "ready", timeout=600)
+        started = time.time() - t0
+        host = ready_host or "target.bench"
+        keepalive_gets(port, host, 4, 100)  # warm-up: connections, pools, caches
+        per_request = []
+        for i in range(repeats):
+            run(["callgrind_control", "--zero", str(proc.pid)], timeout=60)
+            keepalive_gets(port, host, 4, self.opts.callgrind_requests // 4)
+            run(["callgrind_control", f"--dump=load{i}", str(proc.pid)], timeout=60)
+            dumps = sorted(glob.glob(out + ".*"), key=lambda path: int(path.rsplit(".", 1)[1]))
+            with open(dumps[-1]) as f:
+                total = int(re.search(r"^summary:\s+(\d+)", f.read(), re.M).group(1))
+            per_request.append(total / (self.opts.callgrind_requests // 4 * 4))
+        self.stop(proc, timeout=30)
+        log(f"{name} under callgrind: started in {started:.0f} s; instructions per request "
+            + ", ".join(f"{x:,.0f}" for x in per_request))
+        return {"per_request": per_request, "startup_s": started}
 
     def small_gateway(self, routes_yaml, name):
         port = free_port()
@@ -780,6 +863,8 @@ def main():
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--wrk-connections", type=int, default=64)
+    parser.add_argument("--callgrind-requests", type=int, default=8_000,
+                        help="requests per callgrind measurement of the warm path (0: skip it)")
     parser.add_argument("--herd", type=int, default=10_000)
     parser.add_argument("--herd-listen-delay", default="0")
     parser.add_argument("--listen-delay", default="0.25", help="seconds the cold-start and SSE backends take to listen")
