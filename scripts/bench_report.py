@@ -23,10 +23,11 @@ def _instructions(warm):
     if not ins:
         return ""
     a, b = ins["a_bare_pingora"], ins["b_idlewatcher"]
-    each = lambda x: ", ".join(f"{v:,.0f}" for v in x["per_request"])  # noqa: E731
-    return f"""- Instructions per request, counted by callgrind (deterministic: unlike time, not disturbed by
-  the machine's other work): (a) {each(a)}; (b) {each(b)} ({len(a['per_request'])} windows of
-  {ins['requests']:,} requests each, after a warm-up). **b/a = {ins['b_over_a']:.4f}**: on a CPU-bound proxy,
+    each = lambda runs: "; ".join(", ".join(f"{v:,.0f}" for v in r["per_request"]) for r in runs)  # noqa: E731
+    return f"""- Instructions per request, counted by callgrind (unlike time, not disturbed by the machine's
+  other work): (a) {each(a)}; (b) {each(b)} ({len(a)} launches of each, interleaved;
+  {len(a[0]['per_request'])} windows of {ins['requests']:,} requests per launch after a warm-up, each less the
+  process's background work, measured idle). **b/a = {ins['b_over_a']:.4f}** (medians): on a CPU-bound proxy,
   throughput b/a = {ins['throughput_b_over_a']:.3f}. Reproduce: `{ins['command']}` (`stage_warm`, the
   same configurations; the profiles are kept in `target/bench/logs/callgrind-*.out.*`).
 """
