@@ -273,7 +273,7 @@ impl IdleGate {
         ctx.route = Some(id);
 
         let path = request.uri.path();
-        if let Some(endpoint) = path.strip_prefix(&*self.prefix).and_then(Internal::parse) {
+        if let Some(endpoint) = self.internal(path) {
             let route = Arc::clone(route);
             self.serve_internal(session, &route, endpoint).await?;
             return Ok(true);
@@ -344,9 +344,12 @@ impl IdleGate {
 
     /// Whether `path` is one of the internal endpoints (answered by the gate, never woken).
     pub fn is_internal(&self, path: &str) -> bool {
-        path.strip_prefix(&*self.prefix)
-            .and_then(Internal::parse)
-            .is_some()
+        self.internal(path).is_some()
+    }
+
+    /// The internal endpoint `path` names, if any.
+    fn internal(&self, path: &str) -> Option<Internal> {
+        path.strip_prefix(&*self.prefix).and_then(Internal::parse)
     }
 
     async fn not_ready(
@@ -400,23 +403,6 @@ impl IdleGate {
         ctx: &mut GateContext,
         route: &Route,
     ) -> Result<bool> {
-        let Some(_held) = route.hold() else {
-            let detail = format!(
-                "{} is waking up and already holds {} requests; retry shortly",
-                route.name, route.max_waiters
-            );
-            respond::problem(
-                session,
-                503,
-                Some(&route.name),
-                &detail,
-                Some(RETRY_AFTER_SECS),
-            )
-            .await?;
-            return Ok(true);
-        };
-        let watcher = &route.watcher;
-        let deadline = Instant::now() + watcher.settings().wake_timeout;
         // Without a body to stream, the connection can be watched for a client that leaves, so
         // its place among the waiters is released at once (the wake itself goes on).
         let watch_client = session.as_downstream_mut().is_body_empty();
@@ -431,7 +417,16 @@ impl IdleGate {
             std::future::pending().await
         };
         let shutdown = self.clock.shutdown_signal();
-        match hold::hold_until_admitted(watcher, deadline, shutdown, client_left).await {
+        match hold::hold_until_admitted(route, shutdown, client_left).await {
+            HoldOutcome::Full => {
+                let detail = format!(
+                    "{} is waking up and already holds {} requests; retry shortly",
+                    route.name, route.max_waiters
+                );
+                let retry = Some(RETRY_AFTER_SECS);
+                respond::problem(session, 503, Some(&route.name), &detail, retry).await?;
+                Ok(true)
+            }
             HoldOutcome::Admitted(admission) => {
                 ctx.admit(admission);
                 Ok(false)

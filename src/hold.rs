@@ -40,7 +40,7 @@ use tokio::sync::watch;
 
 use crate::gate::Asleep;
 use crate::release::ReleaseTicket;
-use crate::routes::RouteId;
+use crate::routes::{Route, RouteId};
 use crate::watcher::{InFlight, WakeFailure, Watcher};
 use crate::IdleWatcher;
 
@@ -56,6 +56,8 @@ const UNCLAIMED_AFTER: Duration = Duration::from_secs(1);
 
 /// How a hold ended.
 pub(crate) enum HoldOutcome<E> {
+    /// The route already holds `max_waiters` requests: nothing was waited for.
+    Full,
     /// Ready, with the request's place in the slow-start window.
     Admitted(Admission),
     /// The wake failed, timed out, or the gateway is shutting down.
@@ -72,16 +74,21 @@ pub(crate) struct Admission {
     pub release: ReleaseTicket,
 }
 
-/// Wakes the backend and waits until it is ready and the request has its place in the
-/// slow-start window, until `deadline`, or until `shutdown`. A backend that falls asleep again
-/// meanwhile is woken again. `client_left` completes when the client is gone (it may stay
-/// pending forever); the wait then ends at once, without an answer.
+/// Takes a place among `route`'s waiters, wakes the backend and waits until it is ready and
+/// the request has its place in the slow-start window, until the route's `wake_timeout`, or
+/// until `shutdown`. A backend that falls asleep again meanwhile is woken again. `client_left`
+/// completes when the client is gone (it may stay pending forever); the wait then ends at once,
+/// without an answer. The place among the waiters is given back when this returns.
 pub(crate) async fn hold_until_admitted<E>(
-    watcher: &Arc<Watcher>,
-    deadline: Instant,
+    route: &Route,
     mut shutdown: watch::Receiver<bool>,
     client_left: impl Future<Output = E>,
 ) -> HoldOutcome<E> {
+    let Some(_held) = route.hold() else {
+        return HoldOutcome::Full;
+    };
+    let watcher = &route.watcher;
+    let deadline = Instant::now() + watcher.settings().wake_timeout;
     tokio::pin!(client_left);
     loop {
         // In a block of its own, so that the wait's state and the window's share memory.
@@ -325,30 +332,25 @@ impl<A> EarlyHold<A> {
             to_hold,
         } = connection;
         let route = self.idle.idle_gate().routes().get(to_hold.route)?;
-        let handover = match route.hold() {
-            None => None,
-            Some(_held) => {
-                let watcher = &route.watcher;
-                let deadline = Instant::now() + watcher.settings().wake_timeout;
-                let client_left = async {
-                    if to_hold.watch_client {
-                        let mut byte = [0u8; 1];
-                        match stream.read(&mut byte).await {
-                            // More from the client: keep it, stop watching.
-                            Ok(1) => head.push(byte[0]),
-                            // End of stream or error: gone.
-                            _ => return,
-                        }
-                    }
-                    std::future::pending().await
-                };
-                let shutdown = self.idle.clock().shutdown_signal();
-                match hold_until_admitted(watcher, deadline, shutdown, client_left).await {
-                    HoldOutcome::Admitted(admission) => Some(Handover::Admitted(admission)),
-                    HoldOutcome::Failed(failure) => Some(Handover::Failed(failure)),
-                    HoldOutcome::ClientLeft(()) => return None,
+        let client_left = async {
+            if to_hold.watch_client {
+                let mut byte = [0u8; 1];
+                match stream.read(&mut byte).await {
+                    // More from the client: keep it, stop watching.
+                    Ok(1) => head.push(byte[0]),
+                    // End of stream or error: gone.
+                    _ => return,
                 }
             }
+            std::future::pending().await
+        };
+        let shutdown = self.idle.clock().shutdown_signal();
+        let handover = match hold_until_admitted(route, shutdown, client_left).await {
+            // Too many held: the gate answers that.
+            HoldOutcome::Full => None,
+            HoldOutcome::Admitted(admission) => Some(Handover::Admitted(admission)),
+            HoldOutcome::Failed(failure) => Some(Handover::Failed(failure)),
+            HoldOutcome::ClientLeft(()) => return None,
         };
         stream.rewind(&head);
         Some((stream, handover))
