@@ -26,6 +26,7 @@ test: deps-test lint
 lint: deps-build
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+	python3 scripts/check-layers.py
 
 # A tiny busybox container behind the gateway, asleep until the first request.
 demo: deps-demo

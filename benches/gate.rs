@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use criterion::Criterion;
+use idlewatcher::backend::{BackendSettings, Upstream, UpstreamTarget, Watcher};
 use idlewatcher::config::{HealthCheck, StopMethod};
 use idlewatcher::idle::IdleClock;
 use idlewatcher::providers::{BackendStatus, Provider, ProviderError};
-use idlewatcher::routes::{Route, RouteTable};
-use idlewatcher::watcher::{BackendSettings, Upstream, UpstreamTarget, Watcher};
+use idlewatcher::routes::{LiveRoutes, Route, RouteTable};
 use idlewatcher::{GateContext, IdleGate, UnknownHost};
 use pingora::proxy::Session;
 use tokio::io::AsyncWriteExt;
@@ -71,7 +71,7 @@ impl Provider for AlwaysUp {
 struct Setup {
     gate: IdleGate,
     watcher: Arc<Watcher>,
-    table: Arc<RouteTable>,
+    table: Arc<LiveRoutes>,
     _listener: tokio::net::TcpListener,
 }
 
@@ -119,7 +119,7 @@ async fn setup() -> Setup {
     // Past the warm-up that follows a wake: the steady state of a ready route is measured.
     clock.set_now(1_000);
     assert!(!watcher.is_warming_up());
-    let table = Arc::new(RouteTable::new(routes));
+    let table = Arc::new(LiveRoutes::new(RouteTable::new(routes)));
     let gate = IdleGate::new(
         table.clone(),
         "/.idlewatcher/",
@@ -209,6 +209,7 @@ fn main() {
             black_box(
                 setup
                     .table
+                    .load()
                     .by_host(black_box("Route5000.Bench:8080"))
                     .is_some(),
             )

@@ -1,4 +1,4 @@
-//! Benchmarks of the idle-timer wheel (`idlewatcher::wheel`), and the same workload run with one
+//! Benchmarks of the idle-timer wheel (`idlewatcher::idle::wheel`), and the same workload run with one
 //! tokio task + `Sleep` per route and with tokio-util's `DelayQueue`, for comparison.
 //!
 //! Run (figures go to BENCHMARKS.md, "Idle timers (wheel)"):
@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use idlewatcher::wheel::{Expired, Tick, TimingWheel};
+use idlewatcher::idle::wheel::{Expired, Tick, TimingWheel};
 use tokio::task::JoinSet;
 use tokio_util::time::DelayQueue;
 

@@ -12,7 +12,7 @@
 //! everything it needs (route table, in-flight guard, activity mark, background ticker).
 //!
 //! The listener uses the same L4 read buffer as idlewatcher's
-//! ([`idlewatcher::proxy::LISTENER_READ_BUFFER`]); `--l4-read-buffer BYTES` sets another one
+//! ([`idlewatcher::http::proxy::LISTENER_READ_BUFFER`]); `--l4-read-buffer BYTES` sets another one
 //! (e.g. Pingora's 64 KiB default, 65536) to measure what that buffer costs per connection.
 
 use std::net::SocketAddr;
@@ -88,7 +88,7 @@ fn main() {
     if let Some(app) = proxy.app_logic_mut() {
         app.server_options = Some(options);
     }
-    let bytes = read_buffer.unwrap_or(idlewatcher::proxy::LISTENER_READ_BUFFER);
+    let bytes = read_buffer.unwrap_or(idlewatcher::http::proxy::LISTENER_READ_BUFFER);
     proxy.add_listener(
         ListenerConfig::tcp(listen.to_string()).l4_buffer(L4BufferSettings::default().read(bytes)),
     );

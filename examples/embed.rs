@@ -17,7 +17,7 @@ use pingora::proxy::{http_proxy, ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::services::listening::Service;
 
-use idlewatcher::hold::EarlyHold;
+use idlewatcher::http::EarlyHold;
 use idlewatcher::{config, GateContext, IdleWatcher, UnknownHost};
 
 /// The gateway's own per-request state, with idlewatcher's inside.
@@ -110,7 +110,7 @@ fn main() {
     // of the memory of a held Pingora session (`idlewatcher::hold`).
     let mut proxy = Service::new(
         "gateway".to_string(),
-        EarlyHold::new(Arc::clone(&idle), gateway),
+        EarlyHold::new(Arc::clone(idle.idle_gate()), gateway),
     );
     for address in &config.gateway.listen {
         proxy.add_tcp(address);

@@ -63,7 +63,7 @@ def render_gate(results):
     return f"""## Request path (gate)
 
 `benches/gate.rs` (criterion): what the gate adds to every request of a ready route, with 10,000
-routes loaded. Budgets (DESIGN.md): activity mark ≤ 10 ns; no lock, no allocation, no syscall
+routes loaded. Budgets: activity mark ≤ 10 ns; no lock, no allocation, no syscall
 on the ready path.
 
 {_machine(results)}- Reproduce: `{gate['command']}` (run by `make bench`, before the end-to-end stages).
@@ -145,7 +145,7 @@ def render_e2e(results):
             rows.append(("no allocation on the ready path", f"{gate['allocations_per_request']} per request",
                          gate["allocations_per_request"] == 0))
     if rows:
-        out.append("\n### Budgets (DESIGN.md)\n\n| budget | measured | |\n|---|---|---|\n")
+        out.append("\n### Budgets\n\n| budget | measured | |\n|---|---|---|\n")
         out.extend(f"| {b} | {m} | {_verdict(ok)} |\n" for b, m, ok in rows)
 
     if warm and "summary" in warm:
@@ -225,7 +225,7 @@ endpoint to say `napping`; (2) **through the gateway**: a first `GET /` on the s
 timed from the connect to the last byte. Tax = (2) − T of the same pair. A watcher beside the
 gateway measures *when the upstream started accepting* (stop: a connect loop from the engine's
 `start` event on; pause: a request sent to the frozen backend before the wake, answered on thaw),
-giving **ready-to-served** = the gateway's answer − that moment (DESIGN.md's ≤ 10 ms budget).
+giving **ready-to-served** = the gateway's answer − that moment (the ≤ 10 ms budget).
 The stop backend waits """ + str(results["options"].get("listen_delay")) + """ s before listening (`LISTEN_DELAY`), so the listen moment
 is well after the engine's start and both watchers see it.
 

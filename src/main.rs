@@ -7,7 +7,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use tracing_subscriber::EnvFilter;
 
-use idlewatcher::proxy::IdleProxy;
+use idlewatcher::http::IdleProxy;
 use idlewatcher::{config, IdleWatcher};
 
 /// The configuration used when `-c` is not given.
@@ -28,14 +28,11 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| DEFAULT_CONFIG.to_string());
     let config = match config::load(std::path::Path::new(&path)) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{path}: {} error(s):", errors.0.len());
-            for error in &errors.0 {
-                eprintln!("  {error}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Ok(config) => match idlewatcher::check(&config.gateway) {
+            errors if errors.is_empty() => config,
+            errors => return report(&path, &errors),
+        },
+        Err(errors) => return report(&path, &errors.0),
     };
     if opt.test {
         println!(
@@ -78,7 +75,7 @@ fn main() -> ExitCode {
     };
 
     let proxy = IdleProxy::service(
-        Arc::clone(&idle),
+        Arc::clone(idle.idle_gate()),
         &server.configuration,
         &config.gateway.listen,
     );
@@ -87,11 +84,20 @@ fn main() -> ExitCode {
         server.add_boxed_service(service);
     }
     tracing::info!(
-        routes = idle.idle_gate().routes().len(),
+        routes = idle.routes().load().len(),
         listen = ?config.gateway.listen,
         "idlewatcher started"
     );
     server.run_forever()
+}
+
+/// Lists every configuration error (each names its route, key and line) and fails.
+fn report(path: &str, errors: &[config::ConfigError]) -> ExitCode {
+    eprintln!("{path}: {} error(s):", errors.len());
+    for error in errors {
+        eprintln!("  {error}");
+    }
+    ExitCode::FAILURE
 }
 
 /// Raises the soft limit on open files to the hard limit: every held request and every event

@@ -1,14 +1,18 @@
 //! The route table: Host → route, read lock-free and without allocation on every request.
 //!
-//! The table is built once from the configuration and never changes afterwards, so readers need
-//! no synchronisation at all. Host matching ignores the port and ASCII case; the lowercased host
-//! is built in a stack buffer, not on the heap.
+//! A [`RouteTable`] is an immutable snapshot; [`LiveRoutes`] holds the one in force behind
+//! `arc-swap`, so a reload or a discovered container replaces it with one atomic store. A request
+//! keeps the `Arc<Route>` it matched (never an index into whatever table is current), so it
+//! finishes with the route it started with. Host matching ignores the port and ASCII case; the
+//! lowercased host is built in a stack buffer, not on the heap.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::watcher::{Upstream, Watcher};
+use arc_swap::{ArcSwap, Guard};
+
+use crate::backend::{Upstream, Watcher};
 
 /// Longest host name matched (RFC 1035 allows 253 characters).
 const MAX_HOST_LEN: usize = 255;
@@ -68,16 +72,13 @@ impl Drop for HeldRequest<'_> {
     }
 }
 
-/// Index of a route in the table (cheap to keep in a per-request context).
-pub type RouteId = u32;
-
-/// Every route, by index and by host.
+/// Every route, in configuration order and by host: one immutable snapshot.
 #[derive(Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
     /// aHash: several times faster than std's SipHash on short keys, and still keyed per
     /// process (host names come from clients).
-    hosts: HashMap<Box<[u8]>, RouteId, ahash::RandomState>,
+    hosts: HashMap<Box<[u8]>, Arc<Route>, ahash::RandomState>,
 }
 
 impl RouteTable {
@@ -85,11 +86,12 @@ impl RouteTable {
     /// they are lowercased here.
     pub fn new(routes: Vec<(Arc<Route>, Vec<String>)>) -> Self {
         let mut table = Self::default();
-        for (id, (route, hosts)) in routes.into_iter().enumerate() {
+        for (route, hosts) in routes {
             for host in hosts {
-                table
-                    .hosts
-                    .insert(host.to_ascii_lowercase().into_bytes().into(), id as RouteId);
+                table.hosts.insert(
+                    host.to_ascii_lowercase().into_bytes().into(),
+                    Arc::clone(&route),
+                );
             }
             table.routes.push(route);
         }
@@ -98,14 +100,14 @@ impl RouteTable {
 
     /// The route for a `Host` header value (port ignored, case-insensitive).
     #[inline]
-    pub fn by_host(&self, host: &str) -> Option<(RouteId, &Arc<Route>)> {
+    pub fn by_host(&self, host: &str) -> Option<&Arc<Route>> {
         self.by_host_bytes(host.as_bytes())
     }
 
     /// [`by_host`](Self::by_host) on the header's raw bytes: no UTF-8 check on the hot path
     /// (a host that is not ASCII matches no route anyway).
     #[inline]
-    pub fn by_host_bytes(&self, host: &[u8]) -> Option<(RouteId, &Arc<Route>)> {
+    pub fn by_host_bytes(&self, host: &[u8]) -> Option<&Arc<Route>> {
         let name = strip_port(host);
         if name.len() > MAX_HOST_LEN {
             return None;
@@ -114,14 +116,12 @@ impl RouteTable {
         let lower = &mut buffer[..name.len()];
         lower.copy_from_slice(name);
         lower.make_ascii_lowercase();
-        let id = *self.hosts.get(&*lower)?;
-        Some((id, &self.routes[id as usize]))
+        self.hosts.get(&*lower)
     }
 
-    /// The route with this index.
-    #[inline]
-    pub fn get(&self, id: RouteId) -> Option<&Arc<Route>> {
-        self.routes.get(id as usize)
+    /// The route named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|route| route.name == name)
     }
 
     /// Every route, in configuration order.
@@ -137,6 +137,33 @@ impl RouteTable {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+}
+
+/// The route table in force, replaced as a whole (reload, label discovery) by one atomic store.
+pub struct LiveRoutes(ArcSwap<RouteTable>);
+
+impl LiveRoutes {
+    /// Live routes starting with `table`.
+    pub fn new(table: RouteTable) -> Self {
+        Self(ArcSwap::from_pointee(table))
+    }
+
+    /// The current snapshot, for one lookup (lock-free; keep it only briefly).
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<RouteTable>> {
+        self.0.load()
+    }
+
+    /// The current snapshot, to keep.
+    pub fn snapshot(&self) -> Arc<RouteTable> {
+        self.0.load_full()
+    }
+
+    /// Puts `table` in force; returns the one it replaces. Requests that already matched a route
+    /// of the old table finish with it.
+    pub fn replace(&self, table: RouteTable) -> Arc<RouteTable> {
+        self.0.swap(Arc::new(table))
     }
 }
 

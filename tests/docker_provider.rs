@@ -440,7 +440,7 @@ async fn a_missing_container_is_not_found() {
 async fn events_follow_changes_made_by_hand() {
     let c = TestContainer::http_async("events").await;
     let recorder = Arc::new(Recorder::default());
-    let mut events = DockerEvents::new(connect(None).await.unwrap());
+    let events = DockerEvents::new(connect(None).await.unwrap());
     events.watch(&c.name, recorder.clone());
     let (stop, run) = spawn_events(events);
 
@@ -482,7 +482,7 @@ async fn resync_on_connect_reports_every_state() {
     paused.pause_async().await;
     let missing = common::docker::unique_name("resync-missing");
 
-    let mut events = DockerEvents::new(connect(None).await.unwrap());
+    let events = DockerEvents::new(connect(None).await.unwrap());
     let cases = [
         (running.name.clone(), BackendStatus::Running),
         (paused.name.clone(), BackendStatus::Paused),
@@ -516,7 +516,7 @@ async fn one_stream_serves_many_containers_and_observers() {
     let other = Arc::new(Recorder::default());
 
     let proxy = EngineProxy::start().await;
-    let mut events = DockerEvents::new(connect(Some(&proxy.host)).await.unwrap());
+    let events = DockerEvents::new(connect(Some(&proxy.host)).await.unwrap());
     events.watch(&a.name, by_name.clone());
     events.watch(&a.id()[..12], by_short_id.clone());
     events.watch(&a.id(), by_full_id.clone());
@@ -557,7 +557,7 @@ async fn reconnects_and_resyncs_after_the_stream_breaks() {
     let c = TestContainer::http_async("reconnect").await;
     let proxy = EngineProxy::start().await;
     let recorder = Arc::new(Recorder::default());
-    let mut events = DockerEvents::new(connect(Some(&proxy.host)).await.unwrap());
+    let events = DockerEvents::new(connect(Some(&proxy.host)).await.unwrap());
     events.watch(&c.name, recorder.clone());
     let (stop, run) = spawn_events(events);
 
@@ -604,7 +604,7 @@ async fn reconnects_and_resyncs_after_the_stream_breaks() {
 async fn shutdown_ends_run_promptly() {
     let c = TestContainer::http_async("shutdown").await;
     let recorder = Arc::new(Recorder::default());
-    let mut events = DockerEvents::new(connect(None).await.unwrap());
+    let events = DockerEvents::new(connect(None).await.unwrap());
     events.watch(&c.name, recorder.clone());
     let (stop, run) = spawn_events(events);
     recorder
@@ -620,7 +620,7 @@ async fn shutdown_ends_run_promptly() {
 
     // Already shut down before it starts: returns at once, delivers nothing.
     let quiet = Arc::new(Recorder::default());
-    let mut events = DockerEvents::new(connect(None).await.unwrap());
+    let events = DockerEvents::new(connect(None).await.unwrap());
     events.watch(&c.name, quiet.clone());
     let (_stop, shutdown) = tokio::sync::watch::channel(true);
     tokio::time::timeout(Duration::from_millis(500), events.run(shutdown))
@@ -721,7 +721,7 @@ async fn an_idle_stream_outlives_the_request_timeout() {
         .await
         .unwrap()
         .with_timeout(Duration::from_secs(1));
-    let mut events = DockerEvents::new(docker);
+    let events = DockerEvents::new(docker);
     events.watch(&c.name, recorder.clone());
     let (stop, run) = spawn_events(events);
     let at = recorder

@@ -1,19 +1,36 @@
 //! Backends that can be put to sleep and woken: the [`Provider`] trait and its implementations.
 //!
 //! A provider knows how to drive one backend (a Docker container, a Proxmox guest) through its
-//! lifecycle. It knows nothing about routes, idle timers or HTTP: the [`Watcher`](crate::watcher)
+//! lifecycle. It knows nothing about routes, idle timers or HTTP: the [`Watcher`](crate::backend::Watcher)
 //! decides *when*; the provider only does *what* it is told, and reports what the backend is doing.
 //!
 //! Changes that happen outside idlewatcher (a container started or stopped by hand, removed,
 //! recreated) reach watchers through each provider family's event source, which calls
 //! [`BackendObserver::observe`] — see [`docker::DockerEvents`].
+//!
+//! Providers come in *families* ([`ProviderFamily`]): a family connects once for the whole
+//! gateway (one Docker engine, one Proxmox cluster), builds a driver per backend, runs ONE event
+//! source for all its backends, and declares the sleep methods it supports. Adding a provider is a
+//! folder here plus one line in [`FAMILIES`].
 
 pub mod docker;
+mod family;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+pub use family::{Connect, FamilyKind, ProviderFamily};
+
+/// Every provider family this build knows. Adding a provider is a folder in `providers/` plus
+/// one line here; assembly and `-t` loop over this list and name no family.
+pub static FAMILIES: &[&FamilyKind] = &[&docker::FAMILY];
+
+/// The family a backend belongs to, if this build has it.
+pub fn family_of(backend: &crate::config::BackendConfig) -> Option<&'static FamilyKind> {
+    FAMILIES.iter().copied().find(|kind| (kind.claims)(backend))
+}
 
 /// What a backend is doing right now, as its provider sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The gate: what happens to a request before it may go upstream, in `request_filter`.
 //!
-//! In this order (DESIGN.md's request path):
+//! In this order (the request path of `ARCHITECTURE.md`):
 //!
 //! 1. Route by Host (lock-free, no allocation); unknown → 404 problem+json.
 //! 2. Internal endpoints under the path prefix (`status`, `events`, `loading.js`, `style.css`):
@@ -15,7 +15,7 @@
 //!    very same request through (its body has not been read, so it streams upstream intact).
 //!    Failure, timeout or too many waiters → 503 + `Retry-After` + problem+json.
 //!    Most held requests never reach this point as Pingora sessions: the
-//!    [early hold](crate::hold) holds them before Pingora reads them, far more cheaply, and
+//!    [early hold](crate::http::early_hold) holds them before Pingora reads them, far more cheaply, and
 //!    hands them over ready (or failed), so the gate only lets them through (or answers).
 
 use std::net::SocketAddr;
@@ -29,24 +29,30 @@ use pingora::proxy::Session;
 use pingora::Result;
 use serde::Serialize;
 
-use crate::hold::{self, Admission, Handover, HoldOutcome};
+use pingora::upstreams::peer::HttpPeer;
+use tokio::sync::watch;
+
+use crate::backend::release::ReleaseTicket;
+use crate::backend::{InFlight, State, WakeFailure, Watcher};
+use crate::http::handover::{self, Handover};
+use crate::http::{page, respond, retry, sse};
 use crate::idle::IdleClock;
-use crate::page;
-use crate::release::{self, ReleaseTicket};
-use crate::respond;
-use crate::routes::{Route, RouteId, RouteTable};
-use crate::sse;
-use crate::watcher::{InFlight, State, WakeFailure, Watcher};
+use crate::routes::{LiveRoutes, Route};
+use crate::wait::{self, Admission, HoldOutcome};
 
 /// `Retry-After` for the loading page and for overflowing waiters, in seconds.
 const RETRY_AFTER_SECS: u64 = 2;
+/// Connecting to a backend that answered its readiness probe should be quick; a SYN lost to a
+/// full listen backlog is retried by the kernel after 1 s, so allow a few of those.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the gate remembers about one request. Keep it in the gateway's per-request context
 /// (`ProxyHttp::CTX`): it holds the in-flight guard that keeps the backend awake until the
 /// request — or its upgraded connection, or its streamed response — ends.
 #[derive(Default)]
 pub struct GateContext {
-    route: Option<RouteId>,
+    /// The route the request matched, kept to its end (a newer route table does not change it).
+    route: Option<Arc<Route>>,
     in_flight: Option<InFlight>,
     slow_start: bool,
     retries: u32,
@@ -64,8 +70,8 @@ impl GateContext {
     }
 
     /// The route the request matched, once the gate ran.
-    pub fn route(&self) -> Option<RouteId> {
-        self.route
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        self.route.as_ref()
     }
 
     /// Whether the request entered a backend that just woke through the slow-start window (it
@@ -77,7 +83,7 @@ impl GateContext {
 
     /// Call it from `ProxyHttp::connected_to_upstream`. On a fresh connection carrying a request
     /// without a body, the request must be acknowledged by the backend's kernel within
-    /// [`UNACKNOWLEDGED_TIMEOUT`](release::UNACKNOWLEDGED_TIMEOUT) (`TCP_USER_TIMEOUT`): a server whose accept queue overflowed
+    /// [`UNACKNOWLEDGED_TIMEOUT`](retry::UNACKNOWLEDGED_TIMEOUT) (`TCP_USER_TIMEOUT`): a server whose accept queue overflowed
     /// silently drops connections the gateway believes open, and without this they would hang
     /// for minutes. Only bodiless requests: a body may legitimately wait on a slow reader. The
     /// limit is lifted again when the response arrives (the connection may be reused for an
@@ -86,18 +92,18 @@ impl GateContext {
         self.fresh_connection = !reused;
         self.unacknowledged = None;
         if !reused && session.as_downstream_mut().is_body_empty() {
-            release::set_user_timeout(fd, release::UNACKNOWLEDGED_TIMEOUT);
+            retry::set_user_timeout(fd, retry::UNACKNOWLEDGED_TIMEOUT);
             self.unacknowledged = Some(fd);
         }
     }
 
     /// Tells the gate the upstream answered (call it from `ProxyHttp::upstream_response_filter`):
     /// a request in the slow start gives its place back and widens the window (see
-    /// [`release`](crate::release)).
+    /// [`release`](crate::backend::release)).
     pub fn upstream_responded(&mut self) {
         if let Some(fd) = self.unacknowledged.take() {
             // The connection is alive (its response just arrived): `fd` is still ours.
-            release::set_user_timeout(fd, Duration::ZERO);
+            retry::set_user_timeout(fd, Duration::ZERO);
         }
         if let Some(ticket) = self.release.as_mut() {
             ticket.responded();
@@ -117,9 +123,9 @@ impl GateContext {
     /// policy (the caller applies it when this returns false).
     pub fn should_retry(&mut self, session: &Session, error: &mut pingora::Error) -> bool {
         let request = session.req_header();
-        let dropped = self.fresh_connection && release::connection_dropped(error);
+        let dropped = self.fresh_connection && retry::connection_dropped(error);
         let eligible = (self.slow_start || dropped)
-            && self.retries < release::MAX_RETRIES
+            && self.retries < retry::MAX_RETRIES
             && request.method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
@@ -134,7 +140,7 @@ impl GateContext {
     /// `fail_to_connect`). Nothing was sent yet, so any request may try again: a few times,
     /// with the same jittered backoff. Returns whether it set the error retryable.
     pub fn should_retry_connect(&mut self, error: &mut pingora::Error) -> bool {
-        let eligible = self.retries < release::MAX_RETRIES;
+        let eligible = self.retries < retry::MAX_RETRIES;
         if eligible {
             self.retries += 1;
             error.set_retry(true);
@@ -145,7 +151,7 @@ impl GateContext {
     /// How long to wait before the next attempt (zero for the first attempt): 10 ms doubling
     /// per retry, with jitter so retried requests do not arrive together again.
     pub fn retry_delay(&self) -> Duration {
-        release::retry_delay(self.retries)
+        retry::retry_delay(self.retries)
     }
 }
 
@@ -157,7 +163,7 @@ async fn join_slow_start(
     deadline: Instant,
 ) -> std::result::Result<(), WakeFailure> {
     ctx.slow_start = true;
-    match hold::enter_window(watcher, deadline).await {
+    match wait::enter_window(watcher, deadline).await {
         Ok(ticket) => {
             ctx.release = Some(ticket);
             Ok(())
@@ -222,7 +228,7 @@ impl Internal {
 
 /// Decides, per request, whether it passes, waits, or is answered here. See the module docs.
 pub struct IdleGate {
-    routes: Arc<RouteTable>,
+    routes: Arc<LiveRoutes>,
     prefix: Box<str>,
     clock: Arc<IdleClock>,
     unknown_host: UnknownHost,
@@ -231,7 +237,7 @@ pub struct IdleGate {
 impl IdleGate {
     /// A gate over `routes`, with internal endpoints under `prefix` (starts and ends with `/`).
     pub fn new(
-        routes: Arc<RouteTable>,
+        routes: Arc<LiveRoutes>,
         prefix: &str,
         clock: Arc<IdleClock>,
         unknown_host: UnknownHost,
@@ -244,9 +250,14 @@ impl IdleGate {
         }
     }
 
-    /// The route table.
-    pub fn routes(&self) -> &Arc<RouteTable> {
+    /// The live route table.
+    pub fn routes(&self) -> &Arc<LiveRoutes> {
         &self.routes
+    }
+
+    /// Turns true when the gateway shuts down: long waits and streams end on it.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.clock.shutdown_signal()
     }
 
     /// Runs the gate. `Ok(true)`: an answer was written, the request is done. `Ok(false)`: let
@@ -259,7 +270,8 @@ impl IdleGate {
             let value = request.headers.get(http::header::HOST)?;
             Some(value.as_bytes())
         });
-        let Some((id, route)) = host.and_then(|host| self.routes.by_host_bytes(host)) else {
+        let routes = self.routes.load();
+        let Some(route) = host.and_then(|host| routes.by_host_bytes(host)) else {
             if self.unknown_host == UnknownHost::PassThrough {
                 return Ok(false);
             }
@@ -270,38 +282,38 @@ impl IdleGate {
             respond::problem(session, 404, None, &detail, None).await?;
             return Ok(true);
         };
-        ctx.route = Some(id);
+        let route = Arc::clone(route);
+        drop(routes);
 
         let path = request.uri.path();
         if let Some(endpoint) = self.internal(path) {
-            let route = Arc::clone(route);
             self.serve_internal(session, &route, endpoint).await?;
+            ctx.route = Some(route);
             return Ok(true);
         }
 
         if let Some(guard) = route.watcher.enter() {
             ctx.in_flight = Some(guard);
-            if route.watcher.is_warming_up() {
-                let route = Arc::clone(route);
-                return self.warming_up(session, ctx, id, &route).await;
+            let warming_up = route.watcher.is_warming_up();
+            ctx.route = Some(route);
+            if warming_up {
+                return self.warming_up(session, ctx).await;
             }
             return Ok(false);
         }
-        let route = Arc::clone(route);
-        self.not_ready(session, ctx, id, &route).await
+        let answered = self.not_ready(session, ctx, &route).await;
+        ctx.route = Some(route);
+        answered
     }
 
     /// A request for a backend that just woke: it joins the held ones in the slow start (the
     /// backend may not take a burst of new connections yet).
     #[inline(never)]
-    async fn warming_up(
-        &self,
-        session: &mut Session,
-        ctx: &mut GateContext,
-        id: RouteId,
-        route: &Route,
-    ) -> Result<bool> {
-        if let Some(Handover::Admitted(admission)) = hold::take_handover(id) {
+    async fn warming_up(&self, session: &mut Session, ctx: &mut GateContext) -> Result<bool> {
+        let Some(route) = ctx.route.clone() else {
+            return Ok(false);
+        };
+        if let Some(Handover::Admitted(admission)) = handover::take(&route) {
             // Held before Pingora read it: its place in the window is already taken.
             ctx.admit(admission);
             return Ok(false);
@@ -321,7 +333,21 @@ impl IdleGate {
     /// The upstream address for a request the gate let through.
     #[inline]
     pub fn upstream(&self, ctx: &GateContext) -> Option<SocketAddr> {
-        self.routes.get(ctx.route?)?.upstream.address()
+        ctx.route.as_ref()?.upstream.address()
+    }
+
+    /// The upstream peer for a request the gate let through (address resolved by the last
+    /// wake), for `ProxyHttp::upstream_peer`.
+    pub fn upstream_peer(&self, ctx: &GateContext) -> Result<Box<HttpPeer>> {
+        let address = self.upstream(ctx).ok_or_else(|| {
+            pingora::Error::explain(
+                pingora::ErrorType::ConnectNoRoute,
+                "idlewatcher: the request has no ready upstream",
+            )
+        })?;
+        let mut peer = HttpPeer::new(address, false, String::new());
+        peer.options.connection_timeout = Some(UPSTREAM_CONNECT_TIMEOUT);
+        Ok(Box::new(peer))
     }
 
     /// What a request for `route`, whose backend is not ready, gets (steps 4–6 of the module
@@ -356,8 +382,7 @@ impl IdleGate {
         &self,
         session: &mut Session,
         ctx: &mut GateContext,
-        id: RouteId,
-        route: &Route,
+        route: &Arc<Route>,
     ) -> Result<bool> {
         match self.when_asleep(route, session.req_header()) {
             Asleep::Favicon => {
@@ -387,7 +412,7 @@ impl IdleGate {
                 )
                 .await?;
             }
-            Asleep::Hold => match hold::take_handover(id) {
+            Asleep::Hold => match handover::take(route) {
                 // Held before Pingora read it, and the wake failed meanwhile: do not hold again.
                 Some(Handover::Failed(failure)) => wake_failed(session, route, &failure).await?,
                 _ => return self.hold(session, ctx, route).await,
@@ -417,7 +442,7 @@ impl IdleGate {
             std::future::pending().await
         };
         let shutdown = self.clock.shutdown_signal();
-        match hold::hold_until_admitted(route, shutdown, client_left).await {
+        match wait::hold_until_admitted(route, shutdown, client_left).await {
             HoldOutcome::Full => {
                 let detail = format!(
                     "{} is waking up and already holds {} requests; retry shortly",
@@ -495,7 +520,7 @@ impl IdleGate {
             state: &'static str,
             since: String,
             sleep_in_seconds: Option<u64>,
-            error: Option<&'a str>,
+            error: Option<String>,
         }
         let watcher = &route.watcher;
         let (state, since, error) = watcher.snapshot();
@@ -511,7 +536,7 @@ impl IdleGate {
             state: state.as_str(),
             since: humantime::format_rfc3339_seconds(since).to_string(),
             sleep_in_seconds,
-            error: error.as_deref(),
+            error: error.map(|error| error.to_string()),
         })
         .unwrap_or_default()
     }

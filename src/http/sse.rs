@@ -1,6 +1,6 @@
 //! `{prefix}events`: a route's wake events as Server-Sent Events.
 //!
-//! History first, then live, from the backend's [`EventLog`](crate::events::EventLog); `retry:`
+//! History first, then live, from the backend's [`EventLog`](crate::backend::events::EventLog); `retry:`
 //! once, `id:` on every event (resume with `Last-Event-ID` or `?last_event_id=`), a `: keepalive`
 //! comment every 15 s. The stream ends when the client leaves (noticed while idle, not only on the
 //! next write) or when the gateway shuts down. A client that stops reading only ever blocks its

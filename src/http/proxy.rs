@@ -14,9 +14,7 @@ use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
 
-use crate::gate::GateContext;
-use crate::hold::EarlyHold;
-use crate::IdleWatcher;
+use crate::http::{EarlyHold, GateContext, IdleGate};
 
 /// The listener's L4 read buffer, in bytes. Pingora's default is 64 KiB per connection, mostly
 /// to save read calls under TLS, which this gateway does not terminate; HTTP/1 request heads are
@@ -26,27 +24,28 @@ pub const LISTENER_READ_BUFFER: usize = 0;
 
 /// A gateway whose every route is an idlewatcher route.
 pub struct IdleProxy {
-    idle: Arc<IdleWatcher>,
+    gate: Arc<IdleGate>,
 }
 
 impl IdleProxy {
-    /// A proxy over `idle`'s routes.
-    pub fn new(idle: Arc<IdleWatcher>) -> Self {
-        Self { idle }
+    /// A proxy over the routes of `gate` (from
+    /// [`IdleWatcher::idle_gate`](crate::IdleWatcher::idle_gate)).
+    pub fn new(gate: Arc<IdleGate>) -> Self {
+        Self { gate }
     }
 
     /// The listening service: this proxy behind an [`EarlyHold`] on every `listen` address,
     /// HTTP/1.1 and cleartext HTTP/2 (h2c).
     pub fn service(
-        idle: Arc<IdleWatcher>,
+        gate: Arc<IdleGate>,
         server: &Arc<ServerConf>,
         listen: &[String],
     ) -> Service<EarlyHold<HttpProxy<IdleProxy>>> {
-        let mut proxy = http_proxy(server, Self::new(Arc::clone(&idle)));
+        let mut proxy = http_proxy(server, Self::new(Arc::clone(&gate)));
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         proxy.server_options = Some(options);
-        let mut service = Service::new("idlewatcher".to_string(), EarlyHold::new(idle, proxy));
+        let mut service = Service::new("idlewatcher".to_string(), EarlyHold::new(gate, proxy));
         for address in listen {
             service.add_listener(
                 ListenerConfig::tcp(address.clone())
@@ -66,7 +65,7 @@ impl ProxyHttp for IdleProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut GateContext) -> Result<bool> {
-        self.idle.gate(session, ctx).await
+        self.gate.check(session, ctx).await
     }
 
     async fn upstream_peer(
@@ -78,7 +77,7 @@ impl ProxyHttp for IdleProxy {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        self.idle.upstream_peer(ctx)
+        self.gate.upstream_peer(ctx)
     }
 
     async fn upstream_response_filter(

@@ -1,6 +1,6 @@
 //! Wake events: what a backend's wake went through, kept for late subscribers and pushed live.
 //!
-//! Each [`Watcher`](crate::watcher::Watcher) owns one [`EventLog`]: a small ring of the current
+//! Each [`Watcher`](crate::backend::Watcher) owns one [`EventLog`]: a small ring of the current
 //! wake's events plus a `watch` channel carrying the newest event id. A subscriber remembers the
 //! last id it sent and, whenever the channel changes, copies every newer event out of the ring.
 //! One mechanism therefore serves the history, the live feed and `Last-Event-ID` resumption, and:
@@ -73,7 +73,7 @@ struct WireEvent<'a> {
 }
 
 impl WakeEvent {
-    /// The event as DESIGN.md's JSON object, for the `data:` line of the SSE stream.
+    /// The event as the JSON object the README documents (Internal endpoints), for the `data:` line of the SSE stream.
     /// serde_json escapes every string, so hostile names and error texts stay text.
     pub fn to_json(&self, route: &str) -> String {
         let wire = WireEvent {

@@ -1,6 +1,6 @@
 //! The browser loading page: who gets it, and how it is rendered.
 //!
-//! Only browser *navigations* get the page (DESIGN.md's rule): `Sec-Fetch-Mode: navigate`, or,
+//! Only browser *navigations* get the page (the README's rule, "What clients get"): `Sec-Fetch-Mode: navigate`, or,
 //! from clients that send no `Sec-Fetch-*` headers, an `Accept` that lists `text/html` with a
 //! non-zero quality. Never a non-GET request, an Upgrade, a fetch/XHR or a sub-resource: those
 //! are held and proxied instead, so an API client never receives HTML with a 503 (let alone a 200
@@ -10,11 +10,11 @@ use http::request::Parts;
 use http::Method;
 
 /// The page template (see `assets/README.md` for its contract).
-pub const TEMPLATE: &str = include_str!("../assets/loading.html");
+pub const TEMPLATE: &str = include_str!("../../assets/loading.html");
 /// The page's script, served at `{prefix}loading.js`.
-pub const SCRIPT: &str = include_str!("../assets/loading.js");
+pub const SCRIPT: &str = include_str!("../../assets/loading.js");
 /// The page's style sheet, served at `{prefix}style.css`.
-pub const STYLE: &str = include_str!("../assets/style.css");
+pub const STYLE: &str = include_str!("../../assets/style.css");
 /// The page's content security policy: nothing but our own assets and event stream.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; connect-src 'self'; img-src data:";

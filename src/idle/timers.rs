@@ -1,119 +1,21 @@
-//! The idle clock: puts backends to sleep after `idle_timeout` without traffic.
-//!
-//! Cost model, from hottest to coldest:
-//!
-//! - **request path**: [`Watcher::mark_activity`] reads the coarse current tick from
-//!   [`IdleClock::now`] (one relaxed load) and stores it as the watcher's "last seen" only if it
-//!   changed; an [`InFlight`](crate::watcher::InFlight) guard counts the request while it lives.
-//!   No timer is touched, nothing is allocated.
-//! - **arming** ([`IdleClock::arm`]): when a backend becomes ready, its id goes into a lock-free
-//!   queue (`std::sync::mpsc`), from any thread.
-//! - **the ticker** ([`IdleTimers::tick`]), one task for all backends: advances the coarse clock,
-//!   drains the queue into a [`TimingWheel`], and handles what comes due. An entry that fires
-//!   re-arms lazily at `last seen + idle_timeout` if the route saw traffic since, looks again next
-//!   tick while anything is in flight, and otherwise moves the backend to `stopping` and hands it
-//!   to the stopper. A backend that is not armed (napping, idle_timeout 0) costs nothing at all.
-//! - **the stopper**: bounded concurrency (`max_concurrent_stops`), its own tasks, never on the
-//!   request path or the ticker; a failed stop is retried with a doubling backoff while the
-//!   backend keeps serving.
-//!
-//! Time is counted in ticks (default 1 s) since the clock started. Tests drive
-//! [`IdleTimers::tick`] with whatever tick they like: no real time passes.
+//! The ticker's decisions: owner of the timing wheel, separated from real time so tests drive
+//! it tick by tick.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use parking_lot::Mutex;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use tokio::sync::{watch, Semaphore};
-
-use crate::watcher::{State, Watcher};
-use crate::wheel::{Expired, Tick, TimingWheel};
+use crate::idle::clock::Arm;
+use crate::idle::wheel::{Expired, Tick, TimingWheel};
+use crate::idle::{IdleClock, Sleeper};
 
 /// Longest pause between attempts to put a backend to sleep after failures, in ticks.
 const MAX_STOP_RETRY_TICKS: u32 = 300;
 
-/// A request to (re-)arm a backend's idle timer.
-#[derive(Debug, Clone, Copy)]
-struct Arm {
-    id: u32,
-    not_before: Tick,
-}
-
-/// The coarse clock shared by the request path and the ticker, and the queue of arms.
-pub struct IdleClock {
-    now: AtomicU32,
-    tick: Duration,
-    arms: mpsc::Sender<Arm>,
-    pending: Mutex<Option<mpsc::Receiver<Arm>>>,
-    shutdown: watch::Sender<bool>,
-}
-
-impl IdleClock {
-    /// A clock at tick 0 with the given resolution.
-    pub fn new(tick: Duration) -> Arc<Self> {
-        let (arms, pending) = mpsc::channel();
-        Arc::new(Self {
-            now: AtomicU32::new(0),
-            tick,
-            arms,
-            pending: Mutex::new(Some(pending)),
-            shutdown: watch::Sender::new(false),
-        })
-    }
-
-    /// The current tick (coarse: advanced by the ticker). One relaxed load.
-    #[inline]
-    pub fn now(&self) -> u32 {
-        self.now.load(Ordering::Relaxed)
-    }
-
-    /// The clock's resolution.
-    pub fn tick(&self) -> Duration {
-        self.tick
-    }
-
-    /// Converts a duration to whole ticks, rounding up (an idle timeout is never cut short).
-    pub fn ticks(&self, duration: Duration) -> u32 {
-        let ticks = duration.as_nanos().div_ceil(self.tick.as_nanos().max(1));
-        ticks.min(u32::MAX as u128) as u32
-    }
-
-    /// Arms (or re-arms) backend `id`: its idle timeout counts from its last activity.
-    pub fn arm(&self, id: u32) {
-        self.arm_not_before(id, 0);
-    }
-
-    fn arm_not_before(&self, id: u32, not_before: Tick) {
-        // The receiver lives as long as the ticker; if it is gone nothing sleeps anyway.
-        let _ = self.arms.send(Arm { id, not_before });
-    }
-
-    /// Sets the coarse clock (the ticker does this; tests may too).
-    pub fn set_now(&self, now: u32) {
-        self.now.store(now, Ordering::Relaxed);
-    }
-
-    /// A receiver that turns true when the gateway shuts down (long-lived answers such as the
-    /// event stream end on it).
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    /// Tells long-lived answers to end.
-    pub fn shut_down(&self) {
-        self.shutdown.send_replace(true);
-    }
-}
-
 /// Owner of the timing wheel: the decisions of the ticker, separated from real time.
 pub struct IdleTimers {
-    clock: Arc<IdleClock>,
-    watchers: Vec<Arc<Watcher>>,
+    pub(crate) clock: Arc<IdleClock>,
+    pub(crate) backends: Vec<Arc<dyn Sleeper>>,
     generations: Vec<u32>,
     wheel: TimingWheel,
     arms: mpsc::Receiver<Arm>,
@@ -121,18 +23,18 @@ pub struct IdleTimers {
 }
 
 impl IdleTimers {
-    /// Takes the clock's arm queue. `watchers[i].id()` must be `i`. Panics if called twice for
+    /// Takes the clock's arm queue. `backends[i].id()` must be `i`. Panics if called twice for
     /// one clock (one owner per wheel).
-    pub fn new(clock: Arc<IdleClock>, watchers: Vec<Arc<Watcher>>) -> Self {
+    pub fn new(clock: Arc<IdleClock>, backends: Vec<Arc<dyn Sleeper>>) -> Self {
         let arms = clock
             .pending
             .lock()
             .take()
             .expect("IdleTimers::new called twice for one IdleClock");
-        let count = watchers.len();
+        let count = backends.len();
         Self {
             clock,
-            watchers,
+            backends,
             generations: vec![0; count],
             wheel: TimingWheel::new(),
             arms,
@@ -147,7 +49,7 @@ impl IdleTimers {
 
     /// Advances to tick `now`: takes new arms, handles what came due, and returns the backends
     /// that were moved to `stopping` and must now be put to sleep.
-    pub fn tick(&mut self, now: Tick) -> Vec<Arc<Watcher>> {
+    pub fn tick(&mut self, now: Tick) -> Vec<Arc<dyn Sleeper>> {
         self.clock.set_now(now as u32);
         while let Ok(arm) = self.arms.try_recv() {
             self.arm(arm, now);
@@ -160,8 +62,8 @@ impl IdleTimers {
             if self.generations.get(id) != Some(&expired.generation) {
                 continue; // Stale: re-armed since.
             }
-            let watcher = &self.watchers[id];
-            if !matches!(watcher.state(), State::Ready | State::Error) {
+            let watcher = &self.backends[id];
+            if !watcher.may_sleep() {
                 continue; // Asleep or busy waking: armed again when it becomes ready.
             }
             let Some(idle_until) = watcher.idle_deadline() else {
@@ -182,7 +84,7 @@ impl IdleTimers {
     }
 
     fn arm(&mut self, arm: Arm, now: Tick) {
-        let Some(watcher) = self.watchers.get(arm.id as usize) else {
+        let Some(watcher) = self.backends.get(arm.id as usize) else {
             return;
         };
         let Some(idle_until) = watcher.idle_deadline() else {
@@ -198,7 +100,7 @@ impl IdleTimers {
     }
 
     /// Records the outcome of putting `watcher` to sleep; a failure re-arms it with a backoff.
-    pub fn stop_finished(clock: &IdleClock, watcher: &Watcher, failures: &AtomicU32, ok: bool) {
+    pub fn stop_finished(clock: &IdleClock, watcher: &dyn Sleeper, failures: &AtomicU32, ok: bool) {
         if ok {
             failures.store(0, Ordering::Relaxed);
             return;
@@ -209,81 +111,16 @@ impl IdleTimers {
     }
 }
 
-/// The background service that runs the ticker and the stopper (one for the whole gateway).
-pub struct IdleTicker {
-    timers: Mutex<Option<IdleTimers>>,
-    clock: Arc<IdleClock>,
-    max_concurrent_stops: usize,
-}
-
-impl IdleTicker {
-    /// The service for `timers`, stopping at most `max_concurrent_stops` backends at once.
-    pub fn new(timers: IdleTimers, max_concurrent_stops: usize) -> Self {
-        Self {
-            clock: Arc::clone(&timers.clock),
-            timers: Mutex::new(Some(timers)),
-            max_concurrent_stops: max_concurrent_stops.max(1),
-        }
-    }
-
-    /// Runs until `shutdown` turns true.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        let Some(mut timers) = self.timers.lock().take() else {
-            return; // Already running.
-        };
-        let stops = Arc::new(Semaphore::new(self.max_concurrent_stops));
-        let failures: Arc<Vec<AtomicU32>> = Arc::new(
-            (0..timers.watchers.len())
-                .map(|_| AtomicU32::new(0))
-                .collect(),
-        );
-        let started = Instant::now();
-        let tick = self.clock.tick;
-        let mut now: Tick = 0;
-        loop {
-            let next = started + tick.mul_f64((now + 1) as f64);
-            tokio::select! {
-                _ = tokio::time::sleep_until(next.into()) => {}
-                _ = shutdown.changed() => break,
-            }
-            if *shutdown.borrow() {
-                break;
-            }
-            // Count ticks from real elapsed time, so a late wake-up never slows the clock.
-            now = (started.elapsed().as_nanos() / tick.as_nanos().max(1)) as Tick;
-            for watcher in timers.tick(now) {
-                let stops = Arc::clone(&stops);
-                let clock = Arc::clone(&self.clock);
-                let failures = Arc::clone(&failures);
-                tokio::spawn(async move {
-                    let Ok(_permit) = stops.acquire().await else {
-                        return;
-                    };
-                    let ok = watcher.put_to_sleep().await.is_ok();
-                    let failures = &failures[watcher.id() as usize];
-                    IdleTimers::stop_finished(&clock, &watcher, failures, ok);
-                });
-            }
-        }
-        self.clock.shut_down();
-    }
-}
-
-#[async_trait]
-impl BackgroundService for IdleTicker {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        self.run(shutdown).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{BackendSettings, State, Upstream, UpstreamTarget, Watcher};
     use crate::config::{HealthCheck, StopMethod};
     use crate::providers::{BackendStatus, Provider, ProviderError};
-    use crate::watcher::{BackendSettings, Upstream, UpstreamTarget};
+    use async_trait::async_trait;
     use std::net::{IpAddr, Ipv4Addr};
-    use std::sync::atomic::{AtomicBool, AtomicU32};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
 
     /// A backend that only counts what it is asked to do.
     #[derive(Default)]
@@ -370,7 +207,7 @@ mod tests {
             vec![upstream],
             clock.clone(),
         );
-        let timers = IdleTimers::new(clock.clone(), vec![watcher.clone()]);
+        let timers = IdleTimers::new(clock.clone(), vec![watcher.clone() as Arc<dyn Sleeper>]);
         Fixture {
             clock,
             timers,
@@ -449,7 +286,7 @@ mod tests {
         let failures = AtomicU32::new(0);
         assert_eq!(f.run_until(10).await, Some(3));
         assert_eq!(f.watcher.state(), State::Ready, "still serving");
-        IdleTimers::stop_finished(&f.clock, &f.watcher, &failures, false);
+        IdleTimers::stop_finished(&f.clock, f.watcher.as_ref(), &failures, false);
         // Retried after a backoff (1 tick after the first failure, doubling).
         f.backend.fail_stops.store(false, Ordering::SeqCst);
         assert_eq!(f.run_until(10).await, Some(4));
@@ -476,7 +313,7 @@ mod tests {
                 watcher.wait_ready(generation, deadline).await
             })
         };
-        to_stop[0].put_to_sleep().await.unwrap();
+        assert!(to_stop[0].put_to_sleep().await);
         waiter.await.unwrap().unwrap();
         assert_eq!(f.watcher.state(), State::Ready);
         assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);

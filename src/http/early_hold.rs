@@ -1,6 +1,6 @@
-//! Holding requests until their backend is ready — before Pingora reads them, where it can.
+//! The early hold: holding HTTP requests until their backend is ready — before Pingora reads them, where it can.
 //!
-//! A request held inside `request_filter` (the [gate](crate::gate)) is a live Pingora session:
+//! A request held inside `request_filter` (the [gate](crate::http::gate)) is a live Pingora session:
 //! the connection's task, two boxed futures of ≈ 9 and ≈ 4 kB, the 4 KiB head buffer, the
 //! parsed header — ≈ 25 kB, so 10,000 held requests cost ≈ 250 MB. [`EarlyHold`] wraps the
 //! HTTP application (a [`ServerApp`]) to hold them for a fraction of that (≈ 5 kB each, most of
@@ -13,7 +13,7 @@
 //!    waits in a small task of its own (≈ 1 kB: the bytes read and the wait), and the connection
 //!    task Pingora spawned ends. Of Pingora, only the L4 stream remains.
 //! 3. Once the backend is ready and the request has its place in the slow-start window
-//!    ([`release`](crate::release)), the bytes are put back into the stream (`rewind`) and the
+//!    ([`release`](crate::backend::release)), the bytes are put back into the stream (`rewind`) and the
 //!    connection goes to the wrapped application as if just accepted: Pingora parses the same
 //!    head, the body is still unread and streams upstream intact. The gate finds the
 //!    admission (in-flight guard and window place, handed over in a task-local) and lets the
@@ -25,10 +25,8 @@
 //! back, and the gate holds it in `request_filter` if it must (`hold_until_admitted` serves
 //! both). The early hold changes what a held request costs, never what it is answered.
 
-use std::cell::Cell;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -36,13 +34,11 @@ use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
 
-use crate::gate::Asleep;
-use crate::release::ReleaseTicket;
-use crate::routes::{Route, RouteId};
-use crate::watcher::{InFlight, WakeFailure, Watcher};
-use crate::IdleWatcher;
+use crate::http::gate::{Asleep, IdleGate};
+use crate::http::handover::{self, Handover};
+use crate::routes::Route;
+use crate::wait::{hold_until_admitted, HoldOutcome};
 
 /// The largest request head held early, in bytes (Pingora's own first head buffer); larger
 /// heads go to Pingora and, if they must wait, wait in `request_filter`.
@@ -54,137 +50,34 @@ const MAX_HEADERS: usize = 64;
 /// warm-up ended meanwhile) no longer keeps a window place or the backend awake.
 const UNCLAIMED_AFTER: Duration = Duration::from_secs(1);
 
-/// How a hold ended.
-pub(crate) enum HoldOutcome<E> {
-    /// The route already holds `max_waiters` requests: nothing was waited for.
-    Full,
-    /// Ready, with the request's place in the slow-start window.
-    Admitted(Admission),
-    /// The wake failed, timed out, or the gateway is shutting down.
-    Failed(WakeFailure),
-    /// The client left (what its watch returned).
-    ClientLeft(E),
-}
-
-/// A request that waited through a wake and may now enter the backend.
-pub(crate) struct Admission {
-    /// Keeps the backend awake until the request ends.
-    pub in_flight: InFlight,
-    /// Its place in the slow-start window.
-    pub release: ReleaseTicket,
-}
-
-/// Takes a place among `route`'s waiters, wakes the backend and waits until it is ready and
-/// the request has its place in the slow-start window, until the route's `wake_timeout`, or
-/// until `shutdown`. A backend that falls asleep again meanwhile is woken again. `client_left`
-/// completes when the client is gone (it may stay pending forever); the wait then ends at once,
-/// without an answer. The place among the waiters is given back when this returns.
-pub(crate) async fn hold_until_admitted<E>(
-    route: &Route,
-    mut shutdown: watch::Receiver<bool>,
-    client_left: impl Future<Output = E>,
-) -> HoldOutcome<E> {
-    let Some(_held) = route.hold() else {
-        return HoldOutcome::Full;
-    };
-    let watcher = &route.watcher;
-    let deadline = Instant::now() + watcher.settings().wake_timeout;
-    tokio::pin!(client_left);
-    loop {
-        // In a block of its own, so that the wait's state and the window's share memory.
-        let result = {
-            let wait = async {
-                let generation = watcher.wake()?;
-                watcher.wait_ready(generation, deadline).await
-            };
-            tokio::pin!(wait);
-            loop {
-                if *shutdown.borrow_and_update() {
-                    break Err(WakeFailure::ShuttingDown);
-                }
-                tokio::select! {
-                    result = &mut wait => break result,
-                    gone = &mut client_left => return HoldOutcome::ClientLeft(gone),
-                    _ = shutdown.changed() => {}
-                }
-            }
-        };
-        if let Err(failure) = result {
-            return HoldOutcome::Failed(failure);
-        }
-        if let Some(in_flight) = watcher.enter() {
-            return match enter_window(watcher, deadline).await {
-                Ok(release) => HoldOutcome::Admitted(Admission { in_flight, release }),
-                Err(failure) => HoldOutcome::Failed(failure),
-            };
-        }
-        // Ready, then at once asleep again: wake once more within the deadline.
-        if Instant::now() >= deadline {
-            return HoldOutcome::Failed(watcher.timed_out());
-        }
-    }
-}
-
-/// Waits for a place in the backend's slow-start window, until `deadline`.
-pub(crate) async fn enter_window(
-    watcher: &Watcher,
-    deadline: Instant,
-) -> Result<ReleaseTicket, WakeFailure> {
-    let window = watcher.release_window();
-    tokio::time::timeout_at(deadline.into(), window.enter())
-        .await
-        .map_err(|_| watcher.timed_out())
-}
-
-/// What an early hold hands to the gate, through the connection's task.
-pub(crate) enum Handover {
-    /// The request may enter the backend.
-    Admitted(Admission),
-    /// The wake failed: answer 503 at once, do not hold again.
-    Failed(WakeFailure),
-}
-
-tokio::task_local! {
-    static HANDOVER: Cell<Option<(RouteId, Handover)>>;
-}
-
-/// The early hold's verdict for the request the gate is looking at, if it was held early for
-/// `route`. Taken once: later requests on the same connection find nothing.
-pub(crate) fn take_handover(route: RouteId) -> Option<Handover> {
-    let taken = HANDOVER.try_with(Cell::take).ok().flatten();
-    match taken {
-        Some((held_for, handover)) if held_for == route => Some(handover),
-        _ => None,
-    }
-}
-
 /// Holds connections whose first request is for a sleeping route before the wrapped HTTP
 /// application (`HttpProxy`) builds a session for them. See the module docs; wrap the proxy
-/// whose `request_filter` calls [`IdleWatcher::gate`]:
+/// whose `request_filter` calls [`IdleWatcher::gate`](crate::IdleWatcher::gate):
 ///
 /// ```no_run
 /// # use std::sync::Arc;
 /// # fn demo<P: pingora::proxy::ProxyHttp + Send + Sync + 'static>(
 /// #     idle: Arc<idlewatcher::IdleWatcher>, conf: &Arc<pingora::server::configuration::ServerConf>, my_proxy: P)
 /// # where P::CTX: Send + Sync {
-/// use idlewatcher::hold::EarlyHold;
+/// use idlewatcher::http::EarlyHold;
 /// let proxy = pingora::proxy::http_proxy(conf, my_proxy);
 /// let service = pingora::services::listening::Service::new(
 ///     "gateway".to_string(),
-///     EarlyHold::new(idle, proxy),
+///     EarlyHold::new(Arc::clone(idle.idle_gate()), proxy),
 /// );
 /// # }
 /// ```
 pub struct EarlyHold<A> {
-    idle: Arc<IdleWatcher>,
+    gate: Arc<IdleGate>,
     app: Arc<A>,
 }
 
 impl<A> EarlyHold<A> {
-    /// `app` behind an early hold for `idle`'s routes.
-    pub fn new(idle: Arc<IdleWatcher>, app: A) -> Self {
+    /// `app` behind an early hold for the routes of `gate` (from
+    /// [`IdleWatcher::idle_gate`](crate::IdleWatcher::idle_gate)).
+    pub fn new(gate: Arc<IdleGate>, app: A) -> Self {
         Self {
-            idle,
+            gate,
             app: Arc::new(app),
         }
     }
@@ -201,9 +94,9 @@ impl<A> EarlyHold<A> {
 }
 
 /// A request head the gate would hold.
-#[derive(Debug, Clone, Copy)]
 struct ToHold {
-    route: RouteId,
+    /// The route it matched, kept for the whole hold (a newer table does not change it).
+    route: Arc<Route>,
     /// Nothing but the head was read and no body follows: a read can watch for the client
     /// leaving without taking anything from the request.
     watch_client: bool,
@@ -249,10 +142,9 @@ impl<A> EarlyHold<A> {
             .find(|header| header.name.eq_ignore_ascii_case("host"))
             .map(|header| header.value);
         let uri: http::Uri = target.parse().ok()?;
-        let gate = self.idle.idle_gate();
-        let (id, route) = gate
-            .routes()
-            .by_host_bytes(uri.host().map(str::as_bytes).or(host)?)?;
+        let gate = &self.gate;
+        let routes = gate.routes().load();
+        let route = routes.by_host_bytes(uri.host().map(str::as_bytes).or(host)?)?;
         if route.watcher.is_ready() || gate.is_internal(uri.path()) {
             return None;
         }
@@ -278,7 +170,7 @@ impl<A> EarlyHold<A> {
             return None;
         }
         Some(ToHold {
-            route: id,
+            route: Arc::clone(route),
             watch_client: bodiless && alone,
         })
     }
@@ -331,7 +223,6 @@ impl<A> EarlyHold<A> {
             mut head,
             to_hold,
         } = connection;
-        let route = self.idle.idle_gate().routes().get(to_hold.route)?;
         let client_left = async {
             if to_hold.watch_client {
                 let mut byte = [0u8; 1];
@@ -344,8 +235,8 @@ impl<A> EarlyHold<A> {
             }
             std::future::pending().await
         };
-        let shutdown = self.idle.clock().shutdown_signal();
-        let handover = match hold_until_admitted(route, shutdown, client_left).await {
+        let shutdown = self.gate.shutdown_signal();
+        let handover = match hold_until_admitted(&to_hold.route, shutdown, client_left).await {
             // Too many held: the gate answers that.
             HoldOutcome::Full => None,
             HoldOutcome::Admitted(admission) => Some(Handover::Admitted(admission)),
@@ -361,7 +252,7 @@ impl<A: ServerApp + Send + Sync + 'static> EarlyHold<A> {
     /// The task of a held connection: hold, then serve it as the wrapped application would
     /// have, with the verdict in the task-local the gate reads.
     async fn hold_then_serve(self: Arc<Self>, connection: HeldConnection, shutdown: ShutdownWatch) {
-        let route = connection.to_hold.route;
+        let route = Arc::clone(&connection.to_hold.route);
         let Some((stream, handover)) = self.hold(connection).await else {
             return;
         };
@@ -374,19 +265,18 @@ impl<A: ServerApp + Send + Sync + 'static> EarlyHold<A> {
         let Some(handover) = handover else {
             return served.await;
         };
-        HANDOVER
-            .scope(Cell::new(Some((route, handover))), async {
-                tokio::pin!(served);
-                tokio::select! {
-                    biased;
-                    () = &mut served => {}
-                    () = tokio::time::sleep(UNCLAIMED_AFTER) => {
-                        drop(HANDOVER.with(Cell::take));
-                        served.await;
-                    }
+        handover::scope(route, handover, async {
+            tokio::pin!(served);
+            tokio::select! {
+                biased;
+                () = &mut served => {}
+                () = tokio::time::sleep(UNCLAIMED_AFTER) => {
+                    handover::forget();
+                    served.await;
                 }
-            })
-            .await;
+            }
+        })
+        .await;
     }
 }
 
@@ -410,33 +300,5 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for EarlyHold<A> {
 
     async fn cleanup(&self) {
         self.app.cleanup().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn failed() -> Handover {
-        Handover::Failed(WakeFailure::ShuttingDown)
-    }
-
-    #[tokio::test]
-    async fn a_handover_is_taken_once_by_its_own_route() {
-        assert!(take_handover(3).is_none(), "outside any held connection");
-        HANDOVER
-            .scope(Cell::new(Some((3, failed()))), async {
-                assert!(matches!(
-                    take_handover(3),
-                    Some(Handover::Failed(WakeFailure::ShuttingDown))
-                ));
-                assert!(take_handover(3).is_none(), "a later request finds nothing");
-            })
-            .await;
-        HANDOVER
-            .scope(Cell::new(Some((3, failed()))), async {
-                assert!(take_handover(4).is_none(), "another route's request");
-            })
-            .await;
     }
 }

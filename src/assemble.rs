@@ -1,0 +1,309 @@
+//! Assembly: a validated configuration → the running parts (provider families connected, one
+//! watcher per backend with its dependencies, the route table, the idle timers). Linear in the
+//! routes. Names no provider family: it loops over [`FAMILIES`](crate::providers::FAMILIES).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{BackendSettings, Upstream, UpstreamTarget, Watcher};
+use crate::config::{BackendConfig, ConfigError, GatewayConfig, RouteConfig};
+use crate::idle::{IdleClock, IdleTimers, Sleeper};
+use crate::providers::{
+    family_of, BackendObserver, Provider, ProviderError, ProviderFamily, FAMILIES,
+};
+use crate::routes::{Route, RouteTable};
+
+/// Why the gateway could not be assembled from a (valid) configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A provider family (a Docker engine, a Proxmox cluster) could not be reached.
+    #[error("cannot connect to {shown}: {source}")]
+    Connect {
+        /// The family, as its registration shows it.
+        shown: &'static str,
+        /// Why.
+        #[source]
+        source: ProviderError,
+    },
+    /// A provider family did not answer in time.
+    #[error("{shown} did not answer within {timeout:?}")]
+    ConnectTimeout {
+        /// The family, as its registration shows it.
+        shown: &'static str,
+        /// How long start-up waited.
+        timeout: Duration,
+    },
+    /// A route's backend belongs to no provider family of this build.
+    #[error("route {route:?}: the {family} provider is not available in this build")]
+    Unsupported {
+        /// The route.
+        route: String,
+        /// The backend's key in the route (`proxmox`).
+        family: &'static str,
+    },
+    /// A dependency cycle (the configuration check rules them out; kept as a guard).
+    #[error("route {route:?}: dependency cycle")]
+    DependencyCycle {
+        /// A route on the cycle.
+        route: String,
+    },
+}
+
+/// The checks that need the provider registry (on top of the configuration's own): a route's
+/// `stop_method` must be one its family supports. `idlewatcher -t` runs them too.
+pub fn check(config: &GatewayConfig) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for route in &config.routes {
+        let Some(kind) = family_of(&route.backend) else {
+            continue; // Reported at start-up: the build may not have the family.
+        };
+        if !kind.sleep_methods.contains(&route.stop_method) {
+            let supported: Vec<String> = kind
+                .sleep_methods
+                .iter()
+                .map(|method| format!("{method:?}").to_lowercase())
+                .collect();
+            errors.push(ConfigError {
+                route: Some(route.name.clone()),
+                key: "stop_method".into(),
+                message: format!(
+                    "{} backends cannot be put to sleep with {:?}; use one of {}",
+                    kind.name,
+                    format!("{:?}", route.stop_method).to_lowercase(),
+                    supported.join(", ")
+                ),
+                line: None,
+            });
+        }
+    }
+    errors
+}
+
+/// The running parts built from a configuration.
+pub(crate) struct Assembly {
+    pub(crate) clock: Arc<IdleClock>,
+    pub(crate) watchers: Vec<Arc<Watcher>>,
+    pub(crate) routes: RouteTable,
+    pub(crate) timers: IdleTimers,
+    pub(crate) families: Vec<Arc<dyn ProviderFamily>>,
+}
+
+impl Assembly {
+    /// Connects the families the routes use, builds everything, and registers every backend
+    /// with its family's event source. Call it inside a tokio runtime.
+    pub(crate) async fn build(config: &GatewayConfig) -> Result<Self, StartError> {
+        let families = connect_families(config).await?;
+        let mut providers: HashMap<&BackendConfig, Arc<dyn Provider>> = HashMap::new();
+        for route in &config.routes {
+            if providers.contains_key(&route.backend) {
+                continue;
+            }
+            let provider = families
+                .iter()
+                .find_map(|family| family.driver(&route.backend))
+                .ok_or_else(|| StartError::Unsupported {
+                    route: route.name.clone(),
+                    family: backend_key(&route.backend),
+                })?;
+            providers.insert(&route.backend, provider);
+        }
+
+        let mut built = Built {
+            clock: IdleClock::new(config.tick),
+            watchers: Vec::new(),
+            by_backend: HashMap::new(),
+        };
+        let plan = Plan::new(config, &providers);
+        for index in 0..config.routes.len() {
+            built.watcher_for(&plan, index, &mut Vec::new())?;
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (route, upstream) in config.routes.iter().zip(&plan.route_upstreams) {
+            let watcher = Arc::clone(&built.by_backend[&route.backend]);
+            let entry = Route::new(
+                route.name.clone(),
+                watcher,
+                Arc::clone(upstream),
+                route.start_endpoint.clone(),
+                route.no_loading_page,
+                route.max_waiters,
+            );
+            routes.push((Arc::new(entry), route.hosts.clone()));
+        }
+        for (backend, watcher) in &built.by_backend {
+            let observer: Arc<dyn BackendObserver> = watcher.clone();
+            if let Some(family) = families.iter().find(|f| (f.kind().claims)(backend)) {
+                family.watch(backend, observer);
+            }
+        }
+        let sleepers = built
+            .watchers
+            .iter()
+            .map(|watcher| Arc::clone(watcher) as Arc<dyn Sleeper>)
+            .collect();
+        Ok(Self {
+            timers: IdleTimers::new(Arc::clone(&built.clock), sleepers),
+            clock: built.clock,
+            watchers: built.watchers,
+            routes: RouteTable::new(routes),
+            families,
+        })
+    }
+}
+
+/// Connects every registered family that at least one route uses, each within its timeout.
+async fn connect_families(
+    config: &GatewayConfig,
+) -> Result<Vec<Arc<dyn ProviderFamily>>, StartError> {
+    let mut families = Vec::new();
+    for kind in FAMILIES {
+        if !config
+            .routes
+            .iter()
+            .any(|route| (kind.claims)(&route.backend))
+        {
+            continue;
+        }
+        let family = match tokio::time::timeout(kind.connect_timeout, (kind.connect)(config)).await
+        {
+            Ok(connected) => connected.map_err(|source| StartError::Connect {
+                shown: kind.shown,
+                source,
+            })?,
+            Err(_) => {
+                return Err(StartError::ConnectTimeout {
+                    shown: kind.shown,
+                    timeout: kind.connect_timeout,
+                })
+            }
+        };
+        families.push(family);
+    }
+    Ok(families)
+}
+
+/// The route key naming a backend's kind (for "not available in this build").
+fn backend_key(backend: &BackendConfig) -> &'static str {
+    match backend {
+        BackendConfig::Docker { .. } => "docker",
+        BackendConfig::Proxmox { .. } => "proxmox",
+    }
+}
+
+/// What building a watcher needs to look up, indexed once.
+struct Plan<'a> {
+    config: &'a GatewayConfig,
+    providers: &'a HashMap<&'a BackendConfig, Arc<dyn Provider>>,
+    /// Route name → index.
+    route_index: HashMap<&'a str, usize>,
+    /// Each route's upstream, created first so a backend's watcher can probe all of them.
+    route_upstreams: Vec<Arc<Upstream>>,
+    /// Backend → the upstreams of every route that fronts it (its watcher probes them all).
+    upstreams: HashMap<&'a BackendConfig, Vec<Arc<Upstream>>>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(
+        config: &'a GatewayConfig,
+        providers: &'a HashMap<&'a BackendConfig, Arc<dyn Provider>>,
+    ) -> Self {
+        let route_upstreams: Vec<Arc<Upstream>> = config
+            .routes
+            .iter()
+            .map(|route| {
+                let target = match (&route.upstream, route.port) {
+                    (Some(fixed), _) => UpstreamTarget::Fixed(fixed.clone()),
+                    (None, Some(port)) => UpstreamTarget::BackendPort(port),
+                    (None, None) => UpstreamTarget::BackendPort(80),
+                };
+                Arc::new(Upstream::new(target, route.health.clone()))
+            })
+            .collect();
+        let mut plan = Plan {
+            config,
+            providers,
+            route_index: HashMap::with_capacity(config.routes.len()),
+            route_upstreams,
+            upstreams: HashMap::new(),
+        };
+        for (index, route) in config.routes.iter().enumerate() {
+            plan.route_index.insert(route.name.as_str(), index);
+            plan.upstreams
+                .entry(&route.backend)
+                .or_default()
+                .push(Arc::clone(&plan.route_upstreams[index]));
+        }
+        plan
+    }
+}
+
+/// The watchers built so far.
+struct Built {
+    clock: Arc<IdleClock>,
+    watchers: Vec<Arc<Watcher>>,
+    by_backend: HashMap<BackendConfig, Arc<Watcher>>,
+}
+
+impl Built {
+    /// The watcher of route `index`'s backend, created (after its dependencies, depth first)
+    /// if needed. The configuration guarantees there is no cycle; `visiting` guards anyway.
+    fn watcher_for(
+        &mut self,
+        plan: &Plan<'_>,
+        index: usize,
+        visiting: &mut Vec<usize>,
+    ) -> Result<Arc<Watcher>, StartError> {
+        let route = &plan.config.routes[index];
+        if let Some(watcher) = self.by_backend.get(&route.backend) {
+            return Ok(Arc::clone(watcher));
+        }
+        if visiting.contains(&index) {
+            return Err(StartError::DependencyCycle {
+                route: route.name.clone(),
+            });
+        }
+        visiting.push(index);
+        let mut dependencies = Vec::new();
+        for dependency in &route.depends_on {
+            let Some(&target) = plan.route_index.get(dependency.route.as_str()) else {
+                continue;
+            };
+            let watcher = self.watcher_for(plan, target, visiting)?;
+            dependencies.push((watcher, dependency.condition));
+        }
+        visiting.pop();
+        let sharing = plan
+            .upstreams
+            .get(&route.backend)
+            .cloned()
+            .unwrap_or_default();
+        let watcher = Watcher::new(
+            self.watchers.len() as u32,
+            Arc::clone(&plan.providers[&route.backend]),
+            self.settings(route),
+            dependencies,
+            sharing,
+            Arc::clone(&self.clock),
+        );
+        self.watchers.push(Arc::clone(&watcher));
+        self.by_backend
+            .insert(route.backend.clone(), Arc::clone(&watcher));
+        Ok(watcher)
+    }
+
+    fn settings(&self, route: &RouteConfig) -> BackendSettings {
+        BackendSettings {
+            idle_ticks: if route.idle_timeout.is_zero() {
+                0
+            } else {
+                self.clock.ticks(route.idle_timeout).max(1)
+            },
+            wake_timeout: route.wake_timeout,
+            stop_method: route.stop_method,
+            stop_signal: route.stop_signal.clone(),
+            stop_timeout: route.stop_timeout,
+            retry_backoff: route.retry_backoff,
+        }
+    }
+}

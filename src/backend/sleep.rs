@@ -1,0 +1,136 @@
+//! Putting a backend to sleep: the idle clock asks ([`Watcher::try_begin_stop`], then
+//! [`Watcher::put_to_sleep`]); a stop never happens under a request in flight, and a request that
+//! arrives during the stop wakes the backend again once it is down.
+
+use std::sync::atomic::Ordering;
+
+use async_trait::async_trait;
+
+use crate::backend::events::WakeEventKind;
+use crate::backend::watcher::Control;
+use crate::backend::{State, Watcher};
+use crate::config::StopMethod;
+use crate::idle::Sleeper;
+use crate::providers::{BackendStatus, ProviderError};
+
+impl Watcher {
+    /// Moves `ready` (or `error`: a failed wake may have left the backend running) to
+    /// `stopping` if nothing is in flight. The caller then runs
+    /// [`put_to_sleep`](Self::put_to_sleep).
+    pub fn try_begin_stop(&self) -> bool {
+        let mut control = self.control.lock();
+        let before = self.state();
+        if !matches!(before, State::Ready | State::Error) {
+            return false;
+        }
+        // State first, then the count: pairs with `enter` (see there).
+        self.state.store(State::Stopping as u8, Ordering::SeqCst);
+        if self.in_flight.load(Ordering::SeqCst) != 0 {
+            self.state.store(before as u8, Ordering::SeqCst);
+            return false;
+        }
+        control.before_stop = (before, control.error.clone());
+        self.set_state(&mut control, State::Stopping, None);
+        // The history ends with this backend's last `ready`: a page opened now must not act on it.
+        self.events.clear();
+        true
+    }
+
+    /// Puts the backend to sleep with the configured method (after
+    /// [`try_begin_stop`](Self::try_begin_stop) returned true). On success the backend naps (or
+    /// is woken again at once if requests arrived meanwhile); on failure it stays ready.
+    pub async fn put_to_sleep(&self) -> Result<(), ProviderError> {
+        let result = self.send_to_sleep().await;
+        let settings = &self.settings;
+        let mut control = self.control.lock();
+        match &result {
+            Ok(()) => {
+                for upstream in &self.upstreams {
+                    upstream.set_address(None);
+                }
+                self.nap(&mut control, "was put to sleep");
+                if control.wake_after_stop {
+                    self.start_flight(&mut control);
+                }
+                tracing::info!(backend = %self.backend, method = ?settings.stop_method, "asleep");
+            }
+            Err(error) => {
+                // The backend keeps serving; the idle clock retries later.
+                let (state, previous_error) = control.before_stop.clone();
+                control.wake_after_stop = false; // Requests that came meanwhile find it up.
+                self.set_state(&mut control, state, previous_error);
+                tracing::warn!(backend = %self.backend, %error, "could not put to sleep");
+            }
+        }
+        result
+    }
+
+    /// The provider call for the configured stop method.
+    pub(super) async fn send_to_sleep(&self) -> Result<(), ProviderError> {
+        let settings = &self.settings;
+        let signal = settings.stop_signal.as_deref();
+        match settings.stop_method {
+            StopMethod::Pause => self.provider.pause().await,
+            StopMethod::Stop => self.provider.stop(signal, settings.stop_timeout).await,
+            StopMethod::Kill => self.provider.kill(signal).await,
+        }
+    }
+
+    pub(super) fn nap(&self, control: &mut Control, why: &str) {
+        self.set_state(control, State::Napping, None);
+        self.events.clear();
+        self.events.push(
+            WakeEventKind::Napping,
+            format!("{} {why}", self.backend),
+            None,
+        );
+    }
+
+    /// Naps if the backend really is down and nothing changed since generation `generation`.
+    pub(super) async fn confirm_stopped(&self, generation: u64) {
+        let status = match self.provider.status().await {
+            Ok(BackendStatus::Running) | Err(_) => return,
+            Ok(status) => status,
+        };
+        let mut control = self.control.lock();
+        if control.generation == generation && self.state() == State::Ready {
+            tracing::debug!(backend = %self.backend, ?status, "stopped outside idlewatcher");
+            self.nap(&mut control, "was stopped outside idlewatcher");
+        }
+    }
+
+    pub(super) fn adopt(&self, control: &mut Control) {
+        tracing::info!(backend = %self.backend, "started outside idlewatcher: adopting");
+        control.retry_at = None;
+        control.consecutive_failures = 0;
+        self.start_flight(control);
+    }
+}
+
+/// The idle clock's view of a backend.
+#[async_trait]
+impl Sleeper for Watcher {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn may_sleep(&self) -> bool {
+        matches!(self.state(), State::Ready | State::Error)
+    }
+
+    fn idle_deadline(&self) -> Option<u64> {
+        Watcher::idle_deadline(self)
+    }
+
+    fn in_flight(&self) -> u32 {
+        Watcher::in_flight(self)
+    }
+
+    fn try_begin_stop(&self) -> bool {
+        Watcher::try_begin_stop(self)
+    }
+
+    async fn put_to_sleep(&self) -> bool {
+        Watcher::put_to_sleep(self).await.is_ok()
+    }
+}

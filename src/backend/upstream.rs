@@ -1,0 +1,53 @@
+//! Where a route's requests go once its backend is up: the target as configured and the address
+//! the last wake resolved, read lock-free by the request path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+use crate::config::HealthCheck;
+
+/// Where a route's requests go once its backend is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// A fixed `host:port` (e.g. a published port), resolved again after every wake.
+    Fixed(String),
+    /// The backend's own address (asked from the provider after every wake) and this port.
+    BackendPort(u16),
+}
+
+/// One route's upstream: what to probe, and the address resolved by the last wake.
+///
+/// Kept per route because routes sharing a backend may use different ports.
+pub struct Upstream {
+    /// How the address is found.
+    pub target: UpstreamTarget,
+    /// How readiness is probed at that address.
+    pub health: HealthCheck,
+    address: ArcSwapOption<SocketAddr>,
+}
+
+impl Upstream {
+    /// An upstream with no address yet (one is resolved by the first wake).
+    pub fn new(target: UpstreamTarget, health: HealthCheck) -> Self {
+        Self {
+            target,
+            health,
+            address: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The address resolved by the last wake (lock-free).
+    #[inline]
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.address.load().as_deref().copied()
+    }
+}
+
+impl Upstream {
+    /// Publishes the address resolved by a wake (`None` once the backend sleeps).
+    pub(crate) fn set_address(&self, address: Option<SocketAddr>) {
+        self.address.store(address.map(Arc::new));
+    }
+}

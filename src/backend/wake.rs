@@ -1,0 +1,266 @@
+//! The wake itself, run once per generation on a detached task: dependencies first, then the
+//! provider's start (or unpause), the addresses, and the readiness probes; its outcome is
+//! published to every waiter at once.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::error::ExitClue;
+use crate::backend::events::WakeEventKind;
+use crate::backend::readiness::{self, ProbeError};
+use crate::backend::watcher::WARM_UP;
+use crate::backend::{State, UpstreamTarget, WakeError, WakeFailure, Watcher};
+use crate::config::{DependencyCondition, HealthCheck};
+use crate::providers::{BackendStatus, ProviderError};
+
+/// Longest pause before a failed backend may be woken again.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+/// While probing, how often the provider is asked whether the backend is still running
+/// (so a backend that exits during its start fails the wake at once, not at the deadline).
+const STATUS_RECHECK: Duration = Duration::from_secs(1);
+
+impl Watcher {
+    /// Runs the wake of `generation` to its end, bounded by `wake_timeout`.
+    pub(super) async fn run_wake(self: Arc<Self>, generation: u64) {
+        let deadline = Instant::now() + self.settings.wake_timeout;
+        let mut last_probe = None;
+        let result = tokio::time::timeout_at(
+            deadline.into(),
+            self.wake_steps(generation, deadline, &mut last_probe),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(WakeError::TimedOut {
+                backend: self.backend.clone(),
+                timeout: self.settings.wake_timeout,
+                last_probe: last_probe.take(),
+            })
+        });
+        if self.finish_wake(generation, result) {
+            // A failed wake leaves nothing running (the next wake restarts it afresh); a
+            // backend started by hand is left alone.
+            if let Err(error) = self.send_to_sleep().await {
+                tracing::warn!(backend = %self.backend, %error, "could not stop after a failed wake");
+            }
+            self.control.lock().cleaning_up = false;
+        }
+    }
+
+    /// Publishes a wake's outcome. Returns whether the backend must now be put back to sleep.
+    fn finish_wake(&self, generation: u64, result: Result<(), WakeError>) -> bool {
+        let mut control = self.control.lock();
+        if control.generation != generation || self.state() != State::Starting {
+            return false; // Superseded: the backend was stopped or removed meanwhile.
+        }
+        match result {
+            Ok(()) => {
+                control.consecutive_failures = 0;
+                control.retry_at = None;
+                self.mark_activity();
+                let warm_ticks = self.idle.ticks(WARM_UP) + 1;
+                self.warm_until.store(
+                    self.idle.now().saturating_add(warm_ticks),
+                    Ordering::Relaxed,
+                );
+                // Armed before anyone can see `ready` (the idle clock checks the state when the
+                // timer fires, not now).
+                self.idle.arm(self.id);
+                self.set_state(&mut control, State::Ready, None);
+                self.events.push(
+                    WakeEventKind::Ready,
+                    format!("{} is ready", self.backend),
+                    None,
+                );
+                tracing::info!(backend = %self.backend, "ready");
+                false
+            }
+            Err(error) => {
+                let woke_it = control.woke_it;
+                control.cleaning_up = woke_it;
+                control.consecutive_failures += 1;
+                let backoff = self
+                    .settings
+                    .retry_backoff
+                    .saturating_mul(1 << (control.consecutive_failures - 1).min(16))
+                    .min(MAX_RETRY_BACKOFF);
+                control.retry_at = Some(Instant::now() + backoff);
+                let error = Arc::new(error);
+                self.set_state(&mut control, State::Error, Some(Arc::clone(&error)));
+                self.events.push(
+                    WakeEventKind::Error,
+                    format!("Could not wake {}", self.backend),
+                    Some(error.to_string()),
+                );
+                tracing::warn!(backend = %self.backend, %error, retry_in = ?backoff, "wake failed");
+                woke_it
+            }
+        }
+    }
+
+    /// The wake itself: dependencies, provider start, addresses, readiness. The last probe
+    /// failure is left in `last_probe` for the timeout's message.
+    async fn wake_steps(
+        &self,
+        generation: u64,
+        deadline: Instant,
+        last_probe: &mut Option<ProbeError>,
+    ) -> Result<(), WakeError> {
+        for (dependency, condition) in &self.dependencies {
+            self.events.push(
+                WakeEventKind::WakingDep,
+                format!("Waking dependency {}", dependency.backend),
+                None,
+            );
+            let dependency_failed = |cause: WakeFailure| WakeError::Dependency {
+                dependency: dependency.backend.clone(),
+                cause,
+            };
+            let dep_generation = dependency.wake().map_err(dependency_failed)?;
+            match condition {
+                DependencyCondition::Healthy => {
+                    dependency.wait_ready(dep_generation, deadline).await
+                }
+                DependencyCondition::Started => {
+                    dependency.wait_started(dep_generation, deadline).await
+                }
+            }
+            .map_err(dependency_failed)?;
+            self.events.push(
+                WakeEventKind::DepReady,
+                format!("Dependency {} is up", dependency.backend),
+                None,
+            );
+        }
+
+        let status = self.provider.status().await?;
+        if matches!(status, BackendStatus::Paused | BackendStatus::Stopped) {
+            let mut control = self.control.lock();
+            if control.generation == generation {
+                control.woke_it = true;
+            }
+        }
+        let woke = match status {
+            BackendStatus::Running => "is running",
+            BackendStatus::Paused => {
+                self.provider.unpause().await?;
+                "was unpaused"
+            }
+            BackendStatus::Stopped => {
+                self.provider.start().await?;
+                "was started"
+            }
+            BackendStatus::Missing => {
+                return Err(WakeError::Missing {
+                    backend: self.backend.clone(),
+                })
+            }
+        };
+        {
+            let mut control = self.control.lock();
+            if control.generation == generation && self.state() == State::Starting {
+                control.backend_up = true;
+                self.status.send_modify(|status| status.backend_up = true);
+            }
+        }
+        self.events.push(
+            WakeEventKind::ContainerWoke,
+            format!("{} {woke}", self.backend),
+            None,
+        );
+
+        let addresses = match self.resolve_addresses().await {
+            Ok(addresses) => addresses,
+            // No address is often the symptom of a process that already exited: say that.
+            Err(error) => match self.provider.status().await {
+                Ok(status) if status != BackendStatus::Running => {
+                    return Err(self.stopped_while_starting(status, ExitClue::Address(error)))
+                }
+                _ => return Err(error.into()),
+            },
+        };
+        let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+        self.events.push(
+            WakeEventKind::WaitingReady,
+            format!(
+                "Waiting for {} to answer on {}",
+                self.backend,
+                shown.join(", ")
+            ),
+            None,
+        );
+        for (upstream, address) in self.upstreams.iter().zip(addresses) {
+            self.probe_until_ready(address, &upstream.health, last_probe)
+                .await?;
+            upstream.set_address(Some(address));
+        }
+        Ok(())
+    }
+
+    /// Resolves every route's upstream address afresh (container IPs change on restart).
+    async fn resolve_addresses(&self) -> Result<Vec<SocketAddr>, ProviderError> {
+        let mut backend_ip = None;
+        let mut addresses = Vec::with_capacity(self.upstreams.len());
+        for upstream in &self.upstreams {
+            let address = match &upstream.target {
+                UpstreamTarget::BackendPort(port) => {
+                    let ip = match backend_ip {
+                        Some(ip) => ip,
+                        None => *backend_ip.insert(self.provider.address().await?),
+                    };
+                    SocketAddr::new(ip, *port)
+                }
+                UpstreamTarget::Fixed(host_port) => tokio::net::lookup_host(host_port.as_str())
+                    .await
+                    .ok()
+                    .and_then(|mut found| found.next())
+                    .ok_or_else(|| ProviderError::Api {
+                        action: "resolve",
+                        backend: host_port.clone(),
+                        message: "the upstream name does not resolve".into(),
+                    })?,
+            };
+            addresses.push(address);
+        }
+        Ok(addresses)
+    }
+
+    /// Probes `address` until it answers, the backend stops, or the wake's deadline (outside)
+    /// cancels this.
+    async fn probe_until_ready(
+        &self,
+        address: SocketAddr,
+        health: &HealthCheck,
+        last_probe: &mut Option<ProbeError>,
+    ) -> Result<(), WakeError> {
+        let mut interval = Duration::ZERO;
+        let mut status_checked = Instant::now();
+        loop {
+            let failure = match readiness::probe_once(address, health).await {
+                Ok(()) => return Ok(()),
+                Err(failure) => failure,
+            };
+            interval = readiness::next_interval(interval, &failure);
+            if status_checked.elapsed() >= STATUS_RECHECK {
+                status_checked = Instant::now();
+                match self.provider.status().await {
+                    Ok(BackendStatus::Running) | Err(_) => {}
+                    Ok(other) => {
+                        return Err(self.stopped_while_starting(other, ExitClue::Probe(failure)))
+                    }
+                }
+            }
+            *last_probe = Some(failure);
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    fn stopped_while_starting(&self, status: BackendStatus, clue: ExitClue) -> WakeError {
+        WakeError::Exited {
+            backend: self.backend.clone(),
+            status,
+            clue,
+        }
+    }
+}

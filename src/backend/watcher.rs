@@ -1,0 +1,399 @@
+//! The watcher: one per backend, shared by every route that fronts it.
+//!
+//! It owns the backend's state (`napping | starting | ready | stopping | error`) as one atomic
+//! byte, so the request path learns "ready" with a single load. Everything else happens off the
+//! request path, under a small mutex that serialises state *changes*:
+//!
+//! The watcher's work is split by concern: this file holds the state, the request-path entry
+//! points and the singleflight; `wake.rs` the wake itself, `sleep.rs` putting the backend to
+//! sleep, `outside.rs` changes made outside idlewatcher.
+//!
+//! - **wake** ([`Watcher::wake`]): singleflight. The first caller starts one wake task
+//!   (dependencies, provider start, address lookup, readiness probes) bounded by `wake_timeout`;
+//!   later callers join it. The task is detached, so a client that disconnects never cancels it.
+//!   A failure reaches every waiter; the next wake is refused until a backoff passes (doubling per
+//!   consecutive failure) so a broken backend under traffic is not restarted in a tight loop.
+//! - **waiting** ([`Watcher::wait_ready`]): waiters watch a `watch` channel that the wake task
+//!   updates the moment readiness is seen; nobody polls a timer to notice it.
+//! - **sleep** ([`Watcher::try_begin_stop`], [`Watcher::put_to_sleep`]): driven by the idle
+//!   clock. A request that arrives while the backend is stopping is held and wakes it again once
+//!   the stop has finished: never proxied to a dying backend, never lost.
+//! - **outside changes** ([`BackendObserver::observe`]): a backend started by hand is adopted
+//!   (probed, then ready, with no start call of ours); stopped by hand → napping; removed → error.
+
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::backend::events::{EventLog, WakeEventKind};
+use crate::backend::release::ReleaseWindow;
+use crate::backend::{State, Status, Upstream, WakeError, WakeFailure};
+use crate::config::{DependencyCondition, StopMethod};
+use crate::idle::IdleClock;
+use crate::providers::Provider;
+
+/// After a wake, how long new requests still enter through the slow start (at most).
+pub const WARM_UP: Duration = Duration::from_secs(3);
+
+/// How a backend is woken and put to sleep: the backend-level route settings.
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    /// Idle time before sleep, in idle-clock ticks; 0 = never.
+    pub idle_ticks: u32,
+    /// Deadline of one wake.
+    pub wake_timeout: Duration,
+    /// How to put it to sleep.
+    pub stop_method: StopMethod,
+    /// Signal for stop/kill.
+    pub stop_signal: Option<String>,
+    /// Grace period of `stop`.
+    pub stop_timeout: Duration,
+    /// First pause after a failed wake.
+    pub retry_backoff: Duration,
+}
+
+/// What changes under the watcher's mutex (everything but the state byte and the counters).
+pub(super) struct Control {
+    pub(super) generation: u64,
+    pub(super) since: SystemTime,
+    pub(super) error: Option<Arc<WakeError>>,
+    pub(super) backend_up: bool,
+    pub(super) consecutive_failures: u32,
+    pub(super) retry_at: Option<Instant>,
+    pub(super) wake_after_stop: bool,
+    /// The current wake's slow start for released requests.
+    pub(super) release: ReleaseWindow,
+    /// The current wake started (or unpaused) the backend itself.
+    pub(super) woke_it: bool,
+    /// A failed wake's backend is being put back to sleep; no new wake until it is done.
+    pub(super) cleaning_up: bool,
+    /// What to go back to if putting the backend to sleep fails.
+    pub(super) before_stop: (State, Option<Arc<WakeError>>),
+}
+
+/// One backend's lifecycle. See the module docs.
+pub struct Watcher {
+    pub(super) id: u32,
+    pub(super) backend: String,
+    pub(super) provider: Arc<dyn Provider>,
+    pub(super) settings: BackendSettings,
+    pub(super) dependencies: Vec<(Arc<Watcher>, DependencyCondition)>,
+    pub(super) upstreams: Vec<Arc<Upstream>>,
+    pub(super) state: AtomicU8,
+    pub(super) control: Mutex<Control>,
+    pub(super) status: watch::Sender<Status>,
+    pub(super) events: EventLog,
+    pub(super) last_seen: AtomicU32,
+    pub(super) in_flight: AtomicU32,
+    pub(super) warm_until: AtomicU32,
+    pub(super) idle: Arc<IdleClock>,
+    pub(super) this: Weak<Watcher>,
+}
+
+impl Watcher {
+    /// A napping watcher. `id` is its dense index (the idle clock's key); `upstreams` are the
+    /// routes' upstreams it resolves and probes on every wake.
+    pub fn new(
+        id: u32,
+        provider: Arc<dyn Provider>,
+        settings: BackendSettings,
+        dependencies: Vec<(Arc<Watcher>, DependencyCondition)>,
+        upstreams: Vec<Arc<Upstream>>,
+        idle: Arc<IdleClock>,
+    ) -> Arc<Self> {
+        let backend = provider.describe().to_string();
+        Arc::new_cyclic(|this| Self {
+            id,
+            backend,
+            provider,
+            settings,
+            dependencies,
+            upstreams,
+            state: AtomicU8::new(State::Napping as u8),
+            control: Mutex::new(Control {
+                generation: 0,
+                since: SystemTime::now(),
+                error: None,
+                backend_up: false,
+                consecutive_failures: 0,
+                retry_at: None,
+                wake_after_stop: false,
+                release: ReleaseWindow::default(),
+                woke_it: false,
+                cleaning_up: false,
+                before_stop: (State::Napping, None),
+            }),
+            status: watch::Sender::new(Status {
+                state: State::Napping,
+                generation: 0,
+                backend_up: false,
+                error: None,
+            }),
+            events: EventLog::new(),
+            last_seen: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            warm_until: AtomicU32::new(0),
+            idle,
+            this: this.clone(),
+        })
+    }
+
+    /// The dense index of this watcher.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The backend, as its provider describes it (`docker container "whoami"`).
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// The backend-level settings.
+    pub fn settings(&self) -> &BackendSettings {
+        &self.settings
+    }
+
+    /// The current state: one atomic load, the whole cost of the request path's readiness check.
+    #[inline]
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    /// Whether requests may pass straight through.
+    #[inline]
+    pub fn is_ready(&self) -> bool {
+        self.state.load(Ordering::Acquire) == State::Ready as u8
+    }
+
+    /// The wake events of the current (or last) wake.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// The state with when it began and the last error, for the `status` endpoint.
+    pub fn snapshot(&self) -> (State, SystemTime, Option<Arc<WakeError>>) {
+        let control = self.control.lock();
+        (self.state(), control.since, control.error.clone())
+    }
+
+    /// Records traffic: stores the coarse current tick, only if it changed (so a busy route does
+    /// not bounce a cache line between cores on every request).
+    #[inline]
+    pub fn mark_activity(&self) {
+        let now = self.idle.now();
+        if self.last_seen.load(Ordering::Relaxed) != now {
+            self.last_seen.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The tick of the last recorded traffic.
+    pub fn last_seen(&self) -> u32 {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+
+    /// The tick from which the backend counts as idle, if it ever sleeps: `idle_timeout` after
+    /// its last traffic. The last-seen tick is coarse (the traffic may have come at its very
+    /// end), so the timeout counts from the tick after it: a backend never sleeps early.
+    pub fn idle_deadline(&self) -> Option<u64> {
+        let idle_ticks = self.settings.idle_ticks as u64;
+        (idle_ticks > 0).then(|| self.last_seen() as u64 + 1 + idle_ticks)
+    }
+
+    /// How many requests (or upgraded connections) are using the backend right now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Whether the backend woke moments ago: new requests then enter through the slow start
+    /// too (see [`release`](crate::backend::release)), until [`WARM_UP`] has passed (on the idle clock,
+    /// which the background service advances). Two relaxed loads.
+    #[inline]
+    pub fn is_warming_up(&self) -> bool {
+        self.warm_until.load(Ordering::Relaxed) > self.idle.now()
+    }
+
+    /// Lets a request through if the backend is ready, holding an in-flight guard for the whole
+    /// life of the request (so the backend is never put to sleep under it). `None` = not ready.
+    #[inline]
+    pub fn enter(self: &Arc<Self>) -> Option<InFlight> {
+        // Counting first, then checking the state pairs with `try_begin_stop` (which sets the
+        // state first, then checks the count): one of the two always sees the other.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(Arc::clone(self));
+        if self.state.load(Ordering::SeqCst) == State::Ready as u8 {
+            self.mark_activity();
+            Some(guard)
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn set_state(
+        &self,
+        control: &mut Control,
+        state: State,
+        error: Option<Arc<WakeError>>,
+    ) {
+        self.state.store(state as u8, Ordering::SeqCst);
+        control.since = SystemTime::now();
+        control.error = error.clone();
+        if state != State::Starting {
+            control.backend_up = state == State::Ready;
+        }
+        self.status.send_replace(Status {
+            state,
+            generation: control.generation,
+            backend_up: control.backend_up,
+            error,
+        });
+    }
+
+    /// Starts a wake unless one is running or the backend is ready (singleflight). Returns the
+    /// generation to wait for, or why no wake may start now.
+    pub fn wake(&self) -> Result<u64, WakeFailure> {
+        let mut control = self.control.lock();
+        match self.state() {
+            State::Ready | State::Starting => Ok(control.generation),
+            State::Stopping => {
+                control.wake_after_stop = true;
+                Ok(control.generation + 1)
+            }
+            State::Napping | State::Error => {
+                if control.cleaning_up {
+                    return Err(WakeFailure::BackingOff {
+                        error: control.last_error(),
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                if let Some(retry_at) = control.retry_at {
+                    let now = Instant::now();
+                    if now < retry_at {
+                        return Err(WakeFailure::BackingOff {
+                            error: control.last_error(),
+                            retry_after: retry_at - now,
+                        });
+                    }
+                }
+                Ok(self.start_flight(&mut control))
+            }
+        }
+    }
+
+    pub(super) fn start_flight(&self, control: &mut Control) -> u64 {
+        control.generation += 1;
+        control.backend_up = false;
+        control.woke_it = false;
+        control.wake_after_stop = false;
+        control.release = ReleaseWindow::default();
+        let generation = control.generation;
+        self.set_state(control, State::Starting, None);
+        self.events.clear();
+        self.events.push(
+            WakeEventKind::Starting,
+            format!("Waking {}", self.backend),
+            None,
+        );
+        if let Some(this) = self.this.upgrade() {
+            tokio::spawn(this.run_wake(generation));
+        }
+        generation
+    }
+
+    /// The slow-start window through which requests held during the last wake are released.
+    pub fn release_window(&self) -> ReleaseWindow {
+        self.control.lock().release.clone()
+    }
+
+    /// The failure of a request whose own `wake_timeout` deadline passed.
+    pub fn timed_out(&self) -> WakeFailure {
+        WakeFailure::TimedOut {
+            backend: self.backend.clone(),
+            timeout: self.settings.wake_timeout,
+        }
+    }
+
+    /// Waits until the backend is ready, the wake of `generation` (or a later one) fails, or
+    /// `deadline` passes. A backend that falls asleep again meanwhile is woken again.
+    pub async fn wait_ready(&self, generation: u64, deadline: Instant) -> Result<(), WakeFailure> {
+        self.wait_for(generation, deadline, |status| status.state == State::Ready)
+            .await
+    }
+
+    /// Like [`wait_ready`](Self::wait_ready), but content once the backend was started (for
+    /// `service_started` dependencies).
+    pub async fn wait_started(
+        &self,
+        generation: u64,
+        deadline: Instant,
+    ) -> Result<(), WakeFailure> {
+        self.wait_for(generation, deadline, |status| {
+            status.state == State::Ready || status.backend_up
+        })
+        .await
+    }
+
+    async fn wait_for(
+        &self,
+        mut generation: u64,
+        deadline: Instant,
+        done: impl Fn(&Status) -> bool,
+    ) -> Result<(), WakeFailure> {
+        let mut receiver = self.status.subscribe();
+        loop {
+            let wake_again = {
+                let status = receiver.borrow_and_update();
+                if done(&status) {
+                    return Ok(());
+                }
+                match status.state {
+                    State::Error if status.generation >= generation => {
+                        let error = status.error.clone();
+                        return Err(WakeFailure::Failed(
+                            error.unwrap_or_else(|| Arc::new(WakeError::Unknown)),
+                        ));
+                    }
+                    State::Error | State::Napping => true,
+                    State::Starting | State::Stopping | State::Ready => false,
+                }
+            };
+            if wake_again {
+                generation = self.wake()?;
+                continue;
+            }
+            let changed = tokio::time::timeout_at(deadline.into(), receiver.changed()).await;
+            if !matches!(changed, Ok(Ok(()))) {
+                return Err(self.timed_out());
+            }
+        }
+    }
+}
+
+/// Held for the whole life of a proxied request (or upgraded connection): the backend is not
+/// put to sleep while any exists. Dropping it marks activity once more.
+pub struct InFlight(Arc<Watcher>);
+
+impl InFlight {
+    /// The watcher this request is using.
+    pub fn watcher(&self) -> &Arc<Watcher> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.mark_activity();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Control {
+    /// The last wake's error, for a refused wake.
+    fn last_error(&self) -> Arc<WakeError> {
+        self.error
+            .clone()
+            .unwrap_or_else(|| Arc::new(WakeError::Unknown))
+    }
+}

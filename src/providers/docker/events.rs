@@ -1,0 +1,473 @@
+//! The single Docker event source for all Docker backends: one `/events` subscription, matched
+//! to observers by name or id, with a resync on every (re)connect so an observer never keeps a
+//! stale view after the stream was down.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::errors::Error as DockerError;
+use bollard::models::EventMessage;
+use bollard::query_parameters::EventsOptions;
+use bollard::Docker;
+use futures_util::{stream, StreamExt};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::container::{inspect_ref, normalize_ref, status_of};
+use crate::providers::{BackendEvent, BackendObserver, BackendStatus, ProviderError};
+
+/// First delay before reconnecting the event stream.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Longest delay between reconnection attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A stream that stayed up this long was healthy: the next failure starts the backoff afresh.
+const HEALTHY_PERIOD: Duration = Duration::from_secs(10);
+/// How far back `since` reaches on subscription, so events between the subscription reaching
+/// the engine and the resync are replayed rather than lost. Measured on this host's clock: an
+/// engine on another host whose clock is ahead by more than this could skip the few events of
+/// that window (the resync still reports the state right after).
+const SINCE_MARGIN: Duration = Duration::from_secs(1);
+/// Containers inspected at once during a resync.
+const RESYNC_CONCURRENCY: usize = 8;
+/// The engine actions that matter to a watcher.
+const ACTIONS: [&str; 6] = ["start", "unpause", "die", "pause", "destroy", "create"];
+
+/// One watched container and everyone watching it.
+struct Watched {
+    /// As configured (leading `/` stripped).
+    reference: String,
+    /// The reference may be an id (prefix): 12 to 64 lowercase hex digits.
+    maybe_id: bool,
+    /// The full id of the container currently bearing the reference, learned at resync or from
+    /// an event matched by name; lets events without a `name` attribute match too.
+    learned_id: Option<String>,
+    /// Everyone to tell.
+    observers: Vec<Arc<dyn BackendObserver>>,
+}
+
+impl Watched {
+    /// Whether an event about container `id` (named `name`, if the engine said) is for us, and
+    /// whether the match was by name.
+    fn matches(&self, id: &str, name: Option<&str>) -> Option<bool> {
+        if name.map(normalize_ref) == Some(self.reference.as_str()) {
+            return Some(true);
+        }
+        if !id.is_empty()
+            && ((self.maybe_id && id.starts_with(&self.reference))
+                || self.learned_id.as_deref() == Some(id))
+        {
+            return Some(false);
+        }
+        None
+    }
+
+    fn deliver(&self, event: &BackendEvent) {
+        for observer in &self.observers {
+            observer.observe(event.clone());
+        }
+    }
+}
+
+/// Why an event-stream session ended.
+enum Disconnect {
+    /// The stream failed.
+    Stream(DockerError),
+    /// The engine closed the stream.
+    Ended,
+    /// The resync could not inspect a container.
+    Resync(ProviderError),
+}
+
+impl fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Disconnect::Stream(e) => write!(f, "stream error: {e}"),
+            Disconnect::Ended => f.write_str("the engine closed the stream"),
+            Disconnect::Resync(e) => write!(f, "resync failed: {e}"),
+        }
+    }
+}
+
+/// The single Docker event source: one `/events` subscription for every watched container.
+///
+/// Register containers with [`watch`](Self::watch) (before or after [`run`](Self::run)
+/// started), then spawn `run`. External changes (a container started, stopped, paused, removed
+/// or recreated by hand) reach the observers as [`BackendEvent`]s; each (re)connect first
+/// delivers [`BackendEvent::Resync`] with the container's current status, so nothing missed
+/// while the stream was down leaves a watcher with a stale view, and a container watched while
+/// the stream runs gets its own resync at once. Cheap to clone: clones share one registry.
+#[derive(Clone)]
+pub struct DockerEvents {
+    docker: Docker,
+    /// Watched containers by reference.
+    watched: Arc<Mutex<HashMap<String, Watched>>>,
+    /// Whether `run` is connected: a new watch then resyncs on its own.
+    running: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for DockerEvents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let watched = self.watched.lock();
+        let mut references: Vec<&str> = watched.keys().map(String::as_str).collect();
+        references.sort_unstable();
+        f.debug_struct("DockerEvents")
+            .field("watched", &references)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerEvents {
+    /// An event source on `docker` (from [`connect`](super::connect)) watching nothing yet.
+    pub fn new(docker: Docker) -> Self {
+        Self {
+            docker,
+            watched: Arc::new(Mutex::new(HashMap::new())),
+            running: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Delivers the events of `container` (a name or an id, full or a prefix of at least 12
+    /// characters, as configured) to `observer`. Several observers may watch one container; each
+    /// gets every event.
+    pub fn watch(&self, container: &str, observer: Arc<dyn BackendObserver>) {
+        let reference = normalize_ref(container);
+        {
+            let mut watched = self.watched.lock();
+            if let Some(entry) = watched.get_mut(reference) {
+                entry.observers.push(Arc::clone(&observer));
+            } else {
+                watched.insert(
+                    reference.to_string(),
+                    Watched {
+                        reference: reference.to_string(),
+                        maybe_id: (12..=64).contains(&reference.len())
+                            && reference
+                                .bytes()
+                                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                        learned_id: None,
+                        observers: vec![Arc::clone(&observer)],
+                    },
+                );
+            }
+        }
+        if self.running.load(Ordering::Acquire) {
+            self.resync_one(reference.to_string(), observer);
+        }
+    }
+
+    /// Stops delivering `container`'s events to `observer` (the same `Arc` that was watching);
+    /// a container nobody watches any more is forgotten.
+    pub fn unwatch(&self, container: &str, observer: &Arc<dyn BackendObserver>) {
+        let reference = normalize_ref(container);
+        let mut watched = self.watched.lock();
+        if let Some(entry) = watched.get_mut(reference) {
+            entry
+                .observers
+                .retain(|watching| !Arc::ptr_eq(watching, observer));
+            if entry.observers.is_empty() {
+                watched.remove(reference);
+            }
+        }
+    }
+
+    /// How many containers are watched.
+    pub fn watched(&self) -> usize {
+        self.watched.lock().len()
+    }
+
+    /// Tells one new observer its container's current status (a watch while the stream runs).
+    fn resync_one(&self, reference: String, observer: Arc<dyn BackendObserver>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // Resynced at the next (re)connect.
+        };
+        let docker = self.docker.clone();
+        runtime.spawn(async move {
+            let describe = format!("docker container \"{reference}\"");
+            match inspect_ref(&docker, &reference, &describe).await {
+                Ok(info) => {
+                    let status = info.as_ref().map_or(BackendStatus::Missing, status_of);
+                    observer.observe(BackendEvent::Resync(status));
+                }
+                Err(error) => {
+                    tracing::warn!(container = %reference, %error, "resync of a new watch failed");
+                }
+            }
+        });
+    }
+
+    /// Runs until `shutdown` turns true (or its sender is dropped): subscribes, resyncs every
+    /// watched container, then maps events to observers; on error or end of stream, reconnects
+    /// with backoff (100 ms doubling to 5 s, reset after a healthy period) and resyncs again.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = BACKOFF_INITIAL;
+        let mut attempt: u64 = 0;
+        loop {
+            if *shutdown.borrow_and_update() {
+                break;
+            }
+            attempt += 1;
+            if attempt > 1 {
+                tracing::info!(attempt, "reconnecting to the Docker event stream");
+            }
+            let started = Instant::now();
+            let reason = tokio::select! {
+                biased;
+                _ = shutdown_requested(&mut shutdown) => break,
+                reason = self.session() => reason,
+            };
+            self.running.store(false, Ordering::Release);
+            if started.elapsed() >= HEALTHY_PERIOD {
+                backoff = BACKOFF_INITIAL;
+            }
+            tracing::warn!(
+                %reason,
+                retry_in = ?backoff,
+                "Docker event stream disconnected"
+            );
+            tokio::select! {
+                biased;
+                _ = shutdown_requested(&mut shutdown) => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.running.store(false, Ordering::Release);
+        tracing::info!("Docker event stream stopped");
+    }
+
+    /// One subscription: open the stream, resync while buffering what arrives, then dispatch
+    /// until the stream fails or ends.
+    async fn session(&self) -> Disconnect {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "event".to_string(),
+                ACTIONS.iter().map(|a| a.to_string()).collect(),
+            ),
+        ]);
+        let options = EventsOptions {
+            since: Some(since_timestamp(SystemTime::now(), SINCE_MARGIN)),
+            until: None,
+            filters: Some(filters),
+        };
+        let mut events = self.docker.events(Some(options));
+
+        // Resync concurrently with the first polls of the stream (which send the subscription);
+        // events arriving meanwhile are kept and dispatched after the resync, in order. Watches
+        // added from now on resync on their own.
+        self.running.store(true, Ordering::Release);
+        let references: Vec<String> = self.watched.lock().keys().cloned().collect();
+        let docker = self.docker.clone();
+        let resync = async move {
+            stream::iter(references)
+                .map(|reference| {
+                    let docker = docker.clone();
+                    async move {
+                        let describe = format!("docker container \"{reference}\"");
+                        let info = inspect_ref(&docker, &reference, &describe).await;
+                        (reference, info)
+                    }
+                })
+                .buffer_unordered(RESYNC_CONCURRENCY)
+                .collect::<Vec<_>>()
+                .await
+        };
+        tokio::pin!(resync);
+        let mut buffered = Vec::new();
+        let results = loop {
+            tokio::select! {
+                biased;
+                item = events.next() => match item {
+                    Some(Ok(event)) => buffered.push(event),
+                    Some(Err(e)) => return Disconnect::Stream(e),
+                    None => return Disconnect::Ended,
+                },
+                results = &mut resync => break results,
+            }
+        };
+
+        let mut statuses = Vec::with_capacity(results.len());
+        for (reference, result) in results {
+            match result {
+                Ok(info) => statuses.push((reference, info)),
+                Err(e) => return Disconnect::Resync(e),
+            }
+        }
+        let resynced = statuses.len();
+        {
+            let mut watched = self.watched.lock();
+            for (reference, info) in statuses {
+                // Unwatched meanwhile: nobody to tell.
+                let Some(entry) = watched.get_mut(&reference) else {
+                    continue;
+                };
+                let status = match &info {
+                    Some(info) => {
+                        entry.learned_id = info.id.clone();
+                        status_of(info)
+                    }
+                    None => {
+                        entry.learned_id = None;
+                        BackendStatus::Missing
+                    }
+                };
+                tracing::debug!(container = %entry.reference, ?status, "resync");
+                entry.deliver(&BackendEvent::Resync(status));
+            }
+        }
+        tracing::info!(
+            containers = resynced,
+            replayed = buffered.len(),
+            "Docker event stream connected; watched containers resynced"
+        );
+        for event in buffered {
+            self.dispatch(&event);
+        }
+
+        loop {
+            match events.next().await {
+                Some(Ok(event)) => self.dispatch(&event),
+                Some(Err(e)) => return Disconnect::Stream(e),
+                None => return Disconnect::Ended,
+            }
+        }
+    }
+
+    /// Delivers one engine event to every watcher of its container.
+    fn dispatch(&self, event: &EventMessage) {
+        let Some(action) = event.action.as_deref() else {
+            return;
+        };
+        let mapped = match action {
+            "start" | "unpause" => BackendEvent::Started,
+            "die" | "pause" => BackendEvent::Stopped,
+            "destroy" => BackendEvent::Removed,
+            "create" => BackendEvent::Created,
+            _ => return,
+        };
+        let actor = event.actor.as_ref();
+        let id = actor.and_then(|a| a.id.as_deref()).unwrap_or("");
+        let name = actor
+            .and_then(|a| a.attributes.as_ref())
+            .and_then(|attrs| attrs.get("name"))
+            .map(String::as_str);
+        let mut watched = self.watched.lock();
+        for watched in watched.values_mut() {
+            let Some(by_name) = watched.matches(id, name) else {
+                continue;
+            };
+            if by_name && !id.is_empty() {
+                // The container now bearing the configured name (it may have been recreated).
+                watched.learned_id = Some(id.to_string());
+            }
+            if mapped == BackendEvent::Removed && watched.learned_id.as_deref() == Some(id) {
+                watched.learned_id = None;
+            }
+            tracing::debug!(
+                container = %watched.reference,
+                action,
+                event = ?mapped,
+                "Docker event"
+            );
+            watched.deliver(&mapped);
+        }
+    }
+}
+
+/// Resolves when shutdown is requested: the value turned true, or the sender is gone (nobody can
+/// ever ask any more, so the owner has gone away).
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// `since` for the events endpoint: `now - margin` as `seconds.nanoseconds`.
+fn since_timestamp(now: SystemTime, margin: Duration) -> String {
+    let at = now
+        .checked_sub(margin)
+        .unwrap_or(now)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:09}", at.as_secs(), at.subsec_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::EventActor;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<BackendEvent>>);
+    impl BackendObserver for Recorder {
+        fn observe(&self, event: BackendEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    fn event(action: &str, id: &str, name: Option<&str>) -> EventMessage {
+        EventMessage {
+            action: Some(action.to_string()),
+            actor: Some(EventActor {
+                id: Some(id.to_string()),
+                attributes: name.map(|n| HashMap::from([("name".to_string(), n.to_string())])),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn events_for_test() -> DockerEvents {
+        // Never connects: only the matching logic is exercised.
+        let docker =
+            Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
+                .unwrap();
+        DockerEvents::new(docker)
+    }
+
+    #[test]
+    fn matches_by_name_id_prefix_and_learned_id() {
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let events = events_for_test();
+        let by_name = Arc::new(Recorder::default());
+        let by_id = Arc::new(Recorder::default());
+        let also_by_name = Arc::new(Recorder::default());
+        events.watch("/web", by_name.clone());
+        events.watch("0123456789ab", by_id.clone());
+        events.watch("web", also_by_name.clone());
+        assert_eq!(events.watched(), 2);
+
+        events.dispatch(&event("start", id, Some("web")));
+        // No name attribute: matches the id prefix, and the id learned from the first event.
+        events.dispatch(&event("die", id, None));
+        events.dispatch(&event("start", "ffff", Some("other")));
+        events.dispatch(&event("kill", id, Some("web")));
+        events.dispatch(&event("destroy", id, Some("web")));
+        // Recreated under the same name with a new id.
+        events.dispatch(&event("create", "eeee", Some("web")));
+        events.dispatch(&event("pause", "eeee", None));
+        // Unwatched: told nothing more.
+        let as_observer: Arc<dyn BackendObserver> = by_id.clone();
+        events.unwatch("0123456789ab", &as_observer);
+        events.dispatch(&event("start", id, Some("web")));
+        assert_eq!(events.watched(), 1);
+
+        use BackendEvent::*;
+        assert_eq!(
+            *by_name.0.lock().unwrap(),
+            vec![Started, Stopped, Removed, Created, Stopped, Started]
+        );
+        assert_eq!(*also_by_name.0.lock().unwrap(), *by_name.0.lock().unwrap());
+        assert_eq!(*by_id.0.lock().unwrap(), vec![Started, Stopped, Removed]);
+    }
+
+    #[test]
+    fn since_format() {
+        let now = UNIX_EPOCH + Duration::new(1_000, 5);
+        assert_eq!(
+            since_timestamp(now, Duration::from_secs(1)),
+            "999.000000005"
+        );
+    }
+}
