@@ -12,6 +12,7 @@
 //! - `routes/by_host`: the Host lookup alone (mixed case and a port, as clients send it).
 //!
 //! Figures go to BENCHMARKS.md, "Request path (gate)".
+#![allow(clippy::unwrap_used, unreachable_pub)] // A benchmark or example: a failed unwrap is a failed run.
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! Before the criterion benches, `main` prints the live heap bytes per route of each approach,
 //! measured with the counting global allocator of `benches/common` (live bytes after arming minus
 //! before, / N).
+#![allow(clippy::unwrap_used, unreachable_pub)] // A benchmark or example: a failed unwrap is a failed run.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

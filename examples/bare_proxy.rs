@@ -14,6 +14,7 @@
 //! The listener uses the same L4 read buffer as idlewatcher's
 //! ([`idlewatcher::http::proxy::LISTENER_READ_BUFFER`]); `--l4-read-buffer BYTES` sets another one
 //! (e.g. Pingora's 64 KiB default, 65536) to measure what that buffer costs per connection.
+#![allow(clippy::unwrap_used, unreachable_pub)] // A benchmark or example: a failed unwrap is a failed run.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -7,6 +7,7 @@
 //! ```text
 //! cargo run --release --example embed -- -c conf/idlewatcher.yaml --default-upstream 127.0.0.1:9000
 //! ```
+#![allow(clippy::unwrap_used, unreachable_pub)] // A benchmark or example: a failed unwrap is a failed run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

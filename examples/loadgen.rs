@@ -26,6 +26,7 @@
 //!   connect loop from the engine's `start` event on) or first answers (`pause`: a request sent to
 //!   the frozen backend before the wake); the backend is put back to sleep by hand after each,
 //!   and the gateway's status must say `napping` before the next request.
+#![allow(clippy::unwrap_used, unreachable_pub)] // A benchmark or example: a failed unwrap is a failed run.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -10,7 +10,7 @@ use crate::backend::{BackendSettings, Upstream, UpstreamTarget, Watcher};
 use crate::config::{BackendConfig, ConfigError, GatewayConfig, RouteConfig};
 use crate::idle::{IdleClock, IdleTimers, Sleeper};
 use crate::providers::{
-    family_of, BackendObserver, Provider, ProviderError, ProviderFamily, FAMILIES,
+    BackendObserver, FamilyKind, Provider, ProviderError, ProviderFamily, FAMILIES,
 };
 use crate::routes::{Route, RouteTable};
 
@@ -53,9 +53,14 @@ pub enum StartError {
 /// The checks that need the provider registry (on top of the configuration's own): a route's
 /// `stop_method` must be one its family supports. `idlewatcher -t` runs them too.
 pub fn check(config: &GatewayConfig) -> Vec<ConfigError> {
+    check_with(config, FAMILIES)
+}
+
+/// [`check`] against a given registry (tests use their own).
+fn check_with(config: &GatewayConfig, families: &[&'static FamilyKind]) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for route in &config.routes {
-        let Some(kind) = family_of(&route.backend) else {
+        let Some(kind) = families.iter().find(|kind| (kind.claims)(&route.backend)) else {
             continue; // Reported at start-up: the build may not have the family.
         };
         if !kind.sleep_methods.contains(&route.stop_method) {
@@ -305,5 +310,56 @@ impl Built {
             stop_timeout: route.stop_timeout,
             retry_backoff: route.retry_backoff,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, StopMethod};
+    use futures_util::FutureExt;
+
+    /// A family that can only stop its backends (as Swarm, which scales to zero, will).
+    static STOP_ONLY: FamilyKind = FamilyKind {
+        name: "docker",
+        shown: "a stop-only test family",
+        sleep_methods: &[StopMethod::Stop],
+        connect_timeout: Duration::from_secs(1),
+        claims: |backend| matches!(backend, BackendConfig::Docker { .. }),
+        connect: |_| {
+            async {
+                Err(ProviderError::NotFound {
+                    backend: "nothing".into(),
+                })
+            }
+            .boxed()
+        },
+    };
+
+    fn gateway(routes: &str) -> GatewayConfig {
+        let text = format!("idlewatcher:\n  routes:\n{routes}");
+        match parse(&text) {
+            Ok(config) => config.gateway,
+            Err(errors) => panic!("{errors}"),
+        }
+    }
+
+    #[test]
+    fn a_sleep_method_the_family_lacks_is_an_error_naming_route_and_key() {
+        let config = gateway(
+            "    - { name: frozen, hosts: [a.test], docker: { container: a }, port: 80, stop_method: pause }\n\
+             \x20   - { name: stopped, hosts: [b.test], docker: { container: b }, port: 80, stop_method: stop }\n",
+        );
+        let errors = check_with(&config, &[&STOP_ONLY]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].route.as_deref(), Some("frozen"));
+        assert_eq!(errors[0].key, "stop_method");
+        assert!(
+            errors[0].message.contains("use one of stop"),
+            "{}",
+            errors[0].message
+        );
+        // The real registry: Docker supports every method.
+        assert!(check(&config).is_empty());
     }
 }
