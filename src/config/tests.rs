@@ -1060,3 +1060,323 @@ fn suggestions_only_for_close_keys() {
     assert_eq!(closest("pord", ["port", "hosts"].into_iter()), Some("port"));
     assert_eq!(closest("colour", ["port", "hosts"].into_iter()), None);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Positions: every error says where it is
+// ---------------------------------------------------------------------------------------------
+
+/// The error with this route and key (there must be exactly one).
+#[track_caller]
+fn the(errors: &[ConfigError], route: Option<&str>, key: &str) -> ConfigError {
+    let found: Vec<&ConfigError> = errors
+        .iter()
+        .filter(|e| e.route.as_deref() == route && e.key == key)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "want one error with route {route:?} and key {key:?}; got:\n{}",
+        ConfigErrors(errors.to_vec())
+    );
+    found[0].clone()
+}
+
+/// Asserts `error` is at this line and column.
+#[track_caller]
+fn at(error: &ConfigError, line: usize, column: usize) {
+    assert_eq!(
+        (error.line, error.column),
+        (Some(line), Some(column)),
+        "wrong position for: {error}"
+    );
+}
+
+#[test]
+fn errors_on_three_lines_each_name_their_line() {
+    let text = "\
+idlewatcher:
+  defaults:
+    idle_timeout: 5x
+  routes:
+    - name: a
+      hosts: [a.localhost]
+      docker: { container: a }
+      port: 80
+      colour: blue
+    - name: b
+      hosts: [b.localhost]
+      docker: { container: b }
+      port: 99999
+";
+    let e = errors(text);
+    assert_eq!(
+        ConfigErrors(e).to_string(),
+        "line 3, column 19: key \"idlewatcher.defaults.idle_timeout\": invalid duration \"5x\" (expected e.g. 500ms, 30s, 5m, 1h)\n\
+         line 9, column 7: route \"a\": key \"colour\": unknown key \"colour\"\n\
+         line 13, column 13: route \"b\": key \"port\": expected an integer in 1..=65535, got 99999"
+    );
+}
+
+#[test]
+fn every_error_of_a_file_is_located() {
+    let text = r#"
+threads: lots
+colour: blue
+idlewatcher:
+  listen: [nowhere, "0.0.0.0:80", "0.0.0.0:80"]
+  tick: 0
+  defaults:
+    hosts: [x]
+  routes:
+    - name: a
+      hosts: ["a.localhost:80", b.localhost]
+      port: 80
+      idle_timeout: 5x
+      depends_on: [c]
+    - name: b
+      hosts:
+        - x.localhost
+        - B.localhost
+      docker: { container: b }
+      proxmox: { node: pve, vmid: 5 }
+      depends_on: [nope]
+      start_endpoint: relative
+      health:
+        statuses:
+          - 204
+          - "300-200"
+    - name: c
+      hosts: [c.localhost]
+      docker: { container: c }
+      port: 80
+      upstream: "h:1"
+      depends_on: [a]
+    - just a string
+    - name: c
+      hosts: [d.localhost]
+      docker: { container: d }
+      port: 80
+"#;
+    let e = errors(text);
+    for error in &e {
+        assert!(
+            error.line.is_some() && error.column.is_some(),
+            "not located: {error}"
+        );
+    }
+    // The offending value.
+    at(&the(&e, None, "threads"), 2, 10);
+    at(&the(&e, None, "idlewatcher.tick"), 6, 9);
+    at(&the(&e, Some("a"), "idle_timeout"), 13, 21);
+    at(&the(&e, Some("b"), "start_endpoint"), 22, 23);
+    at(&the(&e, Some("b"), "proxmox.vmid"), 20, 35);
+    // The item of a list, not the list.
+    let listen: Vec<&ConfigError> = e.iter().filter(|e| e.key == "idlewatcher.listen").collect();
+    assert_eq!(listen.len(), 2, "{}", ConfigErrors(e.clone()));
+    at(listen[0], 5, 12);
+    at(listen[1], 5, 35);
+    at(&the(&e, Some("b"), "health.statuses"), 26, 13);
+    at(&the(&e, Some("a"), "docker"), 10, 7); // missing: the route's mapping
+                                              // The key, for unknown keys and keys that exclude each other.
+    at(&the(&e, None, "colour"), 3, 1);
+    at(&the(&e, None, "idlewatcher.defaults.hosts"), 8, 5);
+    at(&the(&e, Some("b"), "proxmox"), 20, 7);
+    at(&the(&e, Some("c"), "upstream"), 31, 7);
+    // Cross-route problems: at the value that causes them.
+    let hosts: Vec<&ConfigError> = e
+        .iter()
+        .filter(|e| e.route.as_deref() == Some("b") && e.key == "hosts")
+        .collect();
+    assert_eq!(hosts.len(), 1, "{}", ConfigErrors(e.clone()));
+    at(hosts[0], 18, 11); // B.localhost, already used by a
+    let depends: Vec<&ConfigError> = e.iter().filter(|e| e.key == "depends_on").collect();
+    assert_eq!(depends.len(), 2, "{}", ConfigErrors(e.clone()));
+    has(&e, Some("b"), "depends_on", "unknown route \"nope\"");
+    at(&the(&e, Some("b"), "depends_on"), 21, 20);
+    has(&e, Some("a"), "depends_on", "dependency cycle: a -> c -> a");
+    at(&the(&e, Some("a"), "depends_on"), 14, 20);
+    at(&the(&e, Some("routes[3]"), ""), 33, 7);
+    at(&the(&e, Some("routes[4]"), "name"), 34, 13);
+}
+
+#[test]
+fn shared_backend_conflicts_point_at_the_route_setting() {
+    let text = routes(
+        &[
+            route("a", "idle_timeout: 5m"),
+            route("b", "idle_timeout: 10m\nstop_method: kill")
+                .replace("container: b", "container: a"),
+        ]
+        .concat(),
+    );
+    let e = errors(&text);
+    // Set by route b: at its value; left to the defaults: at route b.
+    at(&the(&e, Some("b"), "idle_timeout"), 12, 21);
+    at(&the(&e, Some("b"), "stop_method"), 13, 20);
+    let e = errors(&routes(
+        &[
+            route("a", "stop_method: kill"),
+            route("b", "").replace("container: b", "container: a"),
+        ]
+        .concat(),
+    ));
+    at(&the(&e, Some("b"), "stop_method"), 8, 7);
+}
+
+#[test]
+fn errors_without_a_place_show_none() {
+    let e = errors("max_blocking_threads: 0\nidlewatcher: {}\n");
+    let whole = the(&e, None, "(server)");
+    assert_eq!((whole.line, whole.column), (None, None));
+    assert!(!whole.to_string().starts_with("line"), "{whole}");
+    let missing = load(Path::new("/nonexistent/iw.yaml")).expect_err("missing file");
+    assert_eq!(missing.0[0].line, None);
+    // An empty file has no place to point at; a file with keys points at its first.
+    assert_eq!(the(&errors(""), None, "idlewatcher").line, None);
+    at(&the(&errors("\n\nthreads: 2\n"), None, "idlewatcher"), 3, 1);
+}
+
+#[test]
+fn yaml_level_errors_are_located() {
+    let e = errors("idlewatcher:\n  tick: 1s\n  tick: 2s\n");
+    assert_eq!(
+        e[0].to_string(),
+        "line 3, column 3: invalid YAML: duplicate key \"tick\" (first set on line 2)"
+    );
+    let e = errors("idlewatcher: {}\n---\nthreads: 2\n");
+    at(&e[0], 2, 1);
+    assert!(
+        e[0].message.contains("more than one YAML document"),
+        "{}",
+        e[0]
+    );
+    let e = errors("idlewatcher:\n  routes:\n    - <<: 5\n");
+    at(&e[0], 3, 11);
+    assert!(e[0].message.contains("invalid merge key"), "{}", e[0]);
+    let e = errors("idlewatcher: *nowhere\n");
+    at(&e[0], 1, 14);
+    has(&errors("- 1\n"), None, "", "must be a mapping");
+    at(&errors("- 1\n")[0], 1, 1);
+}
+
+#[test]
+fn merge_keys_take_a_list_and_explicit_keys_win() {
+    let text = r#"
+idlewatcher:
+  defaults: &slow
+    idle_timeout: 1h
+    wake_timeout: 5m
+  routes:
+    - &fast
+      name: f
+      hosts: [f.localhost]
+      docker: { container: f }
+      port: 80
+      idle_timeout: 1m
+      stop_method: kill
+    - <<: [*fast, *slow]
+      name: a
+      hosts: [a.localhost]
+      docker: { container: a }
+      stop_method: pause
+"#;
+    let config = valid(text);
+    let a = &config.gateway.routes[1];
+    assert_eq!(a.idle_timeout, Duration::from_secs(60), "first source wins");
+    assert_eq!(
+        a.wake_timeout,
+        Duration::from_secs(300),
+        "later source fills in"
+    );
+    assert_eq!(a.stop_method, StopMethod::Pause, "explicit key wins");
+    assert_eq!(a.port, Some(80), "merged from the first source");
+}
+
+#[test]
+fn server_text_is_json_that_pingora_reads() {
+    let config = valid(
+        "threads: 2\nclient_bind_to_ipv4: [\"127.0.0.2\"]\nerror_log: /tmp/iw.log\nidlewatcher: {}\n",
+    );
+    assert!(
+        config.server_yaml.trim_start().starts_with('{'),
+        "{}",
+        config.server_yaml
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&config.server_yaml).expect("server_yaml is JSON");
+    assert_eq!(json["threads"], 2);
+    let s = server(&config);
+    assert_eq!(s.threads, 2);
+    assert_eq!(s.client_bind_to_ipv4, ["127.0.0.2"]);
+    assert_eq!(s.error_log.as_deref(), Some("/tmp/iw.log"));
+    assert_eq!(s.upstream_keepalive_pool_size, 1024);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes that did not come from the file
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_route_built_from_plain_pairs_parses() {
+    let labels = [
+        ("name", "whoami"),
+        ("hosts", "Whoami.localhost"),
+        ("docker.container", "whoami"),
+        ("port", "8080"),
+        ("idle_timeout", "5m"),
+        ("health.path", "/healthz"),
+        ("health.statuses", "200-299"),
+        ("no_loading_page", "true"),
+    ];
+    let route = parse_route(
+        Node::from_pairs(labels),
+        "whoami",
+        &RouteDefaults::default(),
+    )
+    .unwrap_or_else(|e| panic!("{}", ConfigErrors(e)));
+    assert_eq!(route.name, "whoami");
+    assert_eq!(route.hosts, ["whoami.localhost"]);
+    assert_eq!(
+        route.backend,
+        BackendConfig::Docker {
+            container: "whoami".into()
+        }
+    );
+    assert_eq!(route.port, Some(8080));
+    assert_eq!(route.idle_timeout, Duration::from_secs(300));
+    assert_eq!(
+        route.health,
+        HealthCheck::Http {
+            path: "/healthz".into(),
+            statuses: vec![(200, 299)]
+        }
+    );
+    assert!(route.no_loading_page);
+    assert_eq!(
+        route.wake_timeout,
+        Duration::from_secs(60),
+        "built-in default"
+    );
+
+    // Problems are reported as for the file, labelled, without a position.
+    let e = parse_route(
+        Node::from_pairs([
+            ("name", "w"),
+            ("hosts", "w.localhost"),
+            ("port", "http"),
+            ("colour", "x"),
+        ]),
+        "container w",
+        &RouteDefaults::default(),
+    )
+    .expect_err("invalid route");
+    has(&e, Some("container w"), "port", "1..=65535");
+    has(&e, Some("container w"), "docker", "required key is missing");
+    has(&e, Some("container w"), "colour", "unknown key");
+    assert_eq!(e.len(), 3, "{}", ConfigErrors(e.clone()));
+    assert!(e.iter().all(|e| e.line.is_none() && e.column.is_none()));
+    assert_eq!(
+        the(&e, Some("container w"), "port").to_string(),
+        r#"route "container w": key "port": expected an integer in 1..=65535, got "http""#
+    );
+}

@@ -656,3 +656,199 @@ pub fn parse_document(text: &str) -> Result<Node, YamlError> {
     }
     Ok(builder.root.unwrap_or_else(|| Node::unplaced(Value::Null)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(text: &str) -> Node {
+        parse_document(text).unwrap_or_else(|e| panic!("{e:?}\n---\n{text}"))
+    }
+
+    fn value_of(text: &str) -> Value {
+        doc(&format!("k: {text}\n"))
+            .get("k")
+            .map(|n| n.value.clone())
+            .unwrap_or(Value::Null)
+    }
+
+    fn fails(text: &str) -> YamlError {
+        match parse_document(text) {
+            Ok(node) => panic!("expected an error, got {node:?}"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn core_schema_scalars_resolve_like_serde_yaml_did() {
+        let s = |t: &str| Value::String(t.to_string());
+        for (text, expected) in [
+            ("~", Value::Null),
+            ("null", Value::Null),
+            ("NULL", Value::Null),
+            ("", Value::Null),
+            ("true", Value::Bool(true)),
+            ("False", Value::Bool(false)),
+            ("yes", s("yes")),
+            ("80", Value::Int(80)),
+            ("+5", Value::Int(5)),
+            ("-5", Value::Int(-5)),
+            ("0x1F", Value::Int(31)),
+            ("0o17", Value::Int(15)),
+            ("0b11", Value::Int(3)),
+            ("-0x10", Value::Int(-16)),
+            ("0123", s("0123")),
+            ("18446744073709551616", Value::Int(1 << 64)),
+            ("1.5", Value::Float(1.5)),
+            ("1e3", Value::Float(1000.0)),
+            (".inf", Value::Float(f64::INFINITY)),
+            ("-.inf", Value::Float(f64::NEG_INFINITY)),
+            ("inf", s("inf")),
+            ("5m", s("5m")),
+            ("\"5\"", s("5")),
+            ("'true'", s("true")),
+            ("\"\"", s("")),
+            ("!!str 5", s("5")),
+            ("!!int \"7\"", Value::Int(7)),
+            ("!!float 1", Value::Float(1.0)),
+            ("! 5", s("5")),
+        ] {
+            assert_eq!(value_of(text), expected, "{text}");
+        }
+        assert!(matches!(value_of(".nan"), Value::Float(x) if x.is_nan()));
+        assert_eq!(
+            value_of("!secret abc"),
+            Value::Tagged(
+                "!secret".into(),
+                Box::new(Node::new(
+                    Value::String("abc".into()),
+                    Position::from_parser(1, 3)
+                ))
+            )
+        );
+        assert_eq!(value_of("!secret abc").describe(), "a value tagged !secret");
+        assert!(fails("k: !!int x\n")
+            .message
+            .contains("invalid !!int value"));
+        assert_eq!(Value::Float(1.0).scalar_text(), "1.0");
+        assert_eq!(Value::Float(f64::NEG_INFINITY).scalar_text(), "-.inf");
+    }
+
+    #[test]
+    fn nodes_know_where_they_were_written() {
+        let root = doc("# comment\na:\n  b: [1, \"x\"]\n  c: { d: e }\n");
+        assert_eq!(root.position(), Position::from_parser(2, 0));
+        let a = root.get("a").expect("a");
+        assert_eq!((a.line, a.column), (Some(3), Some(3)));
+        let Value::Sequence(items) = &a.get("b").expect("b").value else {
+            panic!("b is a list");
+        };
+        assert_eq!((items[1].line, items[1].column), (Some(3), Some(10)));
+        let d = a.get("c").and_then(|c| c.get("d")).expect("d");
+        assert_eq!(
+            (d.line, d.column, d.as_str()),
+            (Some(4), Some(11), Some("e"))
+        );
+        // Keys too.
+        let Value::Mapping(entries) = &root.value else {
+            panic!("a mapping");
+        };
+        assert_eq!((entries[0].0.line, entries[0].0.column), (Some(2), Some(1)));
+    }
+
+    #[test]
+    fn aliases_copy_the_anchored_value() {
+        let root = doc("a: &x { k: 1 }\nb: *x\nc: &s text\nd: *s\n");
+        let b = root.get("b").expect("b");
+        assert_eq!(b.get("k").and_then(Node::as_u64), Some(1));
+        assert_eq!(b.line, Some(2), "the alias is where it is used");
+        assert_eq!(
+            b.get("k").and_then(|k| k.line),
+            Some(1),
+            "what it copies stays where it was written"
+        );
+        assert_eq!(root.get("d").and_then(Node::as_str), Some("text"));
+        assert!(fails("a: *nope\n").message.contains("unknown anchor"));
+    }
+
+    #[test]
+    fn merge_keys_fill_in_without_overriding() {
+        let root = doc("a: &a { x: 1, y: 1 }\nb: &b { y: 2, z: 2 }\nc:\n  <<: [*a, *b]\n  x: 3\nd:\n  <<: *b\n");
+        let c = root.get("c").expect("c");
+        let get = |n: &Node, k: &str| n.get(k).and_then(Node::as_u64);
+        assert_eq!(
+            (get(c, "x"), get(c, "y"), get(c, "z")),
+            (Some(3), Some(1), Some(2))
+        );
+        assert!(c.get("<<").is_none());
+        let d = root.get("d").expect("d");
+        assert_eq!((get(d, "y"), get(d, "z")), (Some(2), Some(2)));
+        // A merge inside the merged mapping was applied when that mapping was read.
+        let nested = doc("a: &a { x: 1 }\nb: &b { <<: *a, y: 2 }\nc: { <<: *b }\n");
+        let c = nested.get("c").expect("c");
+        assert_eq!((get(c, "x"), get(c, "y")), (Some(1), Some(2)));
+        assert!(fails("a:\n  <<: [1]\n")
+            .message
+            .contains("expected a mapping to merge"));
+        assert!(fails("a:\n  <<: x\n").message.contains("invalid merge key"));
+    }
+
+    #[test]
+    fn what_the_config_does_not_accept() {
+        let err = fails("a: 1\nb: 2\na: 3\n");
+        assert_eq!(err.message, "duplicate key \"a\" (first set on line 1)");
+        assert_eq!(err.at, Position::from_parser(3, 0));
+        assert!(fails("a: 1\n---\nb: 2\n").message.contains("more than one"));
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert!(fails(&deep).message.contains("nested more than"));
+        // Each level doubles the size: 2^25 values from a few lines.
+        let mut bomb = String::from("a0: &a0 [x, x]\n");
+        for i in 1..25 {
+            bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}]\n", p = i - 1));
+        }
+        assert!(fails(&bomb).message.contains("aliases expand"));
+        let err = fails("a: [1\n");
+        assert!(err.at.line.is_some(), "{err:?}");
+    }
+
+    #[test]
+    fn empty_documents_are_null() {
+        assert!(doc("").is_null());
+        assert!(doc("# nothing\n").is_null());
+        assert!(doc("---\n").is_null());
+    }
+
+    #[test]
+    fn mappings_from_plain_pairs() {
+        let node = Node::from_pairs([
+            ("port", "80"),
+            ("health.path", "/hz"),
+            ("health.tcp", "false"),
+            ("name", "a"),
+            ("name", "b"),
+        ]);
+        assert_eq!(node.position(), Position::UNKNOWN);
+        assert_eq!(node.get("port").and_then(Node::as_u64), Some(80));
+        let health = node.get("health").expect("health");
+        assert_eq!(health.get("path").and_then(Node::as_str), Some("/hz"));
+        assert_eq!(
+            health.get("tcp").map(|n| n.value.clone()),
+            Some(Value::Bool(false))
+        );
+        assert_eq!(
+            node.get("name").and_then(Node::as_str),
+            Some("b"),
+            "last wins"
+        );
+        let Value::Mapping(entries) = &node.value else {
+            panic!("a mapping");
+        };
+        assert_eq!(entries.len(), 3);
+        assert_eq!(
+            Node::mapping([("k", Node::scalar("v"))])
+                .get("k")
+                .and_then(Node::as_str),
+            Some("v")
+        );
+    }
+}
