@@ -77,7 +77,7 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, thiserror::Error)]
 #[error("{}", one_per_line(.0))]
 pub struct ConfigErrors(
-    /// Roughly top-down in the file; callers should not rely on the order.
+    /// Top-down in the file (problems without a place last); callers should not rely on the order.
     pub Vec<ConfigError>,
 );
 

@@ -18,7 +18,8 @@
 //! | `checks` | what routes must agree on (unique names and hosts, dependencies, shared backends) |
 //!
 //! A syntax error is the only early exit. Cross-route checks run on whatever could be parsed, so
-//! one broken route does not hide problems in the others.
+//! one broken route does not hide problems in the others. Problems are returned top-down in the
+//! file.
 //!
 //! Error keys: inside a route they are relative to the route (`health.statuses`); elsewhere they
 //! are full dotted paths (`idlewatcher.listen`, `idlewatcher.defaults.idle_timeout`, `threads`).
@@ -117,7 +118,10 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             None
         }
     };
-    let errors = top.finish();
+    let mut errors = top.finish();
+    // Top-down, as the user reads the file; problems without a place last. (Stable: problems at
+    // the same place keep the order in which they were found.)
+    errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
     match gateway {
         Some(gateway) if errors.is_empty() => Ok(Config {
             server_yaml,

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-/// The whole validated configuration.
+/// The whole validated configuration: what [`load`](super::load) hands the gateway, so that
+/// nothing downstream re-reads or re-checks the file.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Pingora's own server keys (everything at the top level except `idlewatcher`), with our
@@ -18,7 +19,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
 }
 
-/// The `idlewatcher:` section.
+/// The `idlewatcher:` section, resolved: everything the gateway itself needs (Pingora's part is
+/// in [`Config::server_yaml`]).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Addresses the gateway listens on (`listen`), default `["0.0.0.0:8080"]`.
@@ -37,7 +39,7 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteConfig>,
 }
 
-/// One route, fully resolved (defaults applied).
+/// One route, fully resolved (defaults applied), so that nothing downstream looks a default up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// Unique name (`name`).
@@ -74,7 +76,8 @@ pub struct RouteConfig {
     pub retry_backoff: Duration,
 }
 
-/// Which backend a route fronts.
+/// Which backend a route fronts: it decides which provider starts and stops it, and routes naming
+/// the same backend share one watcher.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BackendConfig {
     /// A Docker container, by name or id.
@@ -91,7 +94,8 @@ pub enum BackendConfig {
     },
 }
 
-/// A dependency from `depends_on`, e.g. `db:service_healthy`.
+/// A dependency from `depends_on`, e.g. `db:service_healthy`: woken first, so a backend never
+/// starts before what it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dependency {
     /// The route whose backend must be up.
@@ -100,7 +104,7 @@ pub struct Dependency {
     pub condition: DependencyCondition,
 }
 
-/// When a dependency counts as up.
+/// When a dependency counts as up (Compose's conditions, so users need not learn new ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DependencyCondition {
     /// Its backend was started (`service_started`, the default).
@@ -109,7 +113,8 @@ pub enum DependencyCondition {
     Healthy,
 }
 
-/// Readiness probe.
+/// Readiness probe: a started backend is not yet a serving one, and held requests are released
+/// only once it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCheck {
     /// HTTP GET `path`; ready when the status is in `statuses` (default `200-499`).
@@ -123,7 +128,7 @@ pub enum HealthCheck {
     Tcp,
 }
 
-/// How an idle backend is put to sleep.
+/// How an idle backend is put to sleep: a trade between memory freed and time to wake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopMethod {
     /// Freeze in memory; fastest wake.

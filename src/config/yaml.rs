@@ -92,7 +92,7 @@ pub enum Value {
 /// A YAML syntax error, or a construct the configuration does not accept (duplicate keys, a second
 /// document, a bad merge key…), with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct YamlError {
+pub(crate) struct YamlError {
     /// What is wrong.
     pub message: String,
     /// Where.
@@ -298,7 +298,7 @@ fn insert_path(entries: &mut Vec<(Node, Node)>, path: &[&str], value: Node) {
 // ---------------------------------------------------------------------------------------------
 
 /// Types an unquoted scalar: null, boolean, integer, float, else string.
-pub fn resolve_plain(text: &str) -> Value {
+fn resolve_plain(text: &str) -> Value {
     if is_null(text) {
         return Value::Null;
     }
@@ -616,7 +616,7 @@ fn apply_merge(entries: &mut Vec<(Node, Node)>) -> Result<(), YamlError> {
 }
 
 /// Reads one YAML document (an empty text is a null document).
-pub fn parse_document(text: &str) -> Result<Node, YamlError> {
+pub(crate) fn parse_document(text: &str) -> Result<Node, YamlError> {
     let mut parser = Parser::new_from_str(text);
     let mut builder = Builder::default();
     let mut documents = 0usize;
