@@ -368,7 +368,7 @@ idlewatcher:
       docker: { container: a }
       port: 80
 "#,
-        expect: &["line 6: invalid YAML"],
+        expect: &["line 6, column 4: invalid YAML"],
     },
 ];
 
@@ -561,6 +561,55 @@ idlewatcher:
             "one line per error, no more, no less:\n{stderr}"
         );
     }
+}
+
+/// Errors on three different lines (a bad duration in `defaults`, an unknown key in one route, a
+/// bad port in another): `-t` lists all three, each with its own line and column.
+#[test]
+fn errors_on_three_lines_are_each_reported_with_their_line() {
+    let address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let text = config_text(
+        r#"idlewatcher:
+  listen: ["@LISTEN@"]
+  defaults:
+    idle_timeout: 5x
+  routes:
+    - name: a
+      hosts: [a.test]
+      docker: { container: a }
+      port: 80
+      colour: blue
+    - name: b
+      hosts: [b.test]
+      docker: { container: b }
+      port: 99999
+"#,
+        address,
+    );
+    let (_dir, path) = write_config(&text);
+    let output = run_check(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "exit status {}\n{stderr}",
+        output.status
+    );
+    let expected = [
+        r#"line 4, column 19: key "idlewatcher.defaults.idle_timeout": invalid duration "5x""#,
+        r#"line 10, column 7: route "a": key "colour": unknown key "colour""#,
+        r#"line 14, column 13: route "b": key "port": expected an integer in 1..=65535, got 99999"#,
+    ];
+    for needle in expected {
+        assert!(
+            stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{stderr}"
+        );
+    }
+    let error_lines = stderr.lines().filter(|l| l.contains("key \"")).count();
+    assert_eq!(
+        error_lines, 3,
+        "exactly the three errors, one per line:\n{stderr}"
+    );
 }
 
 #[test]

@@ -1,0 +1,161 @@
+//! The `idlewatcher:` section: the gateway's own keys, `defaults`, and the list of routes.
+//!
+//! Why its own module: it is the layout of *our* part of the file (which keys exist at this level,
+//! their defaults, how routes are labelled in errors); what one route means is in `route`, and
+//! what routes must agree on is in `checks`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::checks::check_routes;
+use super::error::ConfigError;
+use super::fields::Fields;
+use super::model::{GatewayConfig, RouteConfig};
+use super::route::{draft_route, peek_name, RouteDefaults, RouteDraft, INHERIT_KEYS, ROUTE_KEYS};
+use super::values::{count, docker_host, path_prefix, socket_addr, tick};
+use super::yaml::{Node, Value};
+
+/// Keys of the `idlewatcher:` section.
+pub(crate) const GATEWAY_KEYS: &[&str] = &[
+    "listen",
+    "path_prefix",
+    "docker",
+    "tick",
+    "max_concurrent_stops",
+    "defaults",
+    "routes",
+];
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Where the internal endpoints live unless `path_prefix` says otherwise (also the example given
+/// when a prefix is rejected).
+pub(crate) const DEFAULT_PATH_PREFIX: &str = "/.idlewatcher/";
+const DEFAULT_TICK: Duration = Duration::from_secs(1);
+const DEFAULT_MAX_CONCURRENT_STOPS: usize = 8;
+
+/// Validates the `idlewatcher:` section `f`, handing its problems to `parent` (the top of the
+/// file). `None` when the routes could not even be read as a list.
+pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<GatewayConfig> {
+    f = f.hint(&[INHERIT_KEYS], "set it under defaults: or in a route");
+    let listen = match f.list(
+        "listen",
+        socket_addr,
+        Some("must list at least one address"),
+    ) {
+        Some(listen) => {
+            for (i, (addr, at)) in listen.iter().enumerate() {
+                if listen[..i].iter().any(|(earlier, _)| earlier == addr) {
+                    f.error_at("listen", *at, format!("address \"{addr}\" is listed twice"));
+                }
+            }
+            listen.into_iter().map(|(addr, _)| addr).collect()
+        }
+        None => vec![DEFAULT_LISTEN.to_string()],
+    };
+    let path_prefix = f
+        .get("path_prefix", path_prefix)
+        .unwrap_or_else(|| DEFAULT_PATH_PREFIX.to_string());
+    let docker_host = f.sub("docker", &["host"]).and_then(|mut d| {
+        let host = d.get("host", docker_host);
+        f.absorb(d);
+        host
+    });
+    let tick = f.get("tick", tick).unwrap_or(DEFAULT_TICK);
+    let max_concurrent_stops = f
+        .get("max_concurrent_stops", count(1))
+        .unwrap_or(DEFAULT_MAX_CONCURRENT_STOPS);
+    let defaults = match f.sub("defaults", INHERIT_KEYS) {
+        Some(d) => {
+            let mut d = d.hint(&[ROUTE_KEYS], "only a route may set it");
+            let defaults = RouteDefaults::parse(&mut d);
+            f.absorb(d);
+            defaults
+        }
+        None => RouteDefaults::default(),
+    };
+    let routes = match f.raw("routes") {
+        None => Some(Vec::new()),
+        Some(Node {
+            value: Value::Sequence(items),
+            ..
+        }) => {
+            let mut errors = Vec::new();
+            let routes = parse_routes(items, &defaults, &mut errors);
+            for error in errors {
+                f.push(error);
+            }
+            routes
+        }
+        Some(other) => {
+            f.error_at(
+                "routes",
+                other.position(),
+                format!("expected a list of routes, got {}", other.value.describe()),
+            );
+            None
+        }
+    };
+    parent.absorb(f);
+    Some(GatewayConfig {
+        listen,
+        path_prefix,
+        docker_host,
+        tick,
+        max_concurrent_stops,
+        routes: routes?,
+    })
+}
+
+/// Every route of the list, then the checks across them; `None` if any route has a problem (all
+/// of them are in `errors`).
+fn parse_routes(
+    items: Vec<Node>,
+    defaults: &RouteDefaults,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<RouteConfig>> {
+    // Labels first: a route is named by its name, or by its index when the name is missing or
+    // already taken (so that errors about the second "a" do not look like errors about the first).
+    let mut first_with_name: HashMap<String, usize> = HashMap::new();
+    let mut labels = Vec::with_capacity(items.len());
+    let mut duplicate_of = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let index_label = format!("routes[{i}]");
+        match peek_name(item) {
+            Some(name) => match first_with_name.get(name) {
+                Some(&first) => {
+                    labels.push(index_label);
+                    duplicate_of.push(Some(first));
+                }
+                None => {
+                    first_with_name.insert(name.to_string(), i);
+                    labels.push(name.to_string());
+                    duplicate_of.push(None);
+                }
+            },
+            None => {
+                labels.push(index_label);
+                duplicate_of.push(None);
+            }
+        }
+    }
+
+    // Items that are not mappings give no draft: `draft_index` maps the file's indices to the
+    // drafts' so that the checks find the right routes.
+    let mut drafts: Vec<RouteDraft> = Vec::with_capacity(items.len());
+    let mut draft_index = Vec::with_capacity(items.len());
+    for ((item, label), dup) in items.into_iter().zip(labels).zip(duplicate_of) {
+        draft_index.push(drafts.len());
+        if let Some(draft) = draft_route(item, label, dup, defaults, errors) {
+            drafts.push(draft);
+        }
+    }
+    let by_name: HashMap<String, usize> = first_with_name
+        .into_iter()
+        .map(|(name, i)| (name, draft_index[i]))
+        .collect();
+
+    check_routes(&drafts, &by_name, errors);
+    let all_read = drafts.len() == draft_index.len();
+    let routes: Option<Vec<RouteConfig>> = drafts.into_iter().map(RouteDraft::build).collect();
+    routes.filter(|_| all_read)
+}

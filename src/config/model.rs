@@ -1,0 +1,140 @@
+//! The runtime configuration: what the rest of the gateway reads once the file is validated.
+//!
+//! Kept apart from parsing so that code which only *uses* a configuration (the watcher, the route
+//! table, an embedder building one by hand) depends on plain data, and so that a change to how the
+//! file is read never touches what it means.
+
+use std::time::Duration;
+
+/// The whole validated configuration: what [`load`](super::load) hands the gateway, so that
+/// nothing downstream re-reads or re-checks the file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Pingora's own server keys (everything at the top level except `idlewatcher`), with our
+    /// defaults added, as text ready for `pingora::server::configuration::ServerConf::from_yaml`
+    /// (written as JSON, which is YAML). Text rather than a `ServerConf` because Pingora merges its
+    /// command-line options into the value it parses itself.
+    pub server_yaml: String,
+    /// Our part.
+    pub gateway: GatewayConfig,
+}
+
+/// The `idlewatcher:` section, resolved: everything the gateway itself needs (Pingora's part is
+/// in [`Config::server_yaml`]).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Addresses the gateway listens on (`listen`), default `["0.0.0.0:8080"]`.
+    pub listen: Vec<String>,
+    /// Prefix of the internal endpoints (`path_prefix`), default `/.idlewatcher/`. Always starts
+    /// and ends with `/`.
+    pub path_prefix: String,
+    /// How to reach the Docker engine (`docker.host`); `None` = `DOCKER_HOST`, else the platform
+    /// default.
+    pub docker_host: Option<String>,
+    /// Resolution of the idle clock (`tick`), default 1 s.
+    pub tick: Duration,
+    /// How many backends may be stopping at once (`max_concurrent_stops`), default 8.
+    pub max_concurrent_stops: usize,
+    /// The routes, in file order, with `defaults` applied.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One route, fully resolved (defaults applied), so that nothing downstream looks a default up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Unique name (`name`).
+    pub name: String,
+    /// Host names, lowercased, without port (`hosts`).
+    pub hosts: Vec<String>,
+    /// The backend (`docker:` or `proxmox:`).
+    pub backend: BackendConfig,
+    /// Backend port (`port`): upstream = backend address : port.
+    pub port: Option<u16>,
+    /// Fixed upstream `host:port` instead of the backend's own address (`upstream`).
+    pub upstream: Option<String>,
+    /// Only this path may wake the backend (`start_endpoint`).
+    pub start_endpoint: Option<String>,
+    /// Never show the loading page; hold every request instead (`no_loading_page`).
+    pub no_loading_page: bool,
+    /// Routes whose backends must be up first (`depends_on`).
+    pub depends_on: Vec<Dependency>,
+    /// How readiness is probed (`health`).
+    pub health: HealthCheck,
+    /// Idle time before the backend is put to sleep; zero = never (`idle_timeout`).
+    pub idle_timeout: Duration,
+    /// Deadline for a wake, from the first request to ready (`wake_timeout`).
+    pub wake_timeout: Duration,
+    /// How the backend is put to sleep (`stop_method`).
+    pub stop_method: StopMethod,
+    /// Signal for `stop`/`kill` (`stop_signal`), e.g. `SIGTERM`; `None` = the backend's default.
+    pub stop_signal: Option<String>,
+    /// Grace period of `stop` before a forced kill (`stop_timeout`).
+    pub stop_timeout: Duration,
+    /// Most requests held at once while waking; more get 503 at once (`max_waiters`).
+    pub max_waiters: usize,
+    /// First pause before a failed wake may be retried; doubles per failure (`retry_backoff`).
+    pub retry_backoff: Duration,
+}
+
+/// Which backend a route fronts: it decides which provider starts and stops it, and routes naming
+/// the same backend share one watcher.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BackendConfig {
+    /// A Docker container, by name or id.
+    Docker {
+        /// Name or id.
+        container: String,
+    },
+    /// A Proxmox LXC guest.
+    Proxmox {
+        /// Node name.
+        node: String,
+        /// Guest id.
+        vmid: u32,
+    },
+}
+
+/// A dependency from `depends_on`, e.g. `db:service_healthy`: woken first, so a backend never
+/// starts before what it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    /// The route whose backend must be up.
+    pub route: String,
+    /// What "up" means.
+    pub condition: DependencyCondition,
+}
+
+/// When a dependency counts as up (Compose's conditions, so users need not learn new ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DependencyCondition {
+    /// Its backend was started (`service_started`, the default).
+    Started,
+    /// Its backend passed its readiness probe (`service_healthy`).
+    Healthy,
+}
+
+/// Readiness probe: a started backend is not yet a serving one, and held requests are released
+/// only once it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// HTTP GET `path`; ready when the status is in `statuses` (default `200-499`).
+    Http {
+        /// Absolute path, e.g. `/healthz`.
+        path: String,
+        /// Inclusive status ranges counting as ready.
+        statuses: Vec<(u16, u16)>,
+    },
+    /// Ready as soon as a TCP connection is accepted.
+    Tcp,
+}
+
+/// How an idle backend is put to sleep: a trade between memory freed and time to wake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMethod {
+    /// Freeze in memory; fastest wake.
+    Pause,
+    /// Graceful stop with `stop_signal`, then kill after `stop_timeout`.
+    Stop,
+    /// Send `stop_signal` (default SIGKILL) and do not wait.
+    Kill,
+}

@@ -1,0 +1,411 @@
+//! One route: its keys, its defaults, and how a mapping becomes a [`RouteConfig`].
+//!
+//! Why apart from the file's layout: a route is not only read from `idlewatcher.routes`; it will
+//! also be built from a container's Docker labels. [`parse_route`] therefore takes any [`Node`]
+//! mapping (from the file, or from [`Node::from_pairs`] without positions) and reports every
+//! problem with it. What involves several routes (unique names and hosts, dependencies, shared
+//! backends) is in `checks`.
+
+use std::time::Duration;
+
+use super::error::ConfigError;
+use super::fields::Fields;
+use super::model::{BackendConfig, Dependency, HealthCheck, RouteConfig, StopMethod};
+use super::values::{
+    abs_path, boolean, condition_name, count, dependency, duration, host, integer, non_empty,
+    positive_duration, statuses, stop_method, stop_method_name, stop_signal, upstream,
+};
+use super::yaml::{Node, Position};
+
+/// Keys a route inherits from `defaults`.
+pub(crate) const INHERIT_KEYS: &[&str] = &[
+    "idle_timeout",
+    "wake_timeout",
+    "stop_method",
+    "stop_signal",
+    "stop_timeout",
+    "max_waiters",
+    "retry_backoff",
+    "health",
+    "no_loading_page",
+];
+/// Keys only a route may set.
+pub(crate) const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "hosts",
+    "docker",
+    "proxmox",
+    "port",
+    "upstream",
+    "start_endpoint",
+    "depends_on",
+];
+const HEALTH_KEYS: &[&str] = &["path", "statuses", "tcp"];
+
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_WAKE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_WAITERS: usize = 10_000;
+const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+const DEFAULT_STATUSES: (u16, u16) = (200, 499);
+const VMID_RANGE: (u64, u64) = (100, 999_999_999);
+
+/// The route settings set under `idlewatcher.defaults` (each `None` when not set there), which a
+/// route uses for whatever it does not set itself; what neither sets gets the built-in default.
+/// [`RouteDefaults::default`] sets nothing, so only the built-in defaults apply.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteDefaults {
+    idle_timeout: Option<Duration>,
+    wake_timeout: Option<Duration>,
+    stop_method: Option<StopMethod>,
+    stop_signal: Option<String>,
+    stop_timeout: Option<Duration>,
+    max_waiters: Option<usize>,
+    retry_backoff: Option<Duration>,
+    health: Option<HealthCheck>,
+    no_loading_page: Option<bool>,
+}
+
+impl RouteDefaults {
+    /// Takes the inheritable keys out of `f` (the `defaults` section, or a route).
+    pub(crate) fn parse(f: &mut Fields) -> RouteDefaults {
+        RouteDefaults {
+            idle_timeout: f.get("idle_timeout", duration),
+            wake_timeout: f.get("wake_timeout", positive_duration),
+            stop_method: f.get("stop_method", stop_method),
+            stop_signal: f.get("stop_signal", stop_signal),
+            stop_timeout: f.get("stop_timeout", positive_duration),
+            max_waiters: f.get("max_waiters", count(1)),
+            retry_backoff: f.get("retry_backoff", positive_duration),
+            health: health(f),
+            no_loading_page: f.get("no_loading_page", boolean),
+        }
+    }
+
+    /// This route's settings over `defaults`, over the built-in defaults.
+    fn resolve(self, defaults: &RouteDefaults) -> Settings {
+        Settings {
+            idle_timeout: self
+                .idle_timeout
+                .or(defaults.idle_timeout)
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            wake_timeout: self
+                .wake_timeout
+                .or(defaults.wake_timeout)
+                .unwrap_or(DEFAULT_WAKE_TIMEOUT),
+            stop_method: self
+                .stop_method
+                .or(defaults.stop_method)
+                .unwrap_or(StopMethod::Stop),
+            stop_signal: self.stop_signal.or_else(|| defaults.stop_signal.clone()),
+            stop_timeout: self
+                .stop_timeout
+                .or(defaults.stop_timeout)
+                .unwrap_or(DEFAULT_STOP_TIMEOUT),
+            max_waiters: self
+                .max_waiters
+                .or(defaults.max_waiters)
+                .unwrap_or(DEFAULT_MAX_WAITERS),
+            retry_backoff: self
+                .retry_backoff
+                .or(defaults.retry_backoff)
+                .unwrap_or(DEFAULT_RETRY_BACKOFF),
+            health: self
+                .health
+                .or_else(|| defaults.health.clone())
+                .unwrap_or_else(default_health),
+            no_loading_page: self
+                .no_loading_page
+                .or(defaults.no_loading_page)
+                .unwrap_or(false),
+        }
+    }
+}
+
+/// A route's inheritable settings, resolved.
+struct Settings {
+    idle_timeout: Duration,
+    wake_timeout: Duration,
+    stop_method: StopMethod,
+    stop_signal: Option<String>,
+    stop_timeout: Duration,
+    max_waiters: usize,
+    retry_backoff: Duration,
+    health: HealthCheck,
+    no_loading_page: bool,
+}
+
+/// The probe a route gets when nothing says otherwise: `GET /`, any status below 500.
+pub(crate) fn default_health() -> HealthCheck {
+    HealthCheck::Http {
+        path: "/".to_string(),
+        statuses: vec![DEFAULT_STATUSES],
+    }
+}
+
+fn health(f: &mut Fields) -> Option<HealthCheck> {
+    let mut h = f.sub("health", HEALTH_KEYS)?;
+    let has_http_keys = h.has("path") || h.has("statuses");
+    let tcp_at = h.value_position("tcp");
+    let tcp = h.get("tcp", boolean);
+    let path = h.get("path", abs_path);
+    let statuses = h.get("statuses", statuses);
+    let check = if tcp == Some(true) {
+        if has_http_keys {
+            let at = tcp_at.unwrap_or_else(|| h.position());
+            h.error_at(
+                "tcp",
+                at,
+                "tcp: true cannot be combined with path or statuses (a TCP probe has neither)",
+            );
+        }
+        HealthCheck::Tcp
+    } else {
+        HealthCheck::Http {
+            path: path.unwrap_or_else(|| "/".to_string()),
+            statuses: statuses.unwrap_or_else(|| vec![DEFAULT_STATUSES]),
+        }
+    };
+    f.absorb(h);
+    Some(check)
+}
+
+/// Parses one route from a mapping — from the file or built by other code, e.g. with
+/// [`Node::from_pairs`] from Docker labels — over `defaults`. `label` names the route in errors
+/// (its name, or `routes[3]`). Checks that involve other routes (unique names and hosts,
+/// `depends_on` targets and cycles, shared backends) are not made here: they need the whole set.
+pub fn parse_route(
+    node: Node,
+    label: &str,
+    defaults: &RouteDefaults,
+) -> Result<RouteConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let route = draft_route(node, label.to_string(), None, defaults, &mut errors)
+        .and_then(RouteDraft::build);
+    match route {
+        Some(route) if errors.is_empty() => Ok(route),
+        _ if errors.is_empty() => Err(vec![ConfigError::new(
+            Some(label),
+            "",
+            "internal error: incomplete route",
+        )]),
+        _ => Err(errors),
+    }
+}
+
+/// The route's usable name, if it has one (read before the route is parsed, to label errors).
+pub(crate) fn peek_name(node: &Node) -> Option<&str> {
+    node.get("name")
+        .and_then(Node::as_str)
+        .filter(|name| !name.trim().is_empty())
+}
+
+/// A route as far as it could be parsed; cross-route checks run on these even when some routes
+/// have errors, so that one bad route does not hide problems in the others. Values keep where
+/// they were written, so that cross-route problems are located too.
+pub(crate) struct RouteDraft {
+    /// How errors name the route: its name, or `routes[i]`.
+    pub label: String,
+    pub name: Option<String>,
+    pub hosts: Vec<(String, Position)>,
+    pub backend: Option<BackendConfig>,
+    target: Option<(Option<u16>, Option<String>)>,
+    start_endpoint: Option<String>,
+    pub depends_on: Vec<(Dependency, Position)>,
+    settings: Settings,
+    /// Where the route's mapping starts.
+    at: Position,
+    /// The route's own keys, with where each value was written.
+    written: Vec<(String, Position)>,
+}
+
+/// Reads one route into a draft, adding its problems to `errors`; `None` when it is not even a
+/// mapping. `duplicate_of`: the index of an earlier route with the same name.
+pub(crate) fn draft_route(
+    node: Node,
+    label: String,
+    duplicate_of: Option<usize>,
+    defaults: &RouteDefaults,
+    errors: &mut Vec<ConfigError>,
+) -> Option<RouteDraft> {
+    let mut known = ROUTE_KEYS.to_vec();
+    known.extend_from_slice(INHERIT_KEYS);
+    let mut f = match Fields::new(node, Some(label.clone()), "", &known) {
+        Ok(f) => f,
+        Err(err) => {
+            errors.push(err);
+            return None;
+        }
+    };
+    let name_at = f.value_position("name");
+    let name = f.required("name", non_empty);
+    if let (Some(name), Some(first), Some(at)) = (&name, duplicate_of, name_at) {
+        f.error_at(
+            "name",
+            at,
+            format!("duplicate route name \"{name}\" (already used by routes[{first}])"),
+        );
+    }
+    let draft = route_fields(&mut f, label, name, defaults);
+    errors.extend(f.finish());
+    Some(draft)
+}
+
+fn route_fields(
+    f: &mut Fields,
+    label: String,
+    name: Option<String>,
+    defaults: &RouteDefaults,
+) -> RouteDraft {
+    let hosts = if f.has("hosts") {
+        f.list("hosts", host, Some("must list at least one host name"))
+    } else {
+        f.missing("hosts");
+        None
+    };
+
+    let backend = backend(f);
+    let target = match (f.has("port"), f.has("upstream")) {
+        (false, false) => {
+            f.raw("upstream");
+            f.missing_because(
+                "port",
+                "required key is missing: set port (the backend's port) or upstream (host:port)",
+            );
+            None
+        }
+        (true, true) => {
+            let at = f.key_position("upstream");
+            f.error_at(
+                "upstream",
+                at,
+                "port and upstream are both set; use one of them",
+            );
+            f.raw("port");
+            f.raw("upstream");
+            None
+        }
+        _ => {
+            let port = f.get("port", integer(1, 65535)).map(|p| p as u16);
+            let upstream = f.get("upstream", upstream);
+            (port.is_some() || upstream.is_some()).then_some((port, upstream))
+        }
+    };
+    let start_endpoint = f.get("start_endpoint", abs_path);
+    let depends_on = f.list("depends_on", dependency, None).unwrap_or_default();
+    let settings = RouteDefaults::parse(f).resolve(defaults);
+    RouteDraft {
+        label,
+        name,
+        hosts: hosts.unwrap_or_default(),
+        backend,
+        target,
+        start_endpoint,
+        depends_on,
+        settings,
+        at: f.position(),
+        written: f.taken().to_vec(),
+    }
+}
+
+/// Exactly one of `docker: { container }` and `proxmox: { node, vmid }`.
+fn backend(f: &mut Fields) -> Option<BackendConfig> {
+    let (has_docker, has_proxmox) = (f.has("docker"), f.has("proxmox"));
+    if has_docker && has_proxmox {
+        let at = f.key_position("proxmox");
+        f.error_at(
+            "proxmox",
+            at,
+            "docker and proxmox are both set; a route has exactly one backend",
+        );
+    } else if !has_docker && !has_proxmox {
+        f.missing_because(
+            "docker",
+            "required key is missing: set docker: { container: NAME } or proxmox: { node: NAME, vmid: ID }",
+        );
+    }
+    let docker = f.sub("docker", &["container"]).and_then(|mut d| {
+        let container = d.required("container", non_empty);
+        f.absorb(d);
+        container.map(|container| BackendConfig::Docker { container })
+    });
+    let proxmox = f.sub("proxmox", &["node", "vmid"]).and_then(|mut p| {
+        let node = p.required("node", non_empty);
+        let vmid = p.required("vmid", integer(VMID_RANGE.0, VMID_RANGE.1));
+        f.absorb(p);
+        Some(BackendConfig::Proxmox {
+            node: node?,
+            vmid: u32::try_from(vmid?).ok()?,
+        })
+    });
+    match (docker, proxmox) {
+        (Some(b), None) | (None, Some(b)) => Some(b),
+        _ => None,
+    }
+}
+
+impl RouteDraft {
+    /// The finished route, if nothing needed is missing.
+    pub(crate) fn build(self) -> Option<RouteConfig> {
+        let (port, upstream) = self.target?;
+        let s = self.settings;
+        Some(RouteConfig {
+            name: self.name?,
+            hosts: self.hosts.into_iter().map(|(host, _)| host).collect(),
+            backend: self.backend?,
+            port,
+            upstream,
+            start_endpoint: self.start_endpoint,
+            no_loading_page: s.no_loading_page,
+            depends_on: self.depends_on.into_iter().map(|(dep, _)| dep).collect(),
+            health: s.health,
+            idle_timeout: s.idle_timeout,
+            wake_timeout: s.wake_timeout,
+            stop_method: s.stop_method,
+            stop_signal: s.stop_signal,
+            stop_timeout: s.stop_timeout,
+            max_waiters: s.max_waiters,
+            retry_backoff: s.retry_backoff,
+        })
+    }
+
+    /// Where the route sets `key`, or else where the route starts (the key's value came from
+    /// `defaults` or the built-in defaults, and the route is where to override it).
+    pub(crate) fn position_of(&self, key: &str) -> Position {
+        self.written
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(self.at, |(_, at)| *at)
+    }
+
+    /// The keys that belong to the backend, not the route, with a comparable rendering: routes
+    /// sharing a backend must agree on all of them.
+    pub(crate) fn backend_keys(&self) -> [(&'static str, String); 7] {
+        let s = &self.settings;
+        let mut deps: Vec<String> = self
+            .depends_on
+            .iter()
+            .map(|(d, _)| format!("{}:{}", d.route, condition_name(d.condition)))
+            .collect();
+        deps.sort();
+        deps.dedup();
+        [
+            ("idle_timeout", fmt_duration(s.idle_timeout)),
+            ("wake_timeout", fmt_duration(s.wake_timeout)),
+            ("stop_method", stop_method_name(s.stop_method).to_string()),
+            (
+                "stop_signal",
+                s.stop_signal
+                    .clone()
+                    .unwrap_or_else(|| "(none)".to_string()),
+            ),
+            ("stop_timeout", fmt_duration(s.stop_timeout)),
+            ("retry_backoff", fmt_duration(s.retry_backoff)),
+            ("depends_on", format!("[{}]", deps.join(", "))),
+        ]
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

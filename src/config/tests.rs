@@ -1,0 +1,1382 @@
+//! The config module's unit tests: whole documents through [`parse`], checking every key, every
+//! default and every error (its route, key, message and position).
+//!
+//! Kept in one file, beside the facade they exercise, because most tests feed a whole document
+//! through [`parse`] rather than one submodule.
+
+use std::path::Path;
+use std::time::Duration;
+
+use pingora::server::configuration::ServerConf;
+use strsim::osa_distance as edit_distance;
+
+use super::fields::closest;
+use super::route::default_health;
+use super::server::pingora_keys;
+use super::*;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match parse(text) {
+        Ok(_) => panic!("expected errors, but this config is valid:\n{text}"),
+        Err(ConfigErrors(errors)) => {
+            assert!(!errors.is_empty(), "ConfigErrors must never be empty");
+            errors
+        }
+    }
+}
+
+fn valid(text: &str) -> Config {
+    parse(text).unwrap_or_else(|e| panic!("expected a valid config, got:\n{e}\n---\n{text}"))
+}
+
+/// Asserts one of `errors` has exactly this route and key and a message containing `needle`.
+#[track_caller]
+fn has(errors: &[ConfigError], route: Option<&str>, key: &str, needle: &str) {
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.route.as_deref() == route && e.key == key && e.message.contains(needle)),
+        "no error with route {route:?}, key {key:?}, message containing {needle:?}; got:\n{}",
+        ConfigErrors(errors.to_vec())
+    );
+}
+
+/// `idlewatcher:` with these routes (a YAML list written flush-left).
+fn routes(list: &str) -> String {
+    let mut text = String::from("idlewatcher:\n  routes:\n");
+    for line in list.lines().filter(|l| !l.trim().is_empty()) {
+        text.push_str("    ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+/// A valid route named `name`, plus extra route keys (flush-left `key: value` lines).
+fn route(name: &str, extra: &str) -> String {
+    let mut text = format!(
+            "- name: {name}\n  hosts: [{name}.localhost]\n  docker: {{ container: {name} }}\n  port: 80\n"
+        );
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+fn one(extra: &str) -> String {
+    routes(&route("a", extra))
+}
+
+fn server(config: &Config) -> ServerConf {
+    ServerConf::from_yaml(&config.server_yaml).expect("server_yaml is valid for Pingora")
+}
+
+const FULL: &str = r#"
+version: 1
+threads: 2
+grace_period_seconds: 3
+idlewatcher:
+  listen: ["0.0.0.0:8080", "[::1]:9090"]
+  path_prefix: /_iw
+  docker: { host: "tcp://127.0.0.1:2375" }
+  tick: 500ms
+  max_concurrent_stops: 4
+  defaults:
+    idle_timeout: 5m
+    wake_timeout: 3m
+    stop_method: pause
+    stop_signal: TERM
+    stop_timeout: 30s
+    max_waiters: 50
+    retry_backoff: 2s
+    health: { path: /healthz, statuses: "200-299,301" }
+    no_loading_page: true
+  routes:
+    - name: db
+      hosts: [DB.Localhost]
+      proxmox: { node: pve, vmid: 101 }
+      upstream: "10.0.0.5:5432"
+      health: { tcp: true }
+    - name: whoami
+      hosts: ["whoami.localhost", "Who.localhost"]
+      docker: { container: whoami }
+      port: 80
+      start_endpoint: /
+      no_loading_page: false
+      depends_on: ["db:service_healthy"]
+      health: { path: /, statuses: [204, "300-302"] }
+      idle_timeout: 1h30m
+      wake_timeout: 90
+      stop_method: kill
+      stop_signal: sigkill
+      stop_timeout: "15"
+      max_waiters: 7
+      retry_backoff: 250ms
+"#;
+
+#[test]
+fn full_config_resolves_every_key() {
+    let config = valid(FULL);
+    let g = &config.gateway;
+    assert_eq!(g.listen, ["0.0.0.0:8080", "[::1]:9090"]);
+    assert_eq!(g.path_prefix, "/_iw/");
+    assert_eq!(g.docker_host.as_deref(), Some("tcp://127.0.0.1:2375"));
+    assert_eq!(g.tick, Duration::from_millis(500));
+    assert_eq!(g.max_concurrent_stops, 4);
+    let db = RouteConfig {
+        name: "db".into(),
+        hosts: vec!["db.localhost".into()],
+        backend: BackendConfig::Proxmox {
+            node: "pve".into(),
+            vmid: 101,
+        },
+        port: None,
+        upstream: Some("10.0.0.5:5432".into()),
+        start_endpoint: None,
+        no_loading_page: true,
+        depends_on: vec![],
+        health: HealthCheck::Tcp,
+        idle_timeout: Duration::from_secs(300),
+        wake_timeout: Duration::from_secs(180),
+        stop_method: StopMethod::Pause,
+        stop_signal: Some("SIGTERM".into()),
+        stop_timeout: Duration::from_secs(30),
+        max_waiters: 50,
+        retry_backoff: Duration::from_secs(2),
+    };
+    let whoami = RouteConfig {
+        name: "whoami".into(),
+        hosts: vec!["whoami.localhost".into(), "who.localhost".into()],
+        backend: BackendConfig::Docker {
+            container: "whoami".into(),
+        },
+        port: Some(80),
+        upstream: None,
+        start_endpoint: Some("/".into()),
+        no_loading_page: false,
+        depends_on: vec![Dependency {
+            route: "db".into(),
+            condition: DependencyCondition::Healthy,
+        }],
+        health: HealthCheck::Http {
+            path: "/".into(),
+            statuses: vec![(204, 204), (300, 302)],
+        },
+        idle_timeout: Duration::from_secs(5400),
+        wake_timeout: Duration::from_secs(90),
+        stop_method: StopMethod::Kill,
+        stop_signal: Some("SIGKILL".into()),
+        stop_timeout: Duration::from_secs(15),
+        max_waiters: 7,
+        retry_backoff: Duration::from_millis(250),
+    };
+    assert_eq!(g.routes, vec![db, whoami]);
+
+    let s = server(&config);
+    assert_eq!(s.version, 1);
+    assert_eq!(s.threads, 2, "user value kept");
+    assert_eq!(s.grace_period_seconds, Some(3), "user value kept");
+    assert_eq!(s.graceful_shutdown_timeout_seconds, Some(3), "our default");
+    assert_eq!(s.upstream_keepalive_pool_size, 1024, "our default");
+    assert!(!config.server_yaml.contains("idlewatcher"));
+}
+
+#[test]
+fn empty_section_gets_every_default_and_no_routes() {
+    let config = valid("idlewatcher: {}\n");
+    let g = &config.gateway;
+    assert_eq!(g.listen, ["0.0.0.0:8080"]);
+    assert_eq!(g.path_prefix, "/.idlewatcher/");
+    assert_eq!(g.docker_host, None);
+    assert_eq!(g.tick, Duration::from_secs(1));
+    assert_eq!(g.max_concurrent_stops, 8);
+    assert!(g.routes.is_empty());
+    let s = server(&config);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(s.threads, cores);
+    assert_eq!(s.grace_period_seconds, Some(1));
+    assert_eq!(s.graceful_shutdown_timeout_seconds, Some(3));
+    assert_eq!(s.upstream_keepalive_pool_size, 1024);
+    // Explicit nulls and an empty list mean the same as nothing.
+    assert!(valid("idlewatcher:\n  routes: []\n  docker:\n")
+        .gateway
+        .routes
+        .is_empty());
+}
+
+#[test]
+fn route_defaults_are_built_in_when_nothing_is_set() {
+    let config = valid(&one(""));
+    let r = &config.gateway.routes[0];
+    assert_eq!(r.idle_timeout, Duration::from_secs(15 * 60));
+    assert_eq!(r.wake_timeout, Duration::from_secs(60));
+    assert_eq!(r.stop_method, StopMethod::Stop);
+    assert_eq!(r.stop_signal, None);
+    assert_eq!(r.stop_timeout, Duration::from_secs(10));
+    assert_eq!(r.max_waiters, 10_000);
+    assert_eq!(r.retry_backoff, Duration::from_secs(1));
+    assert_eq!(
+        r.health,
+        HealthCheck::Http {
+            path: "/".into(),
+            statuses: vec![(200, 499)]
+        }
+    );
+    assert!(!r.no_loading_page);
+    assert_eq!(r.start_endpoint, None);
+    assert!(r.depends_on.is_empty());
+}
+
+#[test]
+fn defaults_are_inherited_and_overridden_per_route() {
+    let text = r#"
+idlewatcher:
+  defaults:
+    idle_timeout: 5m
+    stop_method: pause
+    health: { tcp: true }
+    max_waiters: 3
+  routes:
+    - name: a
+      hosts: a.localhost
+      docker: { container: a }
+      port: 80
+    - name: b
+      hosts: b.localhost
+      docker: { container: b }
+      port: 80
+      idle_timeout: 1h
+      stop_method: stop
+      health: { path: /up }
+"#;
+    let config = valid(text);
+    let (a, b) = (&config.gateway.routes[0], &config.gateway.routes[1]);
+    assert_eq!(a.idle_timeout, Duration::from_secs(300));
+    assert_eq!(a.stop_method, StopMethod::Pause);
+    assert_eq!(a.health, HealthCheck::Tcp);
+    assert_eq!(a.max_waiters, 3);
+    assert_eq!(a.wake_timeout, Duration::from_secs(60), "built-in default");
+    assert_eq!(b.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(b.stop_method, StopMethod::Stop);
+    assert_eq!(
+        b.health,
+        HealthCheck::Http {
+            path: "/up".into(),
+            statuses: vec![(200, 499)]
+        },
+        "a route's health replaces the default's as a whole"
+    );
+    assert_eq!(b.max_waiters, 3, "still inherited");
+}
+
+#[test]
+fn durations_accept_units_and_bare_seconds() {
+    for (text, expected) in [
+        ("500ms", Duration::from_millis(500)),
+        ("30s", Duration::from_secs(30)),
+        ("5m", Duration::from_secs(300)),
+        ("1h", Duration::from_secs(3600)),
+        ("1h30m", Duration::from_secs(5400)),
+        ("45", Duration::from_secs(45)),
+        ("\"45\"", Duration::from_secs(45)),
+        ("0", Duration::ZERO),
+        ("0s", Duration::ZERO),
+    ] {
+        let config = valid(&one(&format!("idle_timeout: {text}")));
+        assert_eq!(config.gateway.routes[0].idle_timeout, expected, "{text}");
+    }
+}
+
+#[test]
+fn bad_durations_name_route_and_key() {
+    let e = errors(&routes(&route("whoami", "idle_timeout: 5x")));
+    assert_eq!(
+        e[0].to_string(),
+        r#"line 7, column 21: route "whoami": key "idle_timeout": invalid duration "5x" (expected e.g. 500ms, 30s, 5m, 1h)"#
+    );
+    for bad in ["-1", "1.5", "soon", "5 parsecs", "[1]"] {
+        let e = errors(&one(&format!("wake_timeout: {bad}")));
+        has(&e, Some("a"), "wake_timeout", "duration");
+    }
+    let e = errors("idlewatcher:\n  defaults:\n    idle_timeout: 5x\n");
+    has(
+        &e,
+        None,
+        "idlewatcher.defaults.idle_timeout",
+        r#"invalid duration "5x""#,
+    );
+}
+
+#[test]
+fn timeouts_must_be_positive_except_idle() {
+    let e = errors(&one(
+        "wake_timeout: 0\nstop_timeout: 0s\nretry_backoff: 0ms\nmax_waiters: 0",
+    ));
+    has(&e, Some("a"), "wake_timeout", "must be greater than 0");
+    has(&e, Some("a"), "stop_timeout", "must be greater than 0");
+    has(&e, Some("a"), "retry_backoff", "must be greater than 0");
+    has(&e, Some("a"), "max_waiters", "expected an integer >= 1");
+    assert_eq!(e.len(), 4, "{}", ConfigErrors(e.clone()));
+    let e = errors("idlewatcher:\n  defaults:\n    wake_timeout: 0\n");
+    has(
+        &e,
+        None,
+        "idlewatcher.defaults.wake_timeout",
+        "must be greater than 0",
+    );
+}
+
+#[test]
+fn tick_and_max_concurrent_stops_are_bounded() {
+    let e = errors("idlewatcher:\n  tick: 0\n  max_concurrent_stops: 0\n");
+    has(&e, None, "idlewatcher.tick", "must be greater than 0");
+    has(&e, None, "idlewatcher.max_concurrent_stops", ">= 1");
+    let e = errors("idlewatcher:\n  tick: 61s\n");
+    has(&e, None, "idlewatcher.tick", "at most 60s");
+    assert_eq!(
+        valid("idlewatcher:\n  tick: 60s\n").gateway.tick,
+        Duration::from_secs(60)
+    );
+}
+
+#[test]
+fn stop_method_and_signal() {
+    let r = &valid(&one("stop_method: KILL\nstop_signal: 9"))
+        .gateway
+        .routes[0];
+    assert_eq!(r.stop_method, StopMethod::Kill);
+    assert_eq!(r.stop_signal.as_deref(), Some("9"));
+    for (text, expected) in [
+        ("SIGTERM", "SIGTERM"),
+        ("TERM", "SIGTERM"),
+        ("sigterm", "SIGTERM"),
+        ("usr1", "SIGUSR1"),
+        ("SigWinch", "SIGWINCH"),
+        ("\"15\"", "15"),
+        ("64", "64"),
+    ] {
+        let config = valid(&one(&format!("stop_signal: {text}")));
+        assert_eq!(
+            config.gateway.routes[0].stop_signal.as_deref(),
+            Some(expected)
+        );
+    }
+    let e = errors(&one("stop_method: halt"));
+    has(
+        &e,
+        Some("a"),
+        "stop_method",
+        r#"invalid stop method "halt""#,
+    );
+    for bad in ["SIGFOO", "0", "65", "SIG", "[TERM]", "true"] {
+        let e = errors(&one(&format!("stop_signal: {bad}")));
+        has(&e, Some("a"), "stop_signal", "invalid signal");
+    }
+    let e = errors("idlewatcher:\n  defaults:\n    stop_method: nap\n");
+    has(
+        &e,
+        None,
+        "idlewatcher.defaults.stop_method",
+        "pause, stop or kill",
+    );
+}
+
+#[test]
+fn health_forms_and_errors() {
+    let health = |extra: &str| valid(&one(extra)).gateway.routes[0].health.clone();
+    assert_eq!(
+        health("health: { statuses: 204 }"),
+        HealthCheck::Http {
+            path: "/".into(),
+            statuses: vec![(204, 204)]
+        }
+    );
+    assert_eq!(
+        health("health: { path: /hz, statuses: \"200-299, 301\" }"),
+        HealthCheck::Http {
+            path: "/hz".into(),
+            statuses: vec![(200, 299), (301, 301)]
+        }
+    );
+    assert_eq!(health("health: { tcp: false }"), default_health());
+    assert_eq!(health("health: { tcp: true }"), HealthCheck::Tcp);
+
+    let e = errors(&one("health: { tcp: true, path: /x }"));
+    has(&e, Some("a"), "health.tcp", "cannot be combined");
+    let e = errors(&one("health: { path: healthz, statuses: \"200-abc\" }"));
+    has(&e, Some("a"), "health.path", "absolute path");
+    has(
+        &e,
+        Some("a"),
+        "health.statuses",
+        r#"invalid status code "abc""#,
+    );
+    for bad in [
+        "600",
+        "99",
+        "\"300-200\"",
+        "\"\"",
+        "[]",
+        "{ a: 1 }",
+        "\"200,,300\"",
+    ] {
+        let e = errors(&one(&format!("health: {{ statuses: {bad} }}")));
+        has(&e, Some("a"), "health.statuses", "");
+    }
+    let e = errors(&one("health: { statuses: \"300-200\" }"));
+    has(&e, Some("a"), "health.statuses", "low end above high end");
+    let e = errors(&one("health: { tcp: yes please }"));
+    has(&e, Some("a"), "health.tcp", "expected true or false");
+    let e = errors(&one("health: /healthz"));
+    has(&e, Some("a"), "health", "expected a mapping");
+}
+
+#[test]
+fn listen_forms_and_errors() {
+    let listen = |v: &str| {
+        valid(&format!("idlewatcher:\n  listen: {v}\n"))
+            .gateway
+            .listen
+    };
+    assert_eq!(listen("127.0.0.1:81"), ["127.0.0.1:81"]);
+    assert_eq!(
+        listen("[\"[::]:80\", 0.0.0.0:80]"),
+        ["[::]:80", "0.0.0.0:80"]
+    );
+    let e = errors("idlewatcher:\n  listen: []\n");
+    has(&e, None, "idlewatcher.listen", "at least one address");
+    let e = errors("idlewatcher:\n  listen: [localhost:80, 1.2.3.4, \"1.2.3.4:99999\"]\n");
+    let listen_errors = e.iter().filter(|e| e.key == "idlewatcher.listen").count();
+    assert_eq!(listen_errors, 3, "every bad address reported");
+    has(
+        &e,
+        None,
+        "idlewatcher.listen",
+        r#"invalid address "localhost:80""#,
+    );
+    let e = errors("idlewatcher:\n  listen: [\"0.0.0.0:80\", \"0.0.0.0:80\"]\n");
+    has(&e, None, "idlewatcher.listen", "listed twice");
+    let e = errors("idlewatcher:\n  listen: { a: 1 }\n");
+    has(&e, None, "idlewatcher.listen", "expected a list");
+}
+
+#[test]
+fn path_prefix_is_normalised_and_checked() {
+    let prefix = |v: &str| {
+        valid(&format!("idlewatcher:\n  path_prefix: {v}\n"))
+            .gateway
+            .path_prefix
+    };
+    assert_eq!(prefix("/_iw"), "/_iw/");
+    assert_eq!(prefix("/a-b.c_d~$/x/"), "/a-b.c_d~$/x/");
+    for (bad, needle) in [
+        ("_iw/", "must start with"),
+        ("\"/a b/\"", "invalid character ' '"),
+        ("/a?b", "invalid character '?'"),
+        ("/", "shadow every path"),
+        ("42", "expected a string"),
+    ] {
+        let e = errors(&format!("idlewatcher:\n  path_prefix: {bad}\n"));
+        has(&e, None, "idlewatcher.path_prefix", needle);
+    }
+}
+
+#[test]
+fn docker_host_schemes() {
+    for ok in [
+        "unix:///var/run/docker.sock",
+        "tcp://1.2.3.4:2375",
+        "http://h:2375",
+        "https://h:2376",
+    ] {
+        let config = valid(&format!("idlewatcher:\n  docker: {{ host: \"{ok}\" }}\n"));
+        assert_eq!(config.gateway.docker_host.as_deref(), Some(ok));
+    }
+    for bad in ["ftp://h", "/var/run/docker.sock", "unix://", "\"\""] {
+        let e = errors(&format!("idlewatcher:\n  docker: {{ host: {bad} }}\n"));
+        has(&e, None, "idlewatcher.docker.host", "");
+    }
+}
+
+#[test]
+fn yaml_syntax_error_reports_its_line() {
+    let text =
+        "idlewatcher:\n  listen: [\"0.0.0.0:8080\"]\n  routes:\n    - name: a\n   bad indent: x\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, Some(5), "{}", e[0]);
+    assert_eq!(e[0].key, "");
+    assert!(
+        e[0].to_string()
+            .starts_with("line 5, column 4: invalid YAML: "),
+        "{}",
+        e[0]
+    );
+    let e = errors("idlewatcher:\n  tick: 1s\n  tick: 2s\n");
+    assert!(
+        e[0].line.is_some() && e[0].message.contains("duplicate"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn unknown_keys_everywhere_with_suggestions() {
+    let text = r#"
+threds: 2
+routes: []
+idlewatcher:
+  listne: ["0.0.0.0:8080"]
+  idle_timeout: 5m
+  docker: { hots: "unix:///x" }
+  defaults:
+    idle_timout: 5m
+    hosts: [x]
+  routes:
+    - name: a
+      hosts: [a.localhost]
+      docker: { containr: a }
+      port: 80
+      idle_timout: 5m
+      health: { statuse: "200" }
+    - name: b
+      hosts: [b.localhost]
+      proxmox: { node: pve, vmid: 101, pool: x }
+      port: 80
+"#;
+    let e = errors(text);
+    has(
+        &e,
+        None,
+        "threds",
+        r#"unknown key "threds" (did you mean "threads"?)"#,
+    );
+    has(&e, None, "routes", "it belongs under idlewatcher:");
+    has(
+        &e,
+        None,
+        "idlewatcher.listne",
+        r#"(did you mean "listen"?)"#,
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.idle_timeout",
+        "set it under defaults: or in a route",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.docker.hots",
+        r#"(did you mean "host"?)"#,
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.defaults.idle_timout",
+        r#"(did you mean "idle_timeout"?)"#,
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.defaults.hosts",
+        "only a route may set it",
+    );
+    has(
+        &e,
+        Some("a"),
+        "idle_timout",
+        r#"unknown key "idle_timout" (did you mean "idle_timeout"?)"#,
+    );
+    has(
+        &e,
+        Some("a"),
+        "health.statuse",
+        r#"(did you mean "statuses"?)"#,
+    );
+    has(
+        &e,
+        Some("a"),
+        "docker.containr",
+        r#"(did you mean "container"?)"#,
+    );
+    has(&e, Some("a"), "docker.container", "required key is missing");
+    has(&e, Some("b"), "proxmox.pool", r#"unknown key "pool""#);
+    let e = errors("routez: 1\nidlewatcher: {}\n");
+    has(
+        &e,
+        None,
+        "routez",
+        r#"(did you mean "routes"? it belongs under idlewatcher:)"#,
+    );
+    let e = errors("1: 2\nidlewatcher: {}\nzzzzzzzz: 1\n");
+    has(&e, None, "1", "keys must be strings");
+    has(&e, None, "zzzzzzzz", r#"unknown key "zzzzzzzz""#);
+}
+
+#[test]
+fn idlewatcher_section_is_required_and_shaped() {
+    has(
+        &errors("threads: 2\n"),
+        None,
+        "idlewatcher",
+        "required key is missing",
+    );
+    has(&errors(""), None, "idlewatcher", "required key is missing");
+    has(
+        &errors("idlewatcher:\n"),
+        None,
+        "idlewatcher",
+        "required key is missing",
+    );
+    let e = errors("idlewatcher: [1]\n");
+    has(&e, None, "idlewatcher", "expected a mapping");
+    assert_eq!(e.len(), 1, "{}", ConfigErrors(e.clone()));
+    has(&errors("- 1\n"), None, "", "must be a mapping");
+    has(
+        &errors("idlewatcher:\n  routes: { a: 1 }\n"),
+        None,
+        "idlewatcher.routes",
+        "expected a list of routes",
+    );
+    has(
+        &errors(&routes("- just a string")),
+        Some("routes[0]"),
+        "",
+        "expected a mapping",
+    );
+    has(
+        &errors("idlewatcher:\n  defaults: 5m\n"),
+        None,
+        "idlewatcher.defaults",
+        "expected a mapping",
+    );
+}
+
+#[test]
+fn server_keys_are_checked_by_pingora() {
+    let e = errors("threads: many\ndaemon: 3\nidlewatcher: {}\n");
+    has(&e, None, "threads", "expected usize");
+    has(&e, None, "daemon", "expected a boolean");
+    has(
+        &errors("threads: 0\nidlewatcher: {}\n"),
+        None,
+        "threads",
+        "at least 1",
+    );
+    let e = errors("max_blocking_threads: 0\nidlewatcher: {}\n");
+    has(
+        &e,
+        None,
+        "(server)",
+        "max_blocking_threads must be greater than zero",
+    );
+    let config =
+        valid("pid_file: /run/iw.pid\nthreads: 3\ngrace_period_seconds:\nidlewatcher: {}\n");
+    let s = server(&config);
+    assert_eq!(s.pid_file, "/run/iw.pid");
+    assert_eq!(s.threads, 3);
+    assert_eq!(s.grace_period_seconds, Some(1), "null means not set");
+    assert!(pingora_keys().contains(&"upgrade_sock".to_string()));
+    assert!(!pingora_keys().contains(&"idlewatcher".to_string()));
+}
+
+#[test]
+fn names_are_required_and_unique() {
+    let text = routes(&format!(
+        "{}{}{}",
+        route("a", ""),
+        route("a", ""),
+        route("b", "")
+    ));
+    let e = errors(&text);
+    has(
+        &e,
+        Some("routes[1]"),
+        "name",
+        r#"duplicate route name "a" (already used by routes[0])"#,
+    );
+    // The duplicate's other errors are labelled by index too.
+    has(
+        &e,
+        Some("routes[1]"),
+        "hosts",
+        r#"host "a.localhost" is already used by route "a""#,
+    );
+
+    let e = errors(&routes("- hosts: [x.localhost]\n  docker: { container: x }\n  port: 80\n- name: \"\"\n  hosts: [y.localhost]\n  docker: { container: y }\n  port: 80\n- name: 7\n  hosts: [z.localhost]\n  docker: { container: z }\n  port: 80\n"));
+    has(&e, Some("routes[0]"), "name", "required key is missing");
+    has(&e, Some("routes[1]"), "name", "must not be empty");
+    has(&e, Some("routes[2]"), "name", "expected a string, got 7");
+}
+
+#[test]
+fn hosts_are_lowercased_unique_and_plain() {
+    let r = &valid(&routes(
+        "- name: a\n  hosts: A.LocalHost\n  docker: { container: a }\n  port: 80\n",
+    ))
+    .gateway
+    .routes[0];
+    assert_eq!(r.hosts, ["a.localhost"]);
+    let r = &valid(&routes("- name: a\n  hosts: [\"[::1]\", 10.0.0.1, my_host-1.lan]\n  docker: { container: a }\n  port: 80\n")).gateway.routes[0];
+    assert_eq!(r.hosts, ["[::1]", "10.0.0.1", "my_host-1.lan"]);
+
+    let text = routes(
+            "- name: a\n  hosts: [Shared.localhost, x.localhost, X.LOCALHOST]\n  docker: { container: a }\n  port: 80\n\
+             - name: b\n  hosts: [shared.LOCALHOST]\n  docker: { container: b }\n  port: 80\n",
+        );
+    let e = errors(&text);
+    has(
+        &e,
+        Some("b"),
+        "hosts",
+        r#"host "shared.localhost" is already used by route "a""#,
+    );
+    has(
+        &e,
+        Some("a"),
+        "hosts",
+        r#"host "x.localhost" is listed twice"#,
+    );
+
+    let bad_hosts = r#"[ "a.localhost:8080", "http://a.localhost", "a.localhost/app", "a b", "", "::1", "[::1]:80", "*.x" ]"#;
+    let e = errors(&routes(&format!(
+        "- name: a\n  hosts: {bad_hosts}\n  docker: {{ container: a }}\n  port: 80\n"
+    )));
+    for needle in [
+        "remove the port",
+        "remove the scheme",
+        "remove the path",
+        "whitespace",
+        "empty",
+        "in brackets",
+        "invalid character '*'",
+    ] {
+        has(&e, Some("a"), "hosts", needle);
+    }
+    assert_eq!(e.iter().filter(|e| e.key == "hosts").count(), 8);
+
+    let e = errors(&routes("- name: a\n  hosts: []\n  docker: { container: a }\n  port: 80\n- name: b\n  docker: { container: b }\n  port: 80\n"));
+    has(&e, Some("a"), "hosts", "at least one host");
+    has(&e, Some("b"), "hosts", "required key is missing");
+}
+
+#[test]
+fn exactly_one_backend() {
+    let e = errors(&routes("- name: a\n  hosts: [a.localhost]\n  port: 80\n"));
+    has(
+        &e,
+        Some("a"),
+        "docker",
+        "required key is missing: set docker",
+    );
+    let e = errors(&routes("- name: a\n  hosts: [a.localhost]\n  docker: { container: a }\n  proxmox: { node: pve, vmid: 101 }\n  port: 80\n"));
+    has(&e, Some("a"), "proxmox", "both set");
+    assert_eq!(e.len(), 1, "{}", ConfigErrors(e.clone()));
+
+    let e = errors(&routes("- name: a\n  hosts: [a.localhost]\n  docker: { container: \"\" }\n  port: 80\n- name: b\n  hosts: [b.localhost]\n  proxmox: { vmid: 99 }\n  port: 80\n- name: c\n  hosts: [c.localhost]\n  proxmox: { node: pve, vmid: 1000000000 }\n  port: 80\n- name: d\n  hosts: [d.localhost]\n  docker: whoami\n  port: 80\n"));
+    has(&e, Some("a"), "docker.container", "must not be empty");
+    has(&e, Some("b"), "proxmox.node", "required key is missing");
+    has(&e, Some("b"), "proxmox.vmid", "100..=999999999");
+    has(&e, Some("c"), "proxmox.vmid", "100..=999999999");
+    has(&e, Some("d"), "docker", "expected a mapping");
+}
+
+#[test]
+fn exactly_one_of_port_and_upstream() {
+    let e = errors(&routes(
+        "- name: a\n  hosts: [a.localhost]\n  docker: { container: a }\n",
+    ));
+    has(&e, Some("a"), "port", "required key is missing: set port");
+    let e = errors(&one("upstream: \"127.0.0.1:81\""));
+    has(&e, Some("a"), "upstream", "both set");
+    for bad in ["0", "65536", "http", "-1"] {
+        has(
+            &errors(&routes(&format!(
+                "- name: a\n  hosts: [a.localhost]\n  docker: {{ container: a }}\n  port: {bad}\n"
+            ))),
+            Some("a"),
+            "port",
+            "1..=65535",
+        );
+    }
+    for bad in [
+        "localhost",
+        "\"h:0\"",
+        "\"h:http\"",
+        "\":80\"",
+        "\"http://h:80\"",
+        "\"::1:80\"",
+    ] {
+        has(&errors(&routes(&format!("- name: a\n  hosts: [a.localhost]\n  docker: {{ container: a }}\n  upstream: {bad}\n"))), Some("a"), "upstream", "invalid upstream");
+    }
+    let r = &valid(&routes("- name: a\n  hosts: [a.localhost]\n  docker: { container: a }\n  upstream: \"[::1]:8081\"\n")).gateway.routes[0];
+    assert_eq!((r.port, r.upstream.as_deref()), (None, Some("[::1]:8081")));
+}
+
+#[test]
+fn start_endpoint_must_be_absolute() {
+    let e = errors(&one("start_endpoint: api/wake"));
+    has(&e, Some("a"), "start_endpoint", "absolute path");
+    let r = &valid(&one("start_endpoint: /api/wake")).gateway.routes[0];
+    assert_eq!(r.start_endpoint.as_deref(), Some("/api/wake"));
+}
+
+#[test]
+fn depends_on_names_existing_routes_without_cycles() {
+    let text = routes(&[route("db", ""), route("app", "depends_on: db")].concat());
+    let deps = &valid(&text).gateway.routes[1].depends_on;
+    assert_eq!(
+        deps,
+        &[Dependency {
+            route: "db".into(),
+            condition: DependencyCondition::Started
+        }]
+    );
+
+    let e = errors(&routes(
+        &[
+            route("app", "depends_on: [dbb, app, \"x:service_ready\"]"),
+            route("db", ""),
+        ]
+        .concat(),
+    ));
+    has(
+        &e,
+        Some("app"),
+        "depends_on",
+        r#"unknown route "dbb" (did you mean "db"?)"#,
+    );
+    has(
+        &e,
+        Some("app"),
+        "depends_on",
+        "a route cannot depend on itself",
+    );
+    has(
+        &e,
+        Some("app"),
+        "depends_on",
+        r#"invalid condition "service_ready""#,
+    );
+
+    let e = errors(&routes(
+        &[
+            route("a", "depends_on: [\"b:service_healthy\"]"),
+            route("b", "depends_on: [c]"),
+            route("c", "depends_on: [a]"),
+            route("d", "depends_on: [e]"),
+            route("e", "depends_on: [d, a]"),
+        ]
+        .concat(),
+    ));
+    has(
+        &e,
+        Some("a"),
+        "depends_on",
+        "dependency cycle: a -> b -> c -> a",
+    );
+    has(&e, Some("d"), "depends_on", "dependency cycle: d -> e -> d");
+    assert_eq!(e.len(), 2, "{}", ConfigErrors(e.clone()));
+
+    let e = errors(&one("depends_on: [\"\", \":service_started\"]"));
+    has(&e, Some("a"), "depends_on", "does not name a route");
+}
+
+#[test]
+fn routes_sharing_a_backend_must_agree_on_backend_keys() {
+    let shared = |a_extra: &str, b_extra: &str| {
+        routes(&format!(
+            "{}{}",
+            route("a", a_extra),
+            route("b", b_extra).replace("container: b", "container: a")
+        ))
+    };
+    let config = valid(&shared("", "no_loading_page: true"));
+    assert_eq!(config.gateway.routes.len(), 2);
+    let e = errors(&shared(
+        "idle_timeout: 5m\nstop_signal: TERM",
+        "idle_timeout: 10m",
+    ));
+    has(
+        &e,
+        Some("b"),
+        "idle_timeout",
+        r#"routes "a" and "b" share docker container "a" but set different idle_timeout: 5m vs 10m"#,
+    );
+    has(&e, Some("b"), "stop_signal", "SIGTERM vs (none)");
+    assert_eq!(e.len(), 2, "{}", ConfigErrors(e.clone()));
+    for key in [
+        "wake_timeout: 9s",
+        "stop_method: kill",
+        "stop_timeout: 9s",
+        "retry_backoff: 9s",
+    ] {
+        let e = errors(&shared("", key));
+        let name = key.split(':').next().unwrap_or_default();
+        has(&e, Some("b"), name, "share docker container");
+    }
+    let e = errors(&routes(
+        &[
+            route("a", ""),
+            route("b", "depends_on: [c]").replace("container: b", "container: a"),
+            route("c", ""),
+        ]
+        .concat(),
+    ));
+    has(&e, Some("b"), "depends_on", "[] vs [c:service_started]");
+
+    let text = routes(
+        &[
+            route("a", "").replace(
+                "docker: { container: a }",
+                "proxmox: { node: pve, vmid: 101 }",
+            ),
+            route("b", "wake_timeout: 1s").replace(
+                "docker: { container: b }",
+                "proxmox: { node: pve, vmid: 101 }",
+            ),
+        ]
+        .concat(),
+    );
+    has(
+        &errors(&text),
+        Some("b"),
+        "wake_timeout",
+        "proxmox guest 101 on node \"pve\"",
+    );
+}
+
+#[test]
+fn every_error_in_one_pass() {
+    let text = r#"
+threads: lots
+idlewatcher:
+  listen: nowhere
+  tick: 0
+  routes:
+    - name: a
+      hosts: ["a.localhost:80"]
+      port: 80
+      idle_timeout: 5x
+      stop_method: halt
+    - name: b
+      hosts: [b.localhost]
+      docker: { container: b }
+      proxmox: { node: pve, vmid: 5 }
+      depends_on: [nope]
+      start_endpoint: relative
+      colour: blue
+"#;
+    let e = errors(text);
+    has(&e, None, "threads", "");
+    has(&e, None, "idlewatcher.listen", "invalid address");
+    has(&e, None, "idlewatcher.tick", "greater than 0");
+    has(&e, Some("a"), "hosts", "remove the port");
+    has(&e, Some("a"), "docker", "required key is missing");
+    has(&e, Some("a"), "idle_timeout", "invalid duration");
+    has(&e, Some("a"), "stop_method", "invalid stop method");
+    has(&e, Some("b"), "proxmox", "both set");
+    has(&e, Some("b"), "proxmox.vmid", "100..=");
+    has(&e, Some("b"), "depends_on", "unknown route \"nope\"");
+    has(&e, Some("b"), "start_endpoint", "absolute path");
+    has(&e, Some("b"), "port", "required key is missing");
+    has(&e, Some("b"), "colour", "unknown key");
+    assert_eq!(e.len(), 13, "{}", ConfigErrors(e.clone()));
+    let shown = ConfigErrors(e).to_string();
+    assert_eq!(shown.lines().count(), 13, "one error per line:\n{shown}");
+}
+
+#[test]
+fn yaml_merge_keys_work_for_shared_route_settings() {
+    let text = r#"
+idlewatcher:
+  routes:
+    - &base
+      name: a
+      hosts: [a.localhost]
+      docker: { container: a }
+      port: 80
+      idle_timeout: 2m
+    - <<: *base
+      name: b
+      hosts: [b.localhost]
+"#;
+    let config = valid(text);
+    assert_eq!(
+        config.gateway.routes[1].idle_timeout,
+        Duration::from_secs(120)
+    );
+    assert_eq!(
+        config.gateway.routes[1].backend,
+        config.gateway.routes[0].backend
+    );
+}
+
+#[test]
+fn display_shapes() {
+    let route_err = ConfigError::new(Some("whoami"), "idle_timeout", "bad");
+    assert_eq!(
+        route_err.to_string(),
+        r#"route "whoami": key "idle_timeout": bad"#
+    );
+    let top = ConfigError::new(None, "idlewatcher.listen", "bad");
+    assert_eq!(top.to_string(), r#"key "idlewatcher.listen": bad"#);
+    let line = ConfigError {
+        line: Some(7),
+        ..ConfigError::new(None, "", "bad")
+    };
+    assert_eq!(line.to_string(), "line 7: bad");
+    assert_eq!(
+        ConfigErrors(vec![top, line]).to_string(),
+        "key \"idlewatcher.listen\": bad\nline 7: bad"
+    );
+}
+
+#[test]
+fn load_reads_the_file_or_names_it() {
+    let missing = Path::new("/nonexistent/idlewatcher.yaml");
+    let e = load(missing).expect_err("missing file").0;
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].message.contains("/nonexistent/idlewatcher.yaml"),
+        "{}",
+        e[0]
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("iw.yaml");
+    std::fs::write(&path, FULL).expect("write");
+    assert_eq!(load(&path).expect("valid").gateway.routes.len(), 2);
+}
+
+#[test]
+fn suggestions_only_for_close_keys() {
+    assert_eq!(edit_distance("idle_timout", "idle_timeout"), 1);
+    assert_eq!(edit_distance("", "abc"), 3);
+    assert_eq!(edit_distance("listne", "listen"), 1);
+    assert_eq!(edit_distance("kitten", "sitting"), 3);
+    assert_eq!(closest("pord", ["port", "hosts"].into_iter()), Some("port"));
+    assert_eq!(closest("colour", ["port", "hosts"].into_iter()), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Positions: every error says where it is
+// ---------------------------------------------------------------------------------------------
+
+/// The error with this route and key (there must be exactly one).
+#[track_caller]
+fn the(errors: &[ConfigError], route: Option<&str>, key: &str) -> ConfigError {
+    let found: Vec<&ConfigError> = errors
+        .iter()
+        .filter(|e| e.route.as_deref() == route && e.key == key)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "want one error with route {route:?} and key {key:?}; got:\n{}",
+        ConfigErrors(errors.to_vec())
+    );
+    found[0].clone()
+}
+
+/// Asserts `error` is at this line and column.
+#[track_caller]
+fn at(error: &ConfigError, line: usize, column: usize) {
+    assert_eq!(
+        (error.line, error.column),
+        (Some(line), Some(column)),
+        "wrong position for: {error}"
+    );
+}
+
+#[test]
+fn errors_on_three_lines_each_name_their_line() {
+    let text = "\
+idlewatcher:
+  defaults:
+    idle_timeout: 5x
+  routes:
+    - name: a
+      hosts: [a.localhost]
+      docker: { container: a }
+      port: 80
+      colour: blue
+    - name: b
+      hosts: [b.localhost]
+      docker: { container: b }
+      port: 99999
+";
+    let e = errors(text);
+    assert_eq!(
+        ConfigErrors(e).to_string(),
+        "line 3, column 19: key \"idlewatcher.defaults.idle_timeout\": invalid duration \"5x\" (expected e.g. 500ms, 30s, 5m, 1h)\n\
+         line 9, column 7: route \"a\": key \"colour\": unknown key \"colour\"\n\
+         line 13, column 13: route \"b\": key \"port\": expected an integer in 1..=65535, got 99999"
+    );
+}
+
+#[test]
+fn every_error_of_a_file_is_located() {
+    let text = r#"
+threads: lots
+colour: blue
+idlewatcher:
+  listen: [nowhere, "0.0.0.0:80", "0.0.0.0:80"]
+  tick: 0
+  defaults:
+    hosts: [x]
+  routes:
+    - name: a
+      hosts: ["a.localhost:80", b.localhost]
+      port: 80
+      idle_timeout: 5x
+      depends_on: [c]
+    - name: b
+      hosts:
+        - x.localhost
+        - B.localhost
+      docker: { container: b }
+      proxmox: { node: pve, vmid: 5 }
+      depends_on: [nope]
+      start_endpoint: relative
+      health:
+        statuses:
+          - 204
+          - "300-200"
+    - name: c
+      hosts: [c.localhost]
+      docker: { container: c }
+      port: 80
+      upstream: "h:1"
+      depends_on: [a]
+    - just a string
+    - name: c
+      hosts: [d.localhost]
+      docker: { container: d }
+      port: 80
+"#;
+    let e = errors(text);
+    for error in &e {
+        assert!(
+            error.line.is_some() && error.column.is_some(),
+            "not located: {error}"
+        );
+    }
+    // The offending value.
+    at(&the(&e, None, "threads"), 2, 10);
+    at(&the(&e, None, "idlewatcher.tick"), 6, 9);
+    at(&the(&e, Some("a"), "idle_timeout"), 13, 21);
+    at(&the(&e, Some("b"), "start_endpoint"), 22, 23);
+    at(&the(&e, Some("b"), "proxmox.vmid"), 20, 35);
+    // The item of a list, not the list.
+    let listen: Vec<&ConfigError> = e.iter().filter(|e| e.key == "idlewatcher.listen").collect();
+    assert_eq!(listen.len(), 2, "{}", ConfigErrors(e.clone()));
+    at(listen[0], 5, 12);
+    at(listen[1], 5, 35);
+    at(&the(&e, Some("b"), "health.statuses"), 26, 13);
+    at(&the(&e, Some("a"), "docker"), 10, 7); // missing: the route's mapping
+                                              // The key, for unknown keys and keys that exclude each other.
+    at(&the(&e, None, "colour"), 3, 1);
+    at(&the(&e, None, "idlewatcher.defaults.hosts"), 8, 5);
+    at(&the(&e, Some("b"), "proxmox"), 20, 7);
+    at(&the(&e, Some("c"), "upstream"), 31, 7);
+    // Cross-route problems: at the value that causes them.
+    let hosts: Vec<&ConfigError> = e
+        .iter()
+        .filter(|e| e.route.as_deref() == Some("b") && e.key == "hosts")
+        .collect();
+    assert_eq!(hosts.len(), 1, "{}", ConfigErrors(e.clone()));
+    at(hosts[0], 18, 11); // B.localhost, already used by a
+    let depends: Vec<&ConfigError> = e.iter().filter(|e| e.key == "depends_on").collect();
+    assert_eq!(depends.len(), 2, "{}", ConfigErrors(e.clone()));
+    has(&e, Some("b"), "depends_on", "unknown route \"nope\"");
+    at(&the(&e, Some("b"), "depends_on"), 21, 20);
+    has(&e, Some("a"), "depends_on", "dependency cycle: a -> c -> a");
+    at(&the(&e, Some("a"), "depends_on"), 14, 20);
+    at(&the(&e, Some("routes[3]"), ""), 33, 7);
+    at(&the(&e, Some("routes[4]"), "name"), 34, 13);
+}
+
+#[test]
+fn shared_backend_conflicts_point_at_the_route_setting() {
+    let text = routes(
+        &[
+            route("a", "idle_timeout: 5m"),
+            route("b", "idle_timeout: 10m\nstop_method: kill")
+                .replace("container: b", "container: a"),
+        ]
+        .concat(),
+    );
+    let e = errors(&text);
+    // Set by route b: at its value; left to the defaults: at route b.
+    at(&the(&e, Some("b"), "idle_timeout"), 12, 21);
+    at(&the(&e, Some("b"), "stop_method"), 13, 20);
+    let e = errors(&routes(
+        &[
+            route("a", "stop_method: kill"),
+            route("b", "").replace("container: b", "container: a"),
+        ]
+        .concat(),
+    ));
+    at(&the(&e, Some("b"), "stop_method"), 8, 7);
+}
+
+#[test]
+fn errors_without_a_place_show_none() {
+    let e = errors("max_blocking_threads: 0\nidlewatcher: {}\n");
+    let whole = the(&e, None, "(server)");
+    assert_eq!((whole.line, whole.column), (None, None));
+    assert!(!whole.to_string().starts_with("line"), "{whole}");
+    let missing = load(Path::new("/nonexistent/iw.yaml")).expect_err("missing file");
+    assert_eq!(missing.0[0].line, None);
+    // An empty file has no place to point at; a file with keys points at its first.
+    assert_eq!(the(&errors(""), None, "idlewatcher").line, None);
+    at(&the(&errors("\n\nthreads: 2\n"), None, "idlewatcher"), 3, 1);
+}
+
+#[test]
+fn yaml_level_errors_are_located() {
+    let e = errors("idlewatcher:\n  tick: 1s\n  tick: 2s\n");
+    assert_eq!(
+        e[0].to_string(),
+        "line 3, column 3: invalid YAML: duplicate key \"tick\" (first set on line 2)"
+    );
+    let e = errors("idlewatcher: {}\n---\nthreads: 2\n");
+    at(&e[0], 2, 1);
+    assert!(
+        e[0].message.contains("more than one YAML document"),
+        "{}",
+        e[0]
+    );
+    let e = errors("idlewatcher:\n  routes:\n    - <<: 5\n");
+    at(&e[0], 3, 11);
+    assert!(e[0].message.contains("invalid merge key"), "{}", e[0]);
+    let e = errors("idlewatcher: *nowhere\n");
+    at(&e[0], 1, 14);
+    has(&errors("- 1\n"), None, "", "must be a mapping");
+    at(&errors("- 1\n")[0], 1, 1);
+}
+
+#[test]
+fn merge_keys_take_a_list_and_explicit_keys_win() {
+    let text = r#"
+idlewatcher:
+  defaults: &slow
+    idle_timeout: 1h
+    wake_timeout: 5m
+  routes:
+    - &fast
+      name: f
+      hosts: [f.localhost]
+      docker: { container: f }
+      port: 80
+      idle_timeout: 1m
+      stop_method: kill
+    - <<: [*fast, *slow]
+      name: a
+      hosts: [a.localhost]
+      docker: { container: a }
+      stop_method: pause
+"#;
+    let config = valid(text);
+    let a = &config.gateway.routes[1];
+    assert_eq!(a.idle_timeout, Duration::from_secs(60), "first source wins");
+    assert_eq!(
+        a.wake_timeout,
+        Duration::from_secs(300),
+        "later source fills in"
+    );
+    assert_eq!(a.stop_method, StopMethod::Pause, "explicit key wins");
+    assert_eq!(a.port, Some(80), "merged from the first source");
+}
+
+#[test]
+fn server_text_is_json_that_pingora_reads() {
+    let config = valid(
+        "threads: 2\nclient_bind_to_ipv4: [\"127.0.0.2\"]\nerror_log: /tmp/iw.log\nidlewatcher: {}\n",
+    );
+    assert!(
+        config.server_yaml.trim_start().starts_with('{'),
+        "{}",
+        config.server_yaml
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&config.server_yaml).expect("server_yaml is JSON");
+    assert_eq!(json["threads"], 2);
+    let s = server(&config);
+    assert_eq!(s.threads, 2);
+    assert_eq!(s.client_bind_to_ipv4, ["127.0.0.2"]);
+    assert_eq!(s.error_log.as_deref(), Some("/tmp/iw.log"));
+    assert_eq!(s.upstream_keepalive_pool_size, 1024);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes that did not come from the file
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_route_built_from_plain_pairs_parses() {
+    let labels = [
+        ("name", "whoami"),
+        ("hosts", "Whoami.localhost"),
+        ("docker.container", "whoami"),
+        ("port", "8080"),
+        ("idle_timeout", "5m"),
+        ("health.path", "/healthz"),
+        ("health.statuses", "200-299"),
+        ("no_loading_page", "true"),
+    ];
+    let route = parse_route(
+        Node::from_pairs(labels),
+        "whoami",
+        &RouteDefaults::default(),
+    )
+    .unwrap_or_else(|e| panic!("{}", ConfigErrors(e)));
+    assert_eq!(route.name, "whoami");
+    assert_eq!(route.hosts, ["whoami.localhost"]);
+    assert_eq!(
+        route.backend,
+        BackendConfig::Docker {
+            container: "whoami".into()
+        }
+    );
+    assert_eq!(route.port, Some(8080));
+    assert_eq!(route.idle_timeout, Duration::from_secs(300));
+    assert_eq!(
+        route.health,
+        HealthCheck::Http {
+            path: "/healthz".into(),
+            statuses: vec![(200, 299)]
+        }
+    );
+    assert!(route.no_loading_page);
+    assert_eq!(
+        route.wake_timeout,
+        Duration::from_secs(60),
+        "built-in default"
+    );
+
+    // Problems are reported as for the file, labelled, without a position.
+    let e = parse_route(
+        Node::from_pairs([
+            ("name", "w"),
+            ("hosts", "w.localhost"),
+            ("port", "http"),
+            ("colour", "x"),
+        ]),
+        "container w",
+        &RouteDefaults::default(),
+    )
+    .expect_err("invalid route");
+    has(&e, Some("container w"), "port", "1..=65535");
+    has(&e, Some("container w"), "docker", "required key is missing");
+    has(&e, Some("container w"), "colour", "unknown key");
+    assert_eq!(e.len(), 3, "{}", ConfigErrors(e.clone()));
+    assert!(e.iter().all(|e| e.line.is_none() && e.column.is_none()));
+    assert_eq!(
+        the(&e, Some("container w"), "port").to_string(),
+        r#"route "container w": key "port": expected an integer in 1..=65535, got "http""#
+    );
+}
