@@ -22,6 +22,7 @@ LAYERS = ["config", "providers", "idle", "backend", "routes", "wait", "http", "a
 
 ROOT = os.environ.get("SRC") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 PATH = re.compile(r"crate::((?:[A-Za-z_][A-Za-z0-9_]*)(?:::[A-Za-z_][A-Za-z0-9_]*)*)")
+SUPER = re.compile(r"\bsuper::")
 USE_GROUP = re.compile(r"use crate::([a-z_][a-z0-9_:]*)::\{([^;]*)\}", re.S)
 
 
@@ -76,6 +77,9 @@ def main():
 
     edges = {}
     for module, code in files.items():
+        # `super::x` is `crate::<parent>::x`.
+        parent = "::".join(module[:-1])
+        code = SUPER.sub(lambda m: "crate::" + (parent + "::" if parent else ""), code)
         paths = [m.group(1).split("::") for m in PATH.finditer(code)]
         for group in USE_GROUP.finditer(code):
             base = group.group(1).split("::")

@@ -69,6 +69,7 @@ fn check_with(config: &GatewayConfig, families: &[&'static FamilyKind]) -> Vec<C
                 .iter()
                 .map(|method| format!("{method:?}").to_lowercase())
                 .collect();
+            let at = route.written.position_of("stop_method");
             errors.push(ConfigError {
                 route: Some(route.name.clone()),
                 key: "stop_method".into(),
@@ -78,7 +79,8 @@ fn check_with(config: &GatewayConfig, families: &[&'static FamilyKind]) -> Vec<C
                     format!("{:?}", route.stop_method).to_lowercase(),
                     supported.join(", ")
                 ),
-                line: None,
+                line: at.line,
+                column: at.column,
             });
         }
     }
@@ -354,6 +356,11 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].route.as_deref(), Some("frozen"));
         assert_eq!(errors[0].key, "stop_method");
+        assert_eq!(
+            errors[0].line,
+            Some(3),
+            "the line of the route's stop_method"
+        );
         assert!(
             errors[0].message.contains("use one of stop"),
             "{}",

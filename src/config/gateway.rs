@@ -12,7 +12,7 @@ use super::error::ConfigError;
 use super::fields::Fields;
 use super::model::{GatewayConfig, RouteConfig};
 use super::route::{draft_route, peek_name, RouteDefaults, RouteDraft, INHERIT_KEYS, ROUTE_KEYS};
-use super::values::{count, docker_host, path_prefix, socket_addr, tick};
+use super::values::{count, docker_host, path_prefix, socket_addr, tick, DEFAULT_PATH_PREFIX};
 use super::yaml::{Node, Value};
 
 /// Keys of the `idlewatcher:` section.
@@ -27,9 +27,6 @@ pub(crate) const GATEWAY_KEYS: &[&str] = &[
 ];
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
-/// Where the internal endpoints live unless `path_prefix` says otherwise (also the example given
-/// when a prefix is rejected).
-pub(crate) const DEFAULT_PATH_PREFIX: &str = "/.idlewatcher/";
 const DEFAULT_TICK: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_CONCURRENT_STOPS: usize = 8;
 

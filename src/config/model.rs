@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::config::yaml::Position;
+
 /// The whole validated configuration: what [`load`](super::load) hands the gateway, so that
 /// nothing downstream re-reads or re-checks the file.
 #[derive(Debug, Clone)]
@@ -74,6 +76,36 @@ pub struct RouteConfig {
     pub max_waiters: usize,
     /// First pause before a failed wake may be retried; doubles per failure (`retry_backoff`).
     pub retry_backoff: Duration,
+    /// Where the route and its keys were written, for problems found after parsing (a sleep
+    /// method its provider family lacks). Not part of the route's meaning.
+    pub written: Written,
+}
+
+/// Where a route and its own keys were written. Two routes that differ only in where they were
+/// written are equal: the positions locate errors, they do not configure anything.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// Where the route's mapping starts.
+    pub at: Position,
+    /// The route's own keys, with where each value was written.
+    pub keys: Vec<(String, Position)>,
+}
+
+impl PartialEq for Written {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Written {
+    /// Where the route sets `key`, or else where the route starts (the value came from
+    /// `defaults` or the built-in defaults, and the route is where to override it).
+    pub fn position_of(&self, key: &str) -> Position {
+        self.keys
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(self.at, |(_, at)| *at)
+    }
 }
 
 /// Which backend a route fronts: it decides which provider starts and stops it, and routes naming

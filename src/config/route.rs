@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::error::ConfigError;
 use super::fields::Fields;
-use super::model::{BackendConfig, Dependency, HealthCheck, RouteConfig, StopMethod};
+use super::model::{BackendConfig, Dependency, HealthCheck, RouteConfig, StopMethod, Written};
 use super::values::{
     abs_path, boolean, condition_name, count, dependency, duration, host, integer, non_empty,
     positive_duration, statuses, stop_method, stop_method_name, stop_signal, upstream,
@@ -366,6 +366,10 @@ impl RouteDraft {
             stop_timeout: s.stop_timeout,
             max_waiters: s.max_waiters,
             retry_backoff: s.retry_backoff,
+            written: Written {
+                at: self.at,
+                keys: self.written,
+            },
         })
     }
 

@@ -145,6 +145,7 @@ fn full_config_resolves_every_key() {
         stop_timeout: Duration::from_secs(30),
         max_waiters: 50,
         retry_backoff: Duration::from_secs(2),
+        written: Written::default(),
     };
     let whoami = RouteConfig {
         name: "whoami".into(),
@@ -171,6 +172,7 @@ fn full_config_resolves_every_key() {
         stop_timeout: Duration::from_secs(15),
         max_waiters: 7,
         retry_backoff: Duration::from_millis(250),
+        written: Written::default(),
     };
     assert_eq!(g.routes, vec![db, whoami]);
 

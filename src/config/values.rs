@@ -8,9 +8,12 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use super::fields::Problem;
-use super::gateway::DEFAULT_PATH_PREFIX;
 use super::model::{Dependency, DependencyCondition, StopMethod};
 use super::yaml::{Node, Value};
+
+/// Where the internal endpoints live unless `path_prefix` says otherwise (also the example given
+/// when a prefix is rejected).
+pub(crate) const DEFAULT_PATH_PREFIX: &str = "/.idlewatcher/";
 
 /// Longest `tick`: a coarser idle clock would make idle timeouts meaninglessly late.
 const MAX_TICK: Duration = Duration::from_secs(60);
