@@ -731,3 +731,245 @@ fn a_valid_config_starts_a_listener() {
         assert!(log.contains(sign), "{sign:?} not logged:\n{log}");
     }
 }
+
+/// Issue 10: every configuration error the Proxmox provider adds, rejected by `-t` and by the
+/// gateway (which never listens, and never contacts the API).
+const PROXMOX_CASES: &[Case] = &[
+    Case {
+        name: "proxmox url over plain http",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "http://pve.lan:8006", token_id: "root@pam!iw", token_secret: x, insecure: true }
+"#,
+        expect: &[
+            r#"key "idlewatcher.proxmox.url": "http://pve.lan:8006" must be an https:// URL"#,
+        ],
+    },
+    Case {
+        name: "proxmox token id without a token name",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam", token_secret: x, insecure: true }
+"#,
+        expect: &[
+            r#"key "idlewatcher.proxmox.token_id": "root@pam" is not an API token id: expected user@realm!name"#,
+        ],
+    },
+    Case {
+        name: "proxmox without a secret",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam!iw", insecure: true }
+"#,
+        expect: &[
+            r#"key "idlewatcher.proxmox.token_secret": required key is missing: set token_secret or token_secret_file"#,
+        ],
+    },
+    Case {
+        name: "proxmox with both secrets",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam!iw", token_secret: x, token_secret_file: /etc/hostname, insecure: true }
+"#,
+        expect: &[
+            r#"key "idlewatcher.proxmox.token_secret_file": token_secret and token_secret_file are both set"#,
+        ],
+    },
+    Case {
+        name: "proxmox secret file missing",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam!iw", token_secret_file: /nonexistent/pve.secret, insecure: true }
+"#,
+        expect: &[
+            r#"key "idlewatcher.proxmox.token_secret_file": cannot read "/nonexistent/pve.secret""#,
+        ],
+    },
+    Case {
+        name: "proxmox without a trust option",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam!iw", token_secret: x }
+"#,
+        expect: &[r#"key "idlewatcher.proxmox.ca_file": required key is missing: set ca_file"#],
+    },
+    Case {
+        name: "proxmox with two trust options",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam!iw", token_secret: x, ca_file: /etc/hostname, insecure: true }
+"#,
+        expect: &[
+            r#"key "idlewatcher.proxmox.insecure": ca_file and insecure are both set; set exactly one of ca_file, fingerprint, insecure"#,
+        ],
+    },
+    Case {
+        name: "proxmox fingerprint too short",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam!iw", token_secret: x, fingerprint: "AB:CD" }
+"#,
+        expect: &[r#"key "idlewatcher.proxmox.fingerprint": "AB:CD" is not a SHA-256 fingerprint"#],
+    },
+    Case {
+        name: "proxmox insecure false",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam!iw", token_secret: x, insecure: false }
+"#,
+        expect: &[
+            r#"key "idlewatcher.proxmox.insecure": insecure: false leaves no way to trust the API"#,
+        ],
+    },
+    Case {
+        name: "proxmox CA file missing",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam!iw", token_secret: x, ca_file: /nonexistent/ca.pem }
+"#,
+        expect: &[r#"key "idlewatcher.proxmox.ca_file": cannot read "/nonexistent/ca.pem""#],
+    },
+    Case {
+        name: "proxmox poll of zero",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam!iw", token_secret: x, insecure: true, poll: 0s }
+"#,
+        expect: &[r#"key "idlewatcher.proxmox.poll""#],
+    },
+    Case {
+        name: "proxmox route without a proxmox section",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  routes:
+    - name: ct
+      hosts: [ct.test]
+      proxmox: { node: pve1, vmid: 101 }
+      port: 80
+"#,
+        expect: &[
+            r#"route "ct": key "proxmox": names a Proxmox guest, but there is no idlewatcher.proxmox section"#,
+        ],
+    },
+    Case {
+        name: "proxmox route paused",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam!iw", token_secret: x, insecure: true }
+  routes:
+    - name: ct
+      hosts: [ct.test]
+      proxmox: { node: pve1, vmid: 101 }
+      port: 80
+      stop_method: pause
+"#,
+        expect: &[
+            r#"route "ct": key "stop_method": proxmox guests cannot be paused: LXC suspend is an experimental CRIU checkpoint"#,
+        ],
+    },
+    Case {
+        name: "proxmox vmid out of range",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox: { url: "https://pve.lan:8006", token_id: "root@pam!iw", token_secret: x, insecure: true }
+  routes:
+    - name: ct
+      hosts: [ct.test]
+      proxmox: { node: pve1, vmid: 99 }
+      port: 80
+"#,
+        expect: &[r#"route "ct": key "proxmox.vmid": expected an integer in 100..=999999999"#],
+    },
+];
+
+#[test]
+fn every_bad_proxmox_config_is_rejected_naming_its_key_and_never_listens() {
+    let mut failures = Vec::new();
+    for case in PROXMOX_CASES {
+        let address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let text = config_text(case.yaml, address);
+        let (_dir, path) = write_config(&text);
+        let mut judge = |what: &str, output: &Output| {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if output.status.success() {
+                failures.push(format!(
+                    "case {:?}: {what} exited {} (want non-zero)\nstderr:\n{stderr}",
+                    case.name, output.status
+                ));
+            }
+            for needle in case.expect {
+                if !stderr.contains(needle) {
+                    failures.push(format!(
+                        "case {:?}: {what}: stderr lacks {needle:?}\nstderr:\n{stderr}",
+                        case.name
+                    ));
+                }
+            }
+            // Every error has its line.
+            if !(stderr.contains("line ") && stderr.contains(", column ")) {
+                failures.push(format!(
+                    "case {:?}: {what}: no line given\nstderr:\n{stderr}",
+                    case.name
+                ));
+            }
+        };
+        judge("`-t`", &run_check(&path));
+        judge(
+            "the gateway",
+            &run_gateway_expecting_no_listener(case.name, &path, address),
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn a_valid_proxmox_config_passes_the_check_without_showing_the_secret() {
+    let address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let text = config_text(
+        r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  proxmox:
+    url: "https://pve.lan:8006"
+    token_id: "root@pam!iw"
+    token_secret: "very-secret-value"
+    fingerprint: "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89"
+    poll: 5s
+  routes:
+    - name: ct
+      hosts: [ct.test]
+      proxmox: { node: pve1, vmid: 101 }
+      port: 80
+      stop_method: kill
+"#,
+        address,
+    );
+    let (_dir, path) = write_config(&text);
+    let output = run_check(&path);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{all}");
+    assert!(!all.contains("very-secret-value"), "{all}");
+}

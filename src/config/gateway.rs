@@ -10,9 +10,14 @@ use std::time::Duration;
 use super::checks::check_routes;
 use super::error::ConfigError;
 use super::fields::Fields;
-use super::model::{GatewayConfig, RouteConfig};
+use super::model::{
+    BackendConfig, GatewayConfig, ProxmoxConfig, PveTrust, RouteConfig, StopMethod, TokenSecret,
+};
 use super::route::{draft_route, peek_name, RouteDefaults, RouteDraft, INHERIT_KEYS, ROUTE_KEYS};
-use super::values::{count, docker_host, path_prefix, socket_addr, tick, DEFAULT_PATH_PREFIX};
+use super::values::{
+    boolean, count, docker_host, existing_file, non_empty, path_prefix, pve_token_id, pve_url,
+    sha256_fingerprint, socket_addr, tick, DEFAULT_PATH_PREFIX,
+};
 use super::yaml::{Node, Value};
 
 /// Keys of the `idlewatcher:` section.
@@ -20,11 +25,27 @@ pub(crate) const GATEWAY_KEYS: &[&str] = &[
     "listen",
     "path_prefix",
     "docker",
+    "proxmox",
     "tick",
     "max_concurrent_stops",
     "defaults",
     "routes",
 ];
+
+/// Keys of the `proxmox:` section.
+const PROXMOX_KEYS: &[&str] = &[
+    "url",
+    "token_id",
+    "token_secret",
+    "token_secret_file",
+    "ca_file",
+    "fingerprint",
+    "insecure",
+    "poll",
+];
+
+/// Default interval of the bulk Proxmox status poll.
+const DEFAULT_PROXMOX_POLL: Duration = Duration::from_secs(2);
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 const DEFAULT_TICK: Duration = Duration::from_secs(1);
@@ -56,6 +77,12 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
         let host = d.get("host", docker_host);
         f.absorb(d);
         host
+    });
+    let proxmox_written = f.has("proxmox");
+    let proxmox = f.sub("proxmox", PROXMOX_KEYS).and_then(|mut p| {
+        let proxmox = parse_proxmox(&mut p);
+        f.absorb(p);
+        proxmox
     });
     let tick = f.get("tick", tick).unwrap_or(DEFAULT_TICK);
     let max_concurrent_stops = f
@@ -92,11 +119,15 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
             None
         }
     };
+    if let Some(routes) = &routes {
+        check_proxmox_routes(routes, proxmox_written, &mut f);
+    }
     parent.absorb(f);
     Some(GatewayConfig {
         listen,
         path_prefix,
         docker_host,
+        proxmox,
         tick,
         max_concurrent_stops,
         routes: routes?,
@@ -155,4 +186,118 @@ fn parse_routes(
     let all_read = drafts.len() == draft_index.len();
     let routes: Option<Vec<RouteConfig>> = drafts.into_iter().map(RouteDraft::build).collect();
     routes.filter(|_| all_read)
+}
+
+/// The `proxmox:` section `p`: one cluster, one token, exactly one way to trust its certificate.
+fn parse_proxmox(p: &mut Fields) -> Option<ProxmoxConfig> {
+    let url = p.required("url", pve_url);
+    let token_id = p.required("token_id", pve_token_id);
+    let token_secret = match (p.has("token_secret"), p.has("token_secret_file")) {
+        (true, true) => {
+            let at = p.key_position("token_secret_file");
+            p.raw("token_secret");
+            p.raw("token_secret_file");
+            p.error_at(
+                "token_secret_file",
+                at,
+                "token_secret and token_secret_file are both set; set exactly one",
+            );
+            None
+        }
+        (false, false) => {
+            p.missing_because(
+                "token_secret",
+                "required key is missing: set token_secret or token_secret_file",
+            );
+            None
+        }
+        (true, false) => p.get("token_secret", non_empty).map(TokenSecret::Inline),
+        (false, true) => p
+            .get("token_secret_file", existing_file)
+            .map(TokenSecret::File),
+    };
+    let set: Vec<&str> = ["ca_file", "fingerprint", "insecure"]
+        .into_iter()
+        .filter(|key| p.has(key))
+        .collect();
+    let trust = match set.as_slice() {
+        [] => {
+            p.missing_because(
+                "ca_file",
+                "required key is missing: set ca_file (PVE's CA, /etc/pve/pve-root-ca.pem), fingerprint (SHA-256 of the API's certificate) or insecure: true",
+            );
+            None
+        }
+        ["ca_file"] => p.get("ca_file", existing_file).map(PveTrust::CaFile),
+        ["fingerprint"] => p
+            .get("fingerprint", sha256_fingerprint)
+            .map(PveTrust::Fingerprint),
+        ["insecure"] => match p.get("insecure", boolean) {
+            Some(true) => Some(PveTrust::Insecure),
+            Some(false) => {
+                let at = p.position();
+                p.error_at(
+                    "insecure",
+                    at,
+                    "insecure: false leaves no way to trust the API: set ca_file or fingerprint",
+                );
+                None
+            }
+            None => None,
+        },
+        several => {
+            let at = p.key_position(several[1]);
+            for key in several {
+                p.raw(key);
+            }
+            p.error_at(
+                several[1],
+                at,
+                format!(
+                    "{} are {} set; set exactly one of ca_file, fingerprint, insecure",
+                    several.join(" and "),
+                    if several.len() == 2 { "both" } else { "all" }
+                ),
+            );
+            None
+        }
+    };
+    let poll = p.get("poll", tick).unwrap_or(DEFAULT_PROXMOX_POLL);
+    Some(ProxmoxConfig {
+        url: url?,
+        token_id: token_id?,
+        token_secret: token_secret?,
+        trust: trust?,
+        poll,
+    })
+}
+
+/// Routes on Proxmox guests need the `proxmox:` section, and cannot be paused: LXC suspend is an
+/// experimental CRIU checkpoint that leaves the guest stopped, not frozen.
+fn check_proxmox_routes(routes: &[RouteConfig], section_written: bool, f: &mut Fields) {
+    for route in routes {
+        if !matches!(route.backend, BackendConfig::Proxmox { .. }) {
+            continue;
+        }
+        if !section_written {
+            f.push(
+                ConfigError::new(
+                    Some(&route.name),
+                    "proxmox",
+                    "names a Proxmox guest, but there is no idlewatcher.proxmox section (url, token_id, token_secret…) to reach the cluster",
+                )
+                .at(route.written.position_of("proxmox")),
+            );
+        }
+        if route.stop_method == StopMethod::Pause {
+            f.push(
+                ConfigError::new(
+                    Some(&route.name),
+                    "stop_method",
+                    "proxmox guests cannot be paused: LXC suspend is an experimental CRIU checkpoint that leaves the guest stopped; use stop (a graceful shutdown) or kill (a hard stop)",
+                )
+                .at(route.written.position_of("stop_method")),
+            );
+        }
+    }
 }

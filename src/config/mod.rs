@@ -46,7 +46,7 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     BackendConfig, Config, Dependency, DependencyCondition, GatewayConfig, HealthCheck,
-    RouteConfig, StopMethod, Written,
+    ProxmoxConfig, PveTrust, RouteConfig, StopMethod, TokenSecret, Written,
 };
 pub use route::{parse_route, RouteDefaults};
 pub use yaml::Node;

@@ -4,6 +4,8 @@
 //! table, an embedder building one by hand) depends on plain data, and so that a change to how the
 //! file is read never touches what it means.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::yaml::Position;
@@ -33,12 +35,73 @@ pub struct GatewayConfig {
     /// How to reach the Docker engine (`docker.host`); `None` = `DOCKER_HOST`, else the platform
     /// default.
     pub docker_host: Option<String>,
+    /// The Proxmox VE cluster (`proxmox:`), if routes use Proxmox guests.
+    pub proxmox: Option<ProxmoxConfig>,
     /// Resolution of the idle clock (`tick`), default 1 s.
     pub tick: Duration,
     /// How many backends may be stopping at once (`max_concurrent_stops`), default 8.
     pub max_concurrent_stops: usize,
     /// The routes, in file order, with `defaults` applied.
     pub routes: Vec<RouteConfig>,
+}
+
+/// The `proxmox:` section: how to reach and trust one PVE cluster. Its `Debug` never shows the
+/// token secret, so the configuration can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxmoxConfig {
+    /// Base URL of the API (`url`), `https://host:8006`, without a trailing `/`.
+    pub url: String,
+    /// API token id (`token_id`), `user@realm!name`.
+    pub token_id: String,
+    /// Where the token's secret is (`token_secret` or `token_secret_file`).
+    pub token_secret: TokenSecret,
+    /// How the API's certificate is checked (`ca_file`, `fingerprint` or `insecure`).
+    pub trust: PveTrust,
+    /// Interval of the one bulk status poll for the whole cluster (`poll`), default 2 s.
+    pub poll: Duration,
+}
+
+impl fmt::Debug for ProxmoxConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxmoxConfig")
+            .field("url", &self.url)
+            .field("token_id", &self.token_id)
+            .field("token_secret", &self.token_secret)
+            .field("trust", &self.trust)
+            .field("poll", &self.poll)
+            .finish()
+    }
+}
+
+/// The API token's secret: written in the file, or kept in a file of its own (read at start-up,
+/// so the configuration can be shared without it).
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenSecret {
+    /// `token_secret`: the secret itself.
+    Inline(String),
+    /// `token_secret_file`: a file holding the secret (surrounding whitespace ignored).
+    File(PathBuf),
+}
+
+impl fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSecret::Inline(_) => f.write_str("Inline(<redacted>)"),
+            TokenSecret::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+/// How the PVE API's TLS certificate is trusted: PVE ships a self-signed CA, so the system roots
+/// rarely apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PveTrust {
+    /// `ca_file`: PEM certificates to verify the chain and host name against.
+    CaFile(PathBuf),
+    /// `fingerprint`: the SHA-256 of the leaf certificate (DER), as the PVE GUI shows it.
+    Fingerprint([u8; 32]),
+    /// `insecure: true`: no check at all (logged as a warning).
+    Insecure,
 }
 
 /// One route, fully resolved (defaults applied), so that nothing downstream looks a default up.

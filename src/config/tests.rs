@@ -81,6 +81,12 @@ idlewatcher:
   listen: ["0.0.0.0:8080", "[::1]:9090"]
   path_prefix: /_iw
   docker: { host: "tcp://127.0.0.1:2375" }
+  proxmox:
+    url: "https://pve.lan:8006/"
+    token_id: "root@pam!idlewatcher"
+    token_secret: "not-a-real-secret"
+    fingerprint: "ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89"
+    poll: 5s
   tick: 500ms
   max_concurrent_stops: 4
   defaults:
@@ -99,6 +105,7 @@ idlewatcher:
       proxmox: { node: pve, vmid: 101 }
       upstream: "10.0.0.5:5432"
       health: { tcp: true }
+      stop_method: stop
     - name: whoami
       hosts: ["whoami.localhost", "Who.localhost"]
       docker: { container: whoami }
@@ -125,6 +132,20 @@ fn full_config_resolves_every_key() {
     assert_eq!(g.docker_host.as_deref(), Some("tcp://127.0.0.1:2375"));
     assert_eq!(g.tick, Duration::from_millis(500));
     assert_eq!(g.max_concurrent_stops, 4);
+    let proxmox = g.proxmox.as_ref().expect("the proxmox section");
+    assert_eq!(proxmox.url, "https://pve.lan:8006");
+    assert_eq!(proxmox.token_id, "root@pam!idlewatcher");
+    assert_eq!(
+        proxmox.token_secret,
+        TokenSecret::Inline("not-a-real-secret".into())
+    );
+    let mut pin = [0u8; 32];
+    for chunk in pin.chunks_mut(8) {
+        chunk.copy_from_slice(&[0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89]);
+    }
+    assert_eq!(proxmox.trust, PveTrust::Fingerprint(pin));
+    assert_eq!(proxmox.poll, Duration::from_secs(5));
+    assert!(!format!("{proxmox:?}").contains("not-a-real-secret"));
     let db = RouteConfig {
         name: "db".into(),
         hosts: vec!["db.localhost".into()],
@@ -140,7 +161,7 @@ fn full_config_resolves_every_key() {
         health: HealthCheck::Tcp,
         idle_timeout: Duration::from_secs(300),
         wake_timeout: Duration::from_secs(180),
-        stop_method: StopMethod::Pause,
+        stop_method: StopMethod::Stop,
         stop_signal: Some("SIGTERM".into()),
         stop_timeout: Duration::from_secs(30),
         max_waiters: 50,
@@ -1381,4 +1402,150 @@ fn a_route_built_from_plain_pairs_parses() {
         the(&e, Some("container w"), "port").to_string(),
         r#"route "container w": key "port": expected an integer in 1..=65535, got "http""#
     );
+}
+
+/// A `proxmox:` section with `keys` (each `key: value`, one per line) and one Proxmox route.
+fn proxmox(keys: &str, route_extra: &str) -> String {
+    let mut text = String::from("idlewatcher:\n  proxmox:\n");
+    for line in keys.lines().filter(|l| !l.trim().is_empty()) {
+        text.push_str("    ");
+        text.push_str(line.trim());
+        text.push('\n');
+    }
+    text.push_str("  routes:\n    - name: ct\n      hosts: [ct.localhost]\n      proxmox: { node: pve1, vmid: 101 }\n      port: 80\n");
+    for line in route_extra.lines().filter(|l| !l.trim().is_empty()) {
+        text.push_str("      ");
+        text.push_str(line.trim());
+        text.push('\n');
+    }
+    text
+}
+
+const PVE_OK: &str =
+    "url: https://pve.lan:8006\ntoken_id: root@pam!iw\ntoken_secret: s3cret\ninsecure: true\n";
+
+#[test]
+fn a_proxmox_section_resolves_with_defaults() {
+    let config = valid(&proxmox(PVE_OK, ""));
+    let p = config.gateway.proxmox.expect("section");
+    assert_eq!(p.trust, PveTrust::Insecure);
+    assert_eq!(p.poll, Duration::from_secs(2));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pve.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let text = proxmox(
+        &PVE_OK.replace(
+            "token_secret: s3cret",
+            &format!("token_secret_file: \"{}\"", secret.display()),
+        ),
+        "",
+    );
+    let p = valid(&text).gateway.proxmox.expect("section");
+    assert_eq!(p.token_secret, TokenSecret::File(secret));
+}
+
+#[test]
+fn every_proxmox_section_error_names_its_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "url: http://pve.lan:8006\ntoken_id: a@pam!b\ntoken_secret: x\ninsecure: true",
+            "idlewatcher.proxmox.url",
+            "must be an https:// URL",
+        ),
+        (
+            "url: https://pve.lan:8006/api2/json\ntoken_id: a@pam!b\ntoken_secret: x\ninsecure: true",
+            "idlewatcher.proxmox.url",
+            "just https://host[:port]",
+        ),
+        (
+            "url: https://pve.lan\ntoken_id: root@pam\ntoken_secret: x\ninsecure: true",
+            "idlewatcher.proxmox.token_id",
+            "user@realm!name",
+        ),
+        (
+            "url: https://pve.lan\ntoken_id: a@pam!b\ninsecure: true",
+            "idlewatcher.proxmox.token_secret",
+            "set token_secret or token_secret_file",
+        ),
+        (
+            "url: https://pve.lan\ntoken_id: a@pam!b\ntoken_secret: x\ntoken_secret_file: /x\ninsecure: true",
+            "idlewatcher.proxmox.token_secret_file",
+            "both set",
+        ),
+        (
+            "url: https://pve.lan\ntoken_id: a@pam!b\ntoken_secret_file: /nonexistent/pve.secret\ninsecure: true",
+            "idlewatcher.proxmox.token_secret_file",
+            "cannot read \"/nonexistent/pve.secret\"",
+        ),
+        (
+            "url: https://pve.lan\ntoken_id: a@pam!b\ntoken_secret: x",
+            "idlewatcher.proxmox.ca_file",
+            "set ca_file",
+        ),
+        (
+            "url: https://pve.lan\ntoken_id: a@pam!b\ntoken_secret: x\ninsecure: true\nfingerprint: ab",
+            "idlewatcher.proxmox.insecure",
+            "fingerprint and insecure are both set; set exactly one of ca_file, fingerprint, insecure",
+        ),
+        (
+            "url: https://pve.lan\ntoken_id: a@pam!b\ntoken_secret: x\nfingerprint: ab:cd",
+            "idlewatcher.proxmox.fingerprint",
+            "64 hex digits",
+        ),
+        (
+            "url: https://pve.lan\ntoken_id: a@pam!b\ntoken_secret: x\ninsecure: false",
+            "idlewatcher.proxmox.insecure",
+            "no way to trust",
+        ),
+        (
+            "url: https://pve.lan\ntoken_id: a@pam!b\ntoken_secret: x\nca_file: /nonexistent/ca.pem",
+            "idlewatcher.proxmox.ca_file",
+            "cannot read",
+        ),
+        (
+            "token_id: a@pam!b\ntoken_secret: x\ninsecure: true",
+            "idlewatcher.proxmox.url",
+            "required key is missing",
+        ),
+        (
+            "url: https://pve.lan\ntoken_id: a@pam!b\ntoken_secret: x\ninsecure: true\npoll: 0s",
+            "idlewatcher.proxmox.poll",
+            "greater than 0",
+        ),
+        (
+            "url: https://pve.lan\ntoken_id: a@pam!b\ntoken_secret: x\ninsecure: true\nrealm: pam",
+            "idlewatcher.proxmox.realm",
+            "unknown key",
+        ),
+    ];
+    for (keys, key, message) in cases {
+        let e = errors(&proxmox(keys, ""));
+        has(&e, None, key, message);
+        assert!(
+            e.iter().all(|e| e.line.is_some()),
+            "{}",
+            ConfigErrors(e.clone())
+        );
+    }
+}
+
+#[test]
+fn proxmox_routes_need_the_section_and_cannot_pause() {
+    let text = proxmox(PVE_OK, "").replace(
+        "  proxmox:\n    url: https://pve.lan:8006\n    token_id: root@pam!iw\n    token_secret: s3cret\n    insecure: true\n",
+        "",
+    );
+    assert!(!text.contains("token_id"), "{text}");
+    let e = errors(&text);
+    has(&e, Some("ct"), "proxmox", "no idlewatcher.proxmox section");
+    at(&the(&e, Some("ct"), "proxmox"), 5, 16);
+
+    let e = errors(&proxmox(PVE_OK, "stop_method: pause"));
+    has(
+        &e,
+        Some("ct"),
+        "stop_method",
+        "LXC suspend is an experimental CRIU checkpoint",
+    );
+    assert_eq!(e.len(), 1, "{}", ConfigErrors(e.clone()));
 }

@@ -388,3 +388,73 @@ pub(crate) fn condition_name(condition: DependencyCondition) -> &'static str {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// The PVE API's base URL: `https://host[:port]`, nothing after the authority but an optional
+/// `/` (the API paths are ours to add). Plain `http` is refused: the token would travel in clear.
+pub(crate) fn pve_url(node: Node) -> Result<String, String> {
+    let url = non_empty(node)?;
+    let trimmed = url.trim().trim_end_matches('/');
+    let Some(authority) = trimmed.strip_prefix("https://") else {
+        return Err(format!(
+            "\"{url}\" must be an https:// URL such as \"https://pve.lan:8006\" (the API token must not travel in clear)"
+        ));
+    };
+    if authority.is_empty() || authority.contains('/') || authority.contains(char::is_whitespace) {
+        return Err(format!(
+            "\"{url}\" must be just https://host[:port], e.g. \"https://pve.lan:8006\""
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+/// A PVE API token id, `user@realm!name` (as `pveum user token add` shows it).
+pub(crate) fn pve_token_id(node: Node) -> Result<String, String> {
+    let id = non_empty(node)?;
+    let shape = || -> Option<()> {
+        let (user_realm, name) = id.split_once('!')?;
+        let (user, realm) = user_realm.rsplit_once('@')?;
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| !c.is_whitespace() && !c.is_control() && c != '!' && c != '=')
+        };
+        (ok(user) && ok(realm) && ok(name) && !realm.contains('@')).then_some(())
+    };
+    match shape() {
+        Some(()) => Ok(id),
+        None => Err(format!(
+            "\"{id}\" is not an API token id: expected user@realm!name, e.g. \"root@pam!idlewatcher\""
+        )),
+    }
+}
+
+/// A SHA-256 fingerprint: 32 bytes in hex, with or without `:` between them (the PVE GUI shows
+/// `AB:CD:…`), any case.
+pub(crate) fn sha256_fingerprint(node: Node) -> Result<[u8; 32], String> {
+    let text = non_empty(node)?;
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    let bad = || {
+        format!(
+            "\"{text}\" is not a SHA-256 fingerprint: expected 64 hex digits, optionally as AB:CD:…"
+        )
+    };
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// A file that must exist now (a secret, a CA bundle): a missing file is a configuration error,
+/// not a start-up surprise.
+pub(crate) fn existing_file(node: Node) -> Result<std::path::PathBuf, String> {
+    let path = std::path::PathBuf::from(non_empty(node)?);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(path),
+        Ok(_) => Err(format!("\"{}\" is not a file", path.display())),
+        Err(e) => Err(format!("cannot read \"{}\": {e}", path.display())),
+    }
+}

@@ -15,6 +15,7 @@
 
 pub mod docker;
 mod family;
+pub mod proxmox;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -25,7 +26,7 @@ pub use family::{Connect, FamilyKind, ProviderFamily};
 
 /// Every provider family this build knows. Adding a provider is a folder in `providers/` plus
 /// one line here; assembly and `-t` loop over this list and name no family.
-pub static FAMILIES: &[&FamilyKind] = &[&docker::FAMILY];
+pub static FAMILIES: &[&FamilyKind] = &[&docker::FAMILY, &proxmox::FAMILY];
 
 /// The family a backend belongs to, if this build has it.
 pub fn family_of(backend: &crate::config::BackendConfig) -> Option<&'static FamilyKind> {

@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod docker;
 pub mod gateway;
+pub mod pve;
 
 /// Sends the library's `tracing` output to the test harness (shown for failed tests, or with
 /// `--nocapture`); level from `RUST_LOG`, default `info`. Safe to call from every test.
