@@ -9,6 +9,7 @@
 //! [`BackendObserver::observe`] — see [`docker::DockerEvents`].
 
 pub mod docker;
+pub mod fake;
 
 use std::net::IpAddr;
 use std::time::Duration;
