@@ -365,30 +365,8 @@ async fn address_in_host_none_and_shared_network_modes() {
     drop(sidecar); // before its network owner
 }
 
-#[tokio::test]
-async fn a_missing_container_is_not_found() {
-    let docker = connect(None).await.unwrap();
-    let p = DockerProvider::new(docker, &unique_name("missing"));
-    assert_eq!(p.status().await.unwrap(), BackendStatus::Missing);
-    let checks = [
-        ("start", p.start().await),
-        ("stop", p.stop(None, Duration::from_secs(1)).await),
-        (
-            "stop+signal",
-            p.stop(Some("SIGINT"), Duration::from_secs(1)).await,
-        ),
-        ("kill", p.kill(None).await),
-        ("pause", p.pause().await),
-        ("unpause", p.unpause().await),
-        ("address", p.address().await.map(|_| ())),
-    ];
-    for (what, result) in checks {
-        match result {
-            Err(ProviderError::NotFound { backend }) => assert_eq!(backend, p.describe()),
-            other => panic!("{what}: expected NotFound, got {other:?}"),
-        }
-    }
-}
+// A missing container answering NotFound to every call is one of the provider contract's checks
+// (`tests/provider_contract.rs`, `a_missing_backend_is_not_found`), run against Docker there.
 
 #[tokio::test]
 async fn events_follow_changes_made_by_hand() {

@@ -32,6 +32,14 @@ async fn a_dependency_is_woken_and_healthy_first() {
         .await
         .expect("answered");
     assert_eq!(answer.text().await.expect("body"), INDEX_BODY);
+    // `docker events` may deliver the starts a moment after the answer.
+    for counter in [&db_events, &app_events] {
+        assert!(
+            counter.wait_for("start", Duration::from_secs(5)).await,
+            "{:?}",
+            counter.actions()
+        );
+    }
     assert_eq!(db_events.count("start"), 1, "{:?}", db_events.actions());
     assert_eq!(app_events.count("start"), 1, "{:?}", app_events.actions());
     let started = |counter: &EventCounter| {
