@@ -17,7 +17,9 @@ use common::http::{http_get, md5_hex, send_raw};
 use common::image::{HTTP_PORT, INDEX_BODY};
 use common::recorder::{Recorder, SOON};
 use idlewatcher::providers::docker::{connect, DockerEvents, DockerProvider};
-use idlewatcher::providers::{BackendEvent, BackendStatus, Provider, ProviderError};
+use idlewatcher::providers::{
+    BackendEvent, BackendObserver, BackendStatus, Provider, ProviderError,
+};
 
 async fn provider_for(container: &TestContainer) -> DockerProvider {
     common::init_tracing();
@@ -396,6 +398,49 @@ async fn events_follow_changes_made_by_hand() {
     at = recorder.expect_from(at, Started).await;
     c.kill("SIGKILL").await;
     recorder.expect_from(at, Stopped).await;
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .expect("run ends on shutdown")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_container_watched_while_the_stream_runs_is_resynced_and_followed_and_unwatched() {
+    let first = TestContainer::http("watch-first").await;
+    let later = TestContainer::http("watch-later").await;
+    let first_recorder = Arc::new(Recorder::default());
+    let events = DockerEvents::new(connect(None).await.unwrap());
+    events.watch(&first.name, first_recorder.clone());
+    let (stop, run) = spawn_events(events.clone());
+    use BackendEvent::*;
+    first_recorder
+        .expect_from(0, Resync(BackendStatus::Stopped))
+        .await;
+
+    // Watched after the stream connected (a route added at run time): its status at once.
+    later.start().await;
+    let recorder = Arc::new(Recorder::default());
+    events.watch(&later.name, recorder.clone());
+    let mut at = recorder
+        .expect_from(0, Resync(BackendStatus::Running))
+        .await;
+    later.stop().await;
+    at = recorder.expect_from(at, Stopped).await;
+
+    // Unwatched (a route removed): told nothing more, while the other container still is.
+    let observer: Arc<dyn BackendObserver> = recorder.clone();
+    events.unwatch(&later.name, &observer);
+    later.start().await;
+    first.start().await;
+    first_recorder.expect_from(1, Started).await;
+    assert_eq!(
+        recorder.all().len(),
+        at,
+        "unwatched, yet told: {:?}",
+        recorder.all()
+    );
 
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(2), run)
