@@ -184,9 +184,89 @@ fn strip_port(host: &[u8]) -> &[u8] {
     name.strip_suffix(b".").unwrap_or(name)
 }
 
+/// Routes over fake backends, for the unit tests of the layers that use routes.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Route;
+    use crate::backend::{BackendSettings, Upstream, UpstreamTarget, Watcher};
+    use crate::config::{HealthCheck, StopMethod};
+    use crate::idle::IdleClock;
+    use crate::providers::fake::FakeEngine;
+
+    /// A route named `name` over the stopped fake backend `name` of `engine`, whose upstream is
+    /// 127.0.0.1:`port` (the fake listens there while running, if told to), holding at most
+    /// `max_waiters` requests, with a `wake_timeout` of `wake_timeout`.
+    pub(crate) fn route(
+        engine: &Arc<FakeEngine>,
+        name: &str,
+        port: u16,
+        max_waiters: usize,
+        wake_timeout: Duration,
+    ) -> Arc<Route> {
+        engine.create(name).unwrap();
+        let upstream = Arc::new(Upstream::new(
+            UpstreamTarget::Fixed(format!("127.0.0.1:{port}")),
+            HealthCheck::Tcp,
+        ));
+        let watcher = Watcher::new(
+            0,
+            Arc::new(engine.provider(name)),
+            BackendSettings {
+                idle_ticks: 0,
+                wake_timeout,
+                stop_method: StopMethod::Stop,
+                stop_signal: None,
+                stop_timeout: Duration::from_secs(1),
+                retry_backoff: Duration::from_secs(1),
+            },
+            Vec::new(),
+            vec![Arc::clone(&upstream)],
+            IdleClock::new(Duration::from_secs(1)),
+        );
+        Arc::new(Route::new(
+            name.into(),
+            watcher,
+            upstream,
+            None,
+            false,
+            max_waiters,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::strip_port;
+    use super::testing::route;
+    use super::{strip_port, LiveRoutes, RouteTable};
+    use crate::providers::fake::FakeEngine;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_request_keeps_the_route_it_matched_when_the_table_is_replaced() {
+        let engine = FakeEngine::new();
+        let old = route(&engine, "old", 1, 10, Duration::from_secs(1));
+        let live = LiveRoutes::new(RouteTable::new(vec![(old, vec!["App.Test".into()])]));
+        // A request matches (host case and port ignored) and keeps its route.
+        let kept = Arc::clone(live.load().by_host("app.test:8080").unwrap());
+        assert_eq!(kept.name, "old");
+        // A reload puts another route in force for the same host, with one store.
+        let new = route(&engine, "new", 2, 10, Duration::from_secs(1));
+        let replaced = live.replace(RouteTable::new(vec![(new, vec!["app.test".into()])]));
+        assert_eq!(live.load().by_host("app.test").unwrap().name, "new");
+        assert_eq!(
+            live.load().by_name("new").map(|r| r.name.as_str()),
+            Some("new")
+        );
+        assert!(live.load().by_name("old").is_none());
+        // The request in flight still has the old route, and so does the old snapshot.
+        assert_eq!(kept.name, "old");
+        assert!(Arc::ptr_eq(&kept, replaced.by_host("app.test").unwrap()));
+        assert_eq!(live.snapshot().len(), 1);
+    }
 
     #[test]
     fn ports_and_trailing_dots_are_ignored() {

@@ -93,3 +93,104 @@ pub async fn enter_window(
         .await
         .map_err(|_| watcher.timed_out())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::fake::FakeEngine;
+    use crate::routes::testing::route;
+    use std::future::pending;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test]
+    async fn a_held_request_is_admitted_once_ready_with_a_window_place() {
+        let engine = FakeEngine::new();
+        let port = free_port();
+        let app = route(&engine, "app", port, 10, Duration::from_secs(5));
+        engine.listen_on("app", port).unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        match hold_until_admitted(&app, shutdown, pending::<()>()).await {
+            HoldOutcome::Admitted(admission) => {
+                assert!(app.watcher.is_ready());
+                assert_eq!(app.watcher.in_flight(), 1, "the admission keeps it awake");
+                drop(admission);
+                assert_eq!(app.watcher.in_flight(), 0);
+            }
+            _ => panic!("not admitted"),
+        }
+        assert_eq!(engine.calls("app").starts, 1);
+    }
+
+    #[tokio::test]
+    async fn beyond_max_waiters_nothing_is_waited_for() {
+        let engine = FakeEngine::new();
+        let app = route(&engine, "app", free_port(), 1, Duration::from_secs(5));
+        let _held = app.hold().unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        let outcome = hold_until_admitted(&app, shutdown, pending::<()>()).await;
+        assert!(matches!(outcome, HoldOutcome::Full));
+        assert_eq!(
+            engine.calls("app").starts,
+            0,
+            "nothing woken for a refused request"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_gives_its_place_back_and_the_wake_goes_on() {
+        let engine = FakeEngine::new();
+        let app = route(&engine, "app", free_port(), 1, Duration::from_secs(5));
+        let (_stop, shutdown) = watch::channel(false);
+        let left = async { tokio::time::sleep(Duration::from_millis(20)).await };
+        let outcome = hold_until_admitted(&app, shutdown, left).await;
+        assert!(matches!(outcome, HoldOutcome::ClientLeft(())));
+        assert!(app.hold().is_some(), "the place was given back");
+        assert_eq!(
+            engine.calls("app").starts,
+            1,
+            "the wake itself was not cancelled"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_deadline_and_shutdown_end_a_hold_with_a_failure() {
+        let engine = FakeEngine::new();
+        // Nothing listens at the upstream: the backend never becomes ready.
+        let app = route(&engine, "app", free_port(), 10, Duration::from_millis(200));
+        let (_stop, shutdown) = watch::channel(false);
+        match hold_until_admitted(&app, shutdown, pending::<()>()).await {
+            HoldOutcome::Failed(failure) => {
+                assert!(
+                    failure
+                        .to_string()
+                        .contains("did not become ready within 200ms"),
+                    "{failure}"
+                )
+            }
+            _ => panic!("not failed"),
+        }
+        let other = route(&engine, "other", free_port(), 10, Duration::from_secs(30));
+        let (stop, shutdown) = watch::channel(false);
+        let hold = tokio::spawn({
+            let other = Arc::clone(&other);
+            async move {
+                matches!(
+                    hold_until_admitted(&other, shutdown, pending::<()>()).await,
+                    HoldOutcome::Failed(WakeFailure::ShuttingDown)
+                )
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stop.send_replace(true);
+        assert!(hold.await.unwrap(), "shutdown ends the hold at once");
+    }
+}

@@ -1,13 +1,16 @@
 //! Issue 3 acceptance: the loading page in a real browser (headless Chromium through
 //! chromedriver), against the real gateway and the real Docker engine.
+#![allow(clippy::unwrap_used, unreachable_pub)] // A test: a failed unwrap is a failed test; helpers are shared.
 
 mod common;
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::browser::Browser;
-use common::docker::{EventCounter, TestContainer, INDEX_BODY};
+use common::container::TestContainer;
+use common::engine::EventCounter;
 use common::gateway::{one_route, Gateway};
+use common::image::INDEX_BODY;
 
 /// The timestamp (ms since the epoch) of the newest `kind` event in the route's history.
 async fn event_millis(gateway: &Gateway, host: &str, kind: &str) -> f64 {
@@ -31,8 +34,8 @@ async fn event_millis(gateway: &Gateway, host: &str, kind: &str) -> f64 {
 async fn the_loading_page_follows_the_wake_and_lands_on_the_backend_page() {
     // A backend that takes ~2 s to listen, so the page has something to show.
     let container =
-        TestContainer::with_cmd_async("page-ok", &["sh", "-c", "sleep 2; exec /bin/serve"]).await;
-    let gateway = Gateway::start(&one_route("pageok", &container.name, ""));
+        TestContainer::with_cmd("page-ok", &["sh", "-c", "sleep 2; exec /bin/serve"]).await;
+    let gateway = Gateway::start(&one_route("pageok", &container.name, "")).await;
     let browser = Browser::start().await;
     let url = gateway.url("pageok.test", "/");
     browser.client.goto(&url).await.expect("navigation");
@@ -84,13 +87,14 @@ async fn the_loading_page_follows_the_wake_and_lands_on_the_backend_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_wake_shows_the_reason_and_retry_starts_a_new_wake() {
     // A backend whose process exits at once: every wake fails, quickly.
-    let container = TestContainer::with_cmd_async("page-fail", &["sh", "-c", "exit 3"]).await;
+    let container = TestContainer::with_cmd("page-fail", &["sh", "-c", "exit 3"]).await;
     let engine = EventCounter::new(&container.name);
     let gateway = Gateway::start(&one_route(
         "pagefail",
         &container.name,
         "      wake_timeout: 10s\n      retry_backoff: 1s\n",
-    ));
+    ))
+    .await;
     let browser = Browser::start().await;
     browser
         .client
@@ -119,7 +123,7 @@ async fn a_failed_wake_shows_the_reason_and_retry_starts_a_new_wake() {
     );
     assert!(
         engine
-            .wait_for_count_async("start", 1, Duration::from_secs(5))
+            .wait_for_count("start", 1, Duration::from_secs(5))
             .await
     );
     assert_eq!(engine.count("start"), 1);
@@ -134,7 +138,7 @@ async fn a_failed_wake_shows_the_reason_and_retry_starts_a_new_wake() {
     retry.click().await.expect("click");
     assert!(
         engine
-            .wait_for_count_async("start", 2, Duration::from_secs(10))
+            .wait_for_count("start", 2, Duration::from_secs(10))
             .await,
         "no new start after retry: {:?}",
         engine.actions()
@@ -149,7 +153,7 @@ async fn a_hostile_route_name_is_shown_as_text() {
         "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes:\n    - name: '{hostile}'\n      hosts: [\"hostile.test\"]\n      docker: {{ container: idlewatcher-test-no-such-container }}\n      port: 80\n",
         hostile = hostile.replace('\'', "''")
     );
-    let gateway = Gateway::start(&config);
+    let gateway = Gateway::start(&config).await;
     // On a 320 px wide phone screen, to check the layout too.
     let browser = Browser::start_narrow(320).await;
     browser

@@ -2,6 +2,7 @@
 //! (non-zero exit, stderr naming the route and the key), and the gateway itself, run on the same
 //! file, exits non-zero without ever opening its listener. No Docker needed: a bad config is
 //! rejected before the engine is contacted, and `-t` never contacts it.
+#![allow(clippy::unwrap_used, unreachable_pub)] // A test: a failed unwrap is a failed test; helpers are shared.
 
 mod common;
 

@@ -1,67 +1,29 @@
 //! The Docker provider and the Docker event source against the real engine.
 //!
 //! Every test makes its own uniquely named containers of the busybox test image (see
-//! `common::docker`); they are removed when the test ends, also on failure, so the tests run in
+//! `common::container`); they are removed when the test ends, also on failure, so the tests run in
 //! parallel with each other and with other test binaries.
+#![allow(clippy::unwrap_used, unreachable_pub)] // A test: a failed unwrap is a failed test; helpers are shared.
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::docker::{EngineProxy, EventCounter, TestContainer, INDEX_BODY};
+use common::container::{unique_name, TestContainer};
+use common::engine::{EngineProxy, EventCounter};
+use common::http::{http_get, md5_hex, send_raw};
+use common::image::{HTTP_PORT, INDEX_BODY};
+use common::recorder::{Recorder, SOON};
 use idlewatcher::providers::docker::{connect, DockerEvents, DockerProvider};
 use idlewatcher::providers::{
     BackendEvent, BackendObserver, BackendStatus, Provider, ProviderError,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Generous bound for anything the engine does at once (2 shared cores, parallel tests).
-const SOON: Duration = Duration::from_secs(15);
 
 async fn provider_for(container: &TestContainer) -> DockerProvider {
     common::init_tracing();
     DockerProvider::new(connect(None).await.expect("engine"), &container.name)
-}
-
-/// Records what an event source delivers and lets a test wait for it.
-#[derive(Default)]
-struct Recorder {
-    events: Mutex<Vec<BackendEvent>>,
-    notify: tokio::sync::Notify,
-}
-
-impl BackendObserver for Recorder {
-    fn observe(&self, event: BackendEvent) {
-        self.events.lock().unwrap().push(event);
-        self.notify.notify_waiters();
-    }
-}
-
-impl Recorder {
-    fn all(&self) -> Vec<BackendEvent> {
-        self.events.lock().unwrap().clone()
-    }
-
-    /// Waits for `want` at index `from` or later; returns the index after it.
-    async fn expect_from(&self, from: usize, want: BackendEvent) -> usize {
-        let deadline = tokio::time::Instant::now() + SOON;
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(i) = self.all().iter().skip(from).position(|e| *e == want) {
-                return from + i + 1;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "no {want:?} at or after #{from} within {SOON:?}; got {:?}",
-                    self.all()
-                );
-            }
-        }
-    }
 }
 
 /// Spawns `events.run` with a shutdown switch.
@@ -76,23 +38,11 @@ fn spawn_events(
     (stop, tokio::spawn(events.run(shutdown)))
 }
 
-async fn http_get(addr: IpAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect((addr, 80))
-        .await
-        .expect("connect");
-    let request = format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
 #[tokio::test]
 async fn connect_accepts_every_host_form_and_negotiates() {
     let docker = connect(None).await.expect("default engine");
     let version = docker.client_version();
-    let server =
-        common::docker::docker_async(&["version", "--format", "{{.Server.APIVersion}}"]).await;
+    let server = common::engine::docker(&["version", "--format", "{{.Server.APIVersion}}"]).await;
     assert_eq!(
         version.to_string(),
         server,
@@ -128,24 +78,24 @@ async fn connect_accepts_every_host_form_and_negotiates() {
 
 #[tokio::test]
 async fn status_follows_the_container_lifecycle() {
-    let c = TestContainer::http_async("status").await;
+    let c = TestContainer::http("status").await;
     let p = provider_for(&c).await;
     assert_eq!(p.describe(), format!("docker container \"{}\"", c.name));
 
     assert_eq!(p.status().await.unwrap(), BackendStatus::Stopped, "created");
-    c.start_async().await;
+    c.start().await;
     assert_eq!(p.status().await.unwrap(), BackendStatus::Running);
-    c.pause_async().await;
+    c.pause().await;
     assert_eq!(p.status().await.unwrap(), BackendStatus::Paused);
-    c.unpause_async().await;
-    c.stop_async().await;
-    assert_eq!(c.status_async().await, "exited");
+    c.unpause().await;
+    c.stop().await;
+    assert_eq!(c.status().await, "exited");
     assert_eq!(p.status().await.unwrap(), BackendStatus::Stopped);
-    c.remove_async().await;
+    c.remove().await;
     assert_eq!(p.status().await.unwrap(), BackendStatus::Missing);
 
     // By id (full and short) too.
-    let d = TestContainer::http_async("status-id").await;
+    let d = TestContainer::http("status-id").await;
     let docker = connect(None).await.unwrap();
     for reference in [d.id(), d.id()[..12].to_string()] {
         let by_id = DockerProvider::new(docker.clone(), &reference);
@@ -155,41 +105,41 @@ async fn status_follows_the_container_lifecycle() {
 
 #[tokio::test]
 async fn start_is_idempotent_and_unpauses() {
-    let c = TestContainer::http_async("start").await;
+    let c = TestContainer::http("start").await;
     let p = provider_for(&c).await;
     let events = EventCounter::new(&c.name);
 
     p.start().await.expect("start");
-    assert_eq!(c.status_async().await, "running");
+    assert_eq!(c.status().await, "running");
     p.start().await.expect("start on a running container (304)");
-    let addr = c.wait_http_async(SOON).await;
-    let page = http_get(addr.ip(), "/").await;
+    let addr = c.wait_http(SOON).await;
+    let page = http_get(addr, "/").await;
     assert!(page.ends_with(INDEX_BODY), "{page}");
 
-    c.pause_async().await;
+    c.pause().await;
     p.start().await.expect("start on a paused container");
-    assert_eq!(c.status_async().await, "running");
-    assert!(events.wait_for_async("unpause", SOON).await);
+    assert_eq!(c.status().await, "running");
+    assert!(events.wait_for("unpause", SOON).await);
     assert_eq!(events.count("start"), 1, "{:?}", events.actions());
 }
 
 #[tokio::test]
 async fn stop_without_signal_uses_the_default_and_the_timeout() {
     // Handles SIGTERM: stops at once.
-    let graceful = TestContainer::http_async("stop-term").await;
-    graceful.start_async().await;
-    graceful.wait_http_async(SOON).await;
+    let graceful = TestContainer::http("stop-term").await;
+    graceful.start().await;
+    graceful.wait_http(SOON).await;
     let p = provider_for(&graceful).await;
     let began = Instant::now();
     p.stop(None, Duration::from_secs(10)).await.expect("stop");
     let took = began.elapsed();
     assert!(took < Duration::from_secs(5), "graceful stop took {took:?}");
-    assert_eq!(graceful.status_async().await, "exited");
-    assert_eq!(graceful.exit_code(), 0);
+    assert_eq!(graceful.status().await, "exited");
+    assert_eq!(graceful.exit_code().await, 0);
 
     // Ignores SIGTERM: killed once the timeout is over.
-    let stubborn = TestContainer::ignoring_sigterm("stop-stubborn");
-    stubborn.start_async().await;
+    let stubborn = TestContainer::ignoring_sigterm("stop-stubborn").await;
+    stubborn.start().await;
     let p = provider_for(&stubborn).await;
     let began = Instant::now();
     p.stop(None, Duration::from_secs(2)).await.expect("stop");
@@ -199,13 +149,13 @@ async fn stop_without_signal_uses_the_default_and_the_timeout() {
         "did not wait: {took:?}"
     );
     assert!(took < Duration::from_secs(8), "waited too long: {took:?}");
-    assert_eq!(stubborn.exit_code(), 137, "SIGKILLed");
+    assert_eq!(stubborn.exit_code().await, 137, "SIGKILLed");
 
     // Already stopped, and never started: success.
     p.stop(None, Duration::from_secs(2))
         .await
         .expect("stop again");
-    let created = TestContainer::http_async("stop-created").await;
+    let created = TestContainer::http("stop-created").await;
     provider_for(&created)
         .await
         .stop(None, Duration::from_secs(2))
@@ -216,9 +166,9 @@ async fn stop_without_signal_uses_the_default_and_the_timeout() {
 #[tokio::test]
 async fn stop_with_signal_sends_it_and_honours_the_timeout() {
     // Exits 42 on SIGINT, ignores SIGTERM (PID 1 without a handler).
-    let c = TestContainer::exiting_on_async("stop-int", "INT", 42).await;
-    c.start_async().await;
-    c.wait_for_log_async("ready", SOON).await;
+    let c = TestContainer::exiting_on("stop-int", "INT", 42).await;
+    c.start().await;
+    c.wait_for_log("ready", SOON).await;
     let p = provider_for(&c).await;
     let events = EventCounter::new(&c.name);
     let began = Instant::now();
@@ -227,9 +177,13 @@ async fn stop_with_signal_sends_it_and_honours_the_timeout() {
         .expect("stop with SIGINT");
     let took = began.elapsed();
     assert!(took < Duration::from_secs(5), "SIGINT stop took {took:?}");
-    assert_eq!(c.status_async().await, "exited");
-    assert_eq!(c.exit_code(), 42, "the trap ran: SIGINT was delivered");
-    assert!(events.wait_for_async("die", SOON).await);
+    assert_eq!(c.status().await, "exited");
+    assert_eq!(
+        c.exit_code().await,
+        42,
+        "the trap ran: SIGINT was delivered"
+    );
+    assert!(events.wait_for("die", SOON).await);
     let signals: Vec<String> = events
         .events()
         .iter()
@@ -239,8 +193,8 @@ async fn stop_with_signal_sends_it_and_honours_the_timeout() {
     assert_eq!(signals, ["2"], "only SIGINT, no SIGKILL");
 
     // The wrong signal: ignored, so the timeout runs out and SIGKILL follows.
-    c.start_async().await;
-    c.wait_for_log_async("ready", SOON).await;
+    c.start().await;
+    c.wait_for_log("ready", SOON).await;
     let began = Instant::now();
     p.stop(Some("SIGTERM"), Duration::from_secs(2))
         .await
@@ -251,7 +205,7 @@ async fn stop_with_signal_sends_it_and_honours_the_timeout() {
         "did not wait: {took:?}"
     );
     assert!(took < Duration::from_secs(8), "waited too long: {took:?}");
-    assert_eq!(c.exit_code(), 137);
+    assert_eq!(c.exit_code().await, 137);
 
     // Already stopped: success.
     p.stop(Some("SIGINT"), Duration::from_secs(1))
@@ -261,12 +215,12 @@ async fn stop_with_signal_sends_it_and_honours_the_timeout() {
 
 #[tokio::test]
 async fn stop_a_paused_container() {
-    let a = TestContainer::http_async("stop-paused-a").await;
-    let b = TestContainer::http_async("stop-paused-b").await;
+    let a = TestContainer::http("stop-paused-a").await;
+    let b = TestContainer::http("stop-paused-b").await;
     for c in [&a, &b] {
-        c.start_async().await;
-        c.wait_http_async(SOON).await;
-        c.pause_async().await;
+        c.start().await;
+        c.wait_http(SOON).await;
+        c.pause().await;
     }
     // Both handle SIGTERM once thawed: neither may sit out the timeout.
     let began = Instant::now();
@@ -282,51 +236,51 @@ async fn stop_a_paused_container() {
         .expect("stop paused, explicit signal");
     let took = began.elapsed();
     assert!(took < Duration::from_secs(8), "paused stops took {took:?}");
-    assert_eq!(a.status_async().await, "exited");
-    assert_eq!(b.status_async().await, "exited");
+    assert_eq!(a.status().await, "exited");
+    assert_eq!(b.status().await, "exited");
 }
 
 #[tokio::test]
 async fn kill_sends_the_signal() {
-    let c = TestContainer::exiting_on_async("kill-usr1", "USR1", 7).await;
-    c.start_async().await;
-    c.wait_for_log_async("ready", SOON).await;
+    let c = TestContainer::exiting_on("kill-usr1", "USR1", 7).await;
+    c.start().await;
+    c.wait_for_log("ready", SOON).await;
     let p = provider_for(&c).await;
     p.kill(Some("SIGUSR1")).await.expect("kill USR1");
     let deadline = Instant::now() + SOON;
-    while c.status_async().await != "exited" {
+    while c.status().await != "exited" {
         assert!(Instant::now() < deadline, "USR1 did not end it");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(c.exit_code(), 7);
+    assert_eq!(c.exit_code().await, 7);
     p.kill(None).await.expect("kill a stopped container");
 
-    let stubborn = TestContainer::ignoring_sigterm("kill-default");
-    stubborn.start_async().await;
+    let stubborn = TestContainer::ignoring_sigterm("kill-default").await;
+    stubborn.start().await;
     let p = provider_for(&stubborn).await;
     p.kill(None).await.expect("kill (SIGKILL)");
     let deadline = Instant::now() + SOON;
-    while stubborn.status_async().await != "exited" {
+    while stubborn.status().await != "exited" {
         assert!(Instant::now() < deadline, "SIGKILL did not end it");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(stubborn.exit_code(), 137);
+    assert_eq!(stubborn.exit_code().await, 137);
 }
 
 #[tokio::test]
 async fn pause_and_unpause_are_idempotent() {
-    let c = TestContainer::http_async("pause").await;
+    let c = TestContainer::http("pause").await;
     let p = provider_for(&c).await;
     p.start().await.unwrap();
     p.pause().await.expect("pause");
-    assert_eq!(c.status_async().await, "paused");
+    assert_eq!(c.status().await, "paused");
     p.pause().await.expect("pause a paused container");
     p.unpause().await.expect("unpause");
-    assert_eq!(c.status_async().await, "running");
+    assert_eq!(c.status().await, "running");
     p.unpause().await.expect("unpause a running container");
-    c.wait_http_async(SOON).await;
+    c.wait_http(SOON).await;
 
-    c.stop_async().await;
+    c.stop().await;
     p.pause()
         .await
         .expect("pause a stopped container: already asleep");
@@ -338,13 +292,13 @@ async fn pause_and_unpause_are_idempotent() {
         matches!(&err, ProviderError::Api { action: "unpause", message, .. } if !message.is_empty()),
         "{err:?}"
     );
-    assert_eq!(c.status_async().await, "exited");
+    assert_eq!(c.status().await, "exited");
 }
 
 #[tokio::test]
 async fn address_is_read_again_after_every_start() {
-    let a = TestContainer::http_async("addr-a").await;
-    let b = TestContainer::http_async("addr-b").await;
+    let a = TestContainer::http("addr-a").await;
+    let b = TestContainer::http("addr-b").await;
     let p = provider_for(&a).await;
     let err = p.address().await.unwrap_err();
     assert!(
@@ -354,9 +308,11 @@ async fn address_is_read_again_after_every_start() {
 
     p.start().await.unwrap();
     let first = p.address().await.expect("address");
-    assert_eq!(first, a.ip_async().await);
-    a.wait_http_async(SOON).await;
-    assert!(http_get(first, "/").await.ends_with(INDEX_BODY));
+    assert_eq!(first, a.ip().await);
+    a.wait_http(SOON).await;
+    assert!(http_get(SocketAddr::new(first, HTTP_PORT), "/")
+        .await
+        .ends_with(INDEX_BODY));
 
     // Free the address, let another container take it, start again.
     p.stop(None, Duration::from_secs(5)).await.unwrap();
@@ -365,11 +321,11 @@ async fn address_is_read_again_after_every_start() {
         matches!(err, ProviderError::NoAddress { .. }),
         "stopped: {err:?}"
     );
-    b.start_async().await;
+    b.start().await;
     p.start().await.unwrap();
     let second = p.address().await.expect("address after restart");
-    assert_eq!(second, a.ip_async().await, "the engine's current address");
-    assert_ne!(second, b.ip_async().await);
+    assert_eq!(second, a.ip().await, "the engine's current address");
+    assert_ne!(second, b.ip().await);
     eprintln!("address before restart {first}, after {second}");
 }
 
@@ -378,9 +334,9 @@ async fn address_in_host_none_and_shared_network_modes() {
     let host = TestContainer::builder("addr-host")
         .network("host")
         .cmd(&["sleep", "3600"])
-        .create_async()
+        .create()
         .await;
-    host.start_async().await;
+    host.start().await;
     assert_eq!(
         provider_for(&host).await.address().await.unwrap(),
         IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -389,56 +345,34 @@ async fn address_in_host_none_and_shared_network_modes() {
     let none = TestContainer::builder("addr-none")
         .network("none")
         .cmd(&["sleep", "3600"])
-        .create_async()
+        .create()
         .await;
-    none.start_async().await;
+    none.start().await;
     let err = provider_for(&none).await.address().await.unwrap_err();
     assert!(matches!(err, ProviderError::NoAddress { .. }), "{err:?}");
     assert!(err.to_string().contains(&none.name), "{err}");
 
-    let owner = TestContainer::http_async("addr-owner").await;
-    owner.start_async().await;
+    let owner = TestContainer::http("addr-owner").await;
+    owner.start().await;
     let sidecar = TestContainer::builder("addr-sidecar")
         .network(&format!("container:{}", owner.name))
         .cmd(&["sleep", "3600"])
-        .create_async()
+        .create()
         .await;
-    sidecar.start_async().await;
+    sidecar.start().await;
     assert_eq!(
         provider_for(&sidecar).await.address().await.unwrap(),
-        owner.ip_async().await
+        owner.ip().await
     );
     drop(sidecar); // before its network owner
 }
 
-#[tokio::test]
-async fn a_missing_container_is_not_found() {
-    let docker = connect(None).await.unwrap();
-    let p = DockerProvider::new(docker, &common::docker::unique_name("missing"));
-    assert_eq!(p.status().await.unwrap(), BackendStatus::Missing);
-    let checks = [
-        ("start", p.start().await),
-        ("stop", p.stop(None, Duration::from_secs(1)).await),
-        (
-            "stop+signal",
-            p.stop(Some("SIGINT"), Duration::from_secs(1)).await,
-        ),
-        ("kill", p.kill(None).await),
-        ("pause", p.pause().await),
-        ("unpause", p.unpause().await),
-        ("address", p.address().await.map(|_| ())),
-    ];
-    for (what, result) in checks {
-        match result {
-            Err(ProviderError::NotFound { backend }) => assert_eq!(backend, p.describe()),
-            other => panic!("{what}: expected NotFound, got {other:?}"),
-        }
-    }
-}
+// A missing container answering NotFound to every call is one of the provider contract's checks
+// (`tests/provider_contract.rs`, `a_missing_backend_is_not_found`), run against Docker there.
 
 #[tokio::test]
 async fn events_follow_changes_made_by_hand() {
-    let c = TestContainer::http_async("events").await;
+    let c = TestContainer::http("events").await;
     let recorder = Arc::new(Recorder::default());
     let events = DockerEvents::new(connect(None).await.unwrap());
     events.watch(&c.name, recorder.clone());
@@ -448,21 +382,21 @@ async fn events_follow_changes_made_by_hand() {
     let mut at = recorder
         .expect_from(0, Resync(BackendStatus::Stopped))
         .await;
-    c.start_async().await;
+    c.start().await;
     at = recorder.expect_from(at, Started).await;
-    c.pause_async().await;
+    c.pause().await;
     at = recorder.expect_from(at, Stopped).await;
-    c.unpause_async().await;
+    c.unpause().await;
     at = recorder.expect_from(at, Started).await;
-    c.stop_async().await;
+    c.stop().await;
     at = recorder.expect_from(at, Stopped).await;
-    c.remove_async().await;
+    c.remove().await;
     at = recorder.expect_from(at, Removed).await;
-    c.recreate_async().await;
+    c.recreate().await;
     at = recorder.expect_from(at, Created).await;
-    c.start_async().await;
+    c.start().await;
     at = recorder.expect_from(at, Started).await;
-    c.kill("SIGKILL");
+    c.kill("SIGKILL").await;
     recorder.expect_from(at, Stopped).await;
 
     stop.send(true).unwrap();
@@ -473,14 +407,57 @@ async fn events_follow_changes_made_by_hand() {
 }
 
 #[tokio::test]
+async fn a_container_watched_while_the_stream_runs_is_resynced_and_followed_and_unwatched() {
+    let first = TestContainer::http("watch-first").await;
+    let later = TestContainer::http("watch-later").await;
+    let first_recorder = Arc::new(Recorder::default());
+    let events = DockerEvents::new(connect(None).await.unwrap());
+    events.watch(&first.name, first_recorder.clone());
+    let (stop, run) = spawn_events(events.clone());
+    use BackendEvent::*;
+    first_recorder
+        .expect_from(0, Resync(BackendStatus::Stopped))
+        .await;
+
+    // Watched after the stream connected (a route added at run time): its status at once.
+    later.start().await;
+    let recorder = Arc::new(Recorder::default());
+    events.watch(&later.name, recorder.clone());
+    let mut at = recorder
+        .expect_from(0, Resync(BackendStatus::Running))
+        .await;
+    later.stop().await;
+    at = recorder.expect_from(at, Stopped).await;
+
+    // Unwatched (a route removed): told nothing more, while the other container still is.
+    let observer: Arc<dyn BackendObserver> = recorder.clone();
+    events.unwatch(&later.name, &observer);
+    later.start().await;
+    first.start().await;
+    first_recorder.expect_from(1, Started).await;
+    assert_eq!(
+        recorder.all().len(),
+        at,
+        "unwatched, yet told: {:?}",
+        recorder.all()
+    );
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .expect("run ends on shutdown")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn resync_on_connect_reports_every_state() {
-    let running = TestContainer::http_async("resync-running").await;
-    let paused = TestContainer::http_async("resync-paused").await;
-    let created = TestContainer::http_async("resync-created").await;
-    running.start_async().await;
-    paused.start_async().await;
-    paused.pause_async().await;
-    let missing = common::docker::unique_name("resync-missing");
+    let running = TestContainer::http("resync-running").await;
+    let paused = TestContainer::http("resync-paused").await;
+    let created = TestContainer::http("resync-created").await;
+    running.start().await;
+    paused.start().await;
+    paused.pause().await;
+    let missing = unique_name("resync-missing");
 
     let events = DockerEvents::new(connect(None).await.unwrap());
     let cases = [
@@ -508,8 +485,8 @@ async fn resync_on_connect_reports_every_state() {
 
 #[tokio::test]
 async fn one_stream_serves_many_containers_and_observers() {
-    let a = TestContainer::http_async("many-a").await;
-    let b = TestContainer::http_async("many-b").await;
+    let a = TestContainer::http("many-a").await;
+    let b = TestContainer::http("many-b").await;
     let by_name = Arc::new(Recorder::default());
     let by_short_id = Arc::new(Recorder::default());
     let by_full_id = Arc::new(Recorder::default());
@@ -528,13 +505,13 @@ async fn one_stream_serves_many_containers_and_observers() {
     for r in [&by_name, &by_short_id, &by_full_id, &other] {
         r.expect_from(0, Resync(BackendStatus::Stopped)).await;
     }
-    a.start_async().await;
+    a.start().await;
     for r in [&by_name, &by_short_id, &by_full_id] {
         r.expect_from(1, Started).await;
     }
-    b.start_async().await;
+    b.start().await;
     other.expect_from(1, Started).await;
-    b.stop_async().await;
+    b.stop().await;
     other.expect_from(2, Stopped).await;
     // a's observers saw only a's start.
     for r in [&by_name, &by_short_id, &by_full_id] {
@@ -554,7 +531,7 @@ async fn one_stream_serves_many_containers_and_observers() {
 
 #[tokio::test]
 async fn reconnects_and_resyncs_after_the_stream_breaks() {
-    let c = TestContainer::http_async("reconnect").await;
+    let c = TestContainer::http("reconnect").await;
     let proxy = EngineProxy::start().await;
     let recorder = Arc::new(Recorder::default());
     let events = DockerEvents::new(connect(Some(&proxy.host)).await.unwrap());
@@ -574,7 +551,7 @@ async fn reconnects_and_resyncs_after_the_stream_breaks() {
 
     // Engine unreachable while the container starts: the change is not lost.
     proxy.set_up(false);
-    c.start_async().await;
+    c.start().await;
     tokio::time::sleep(Duration::from_millis(700)).await; // a few failed attempts
     assert!(
         !recorder.all()[at..].contains(&Resync(BackendStatus::Running)),
@@ -587,7 +564,7 @@ async fn reconnects_and_resyncs_after_the_stream_breaks() {
         .await;
 
     // And the stream works again.
-    c.stop_async().await;
+    c.stop().await;
     recorder.expect_from(at, Stopped).await;
 
     // Shutdown while reconnecting is prompt too.
@@ -602,7 +579,7 @@ async fn reconnects_and_resyncs_after_the_stream_breaks() {
 
 #[tokio::test]
 async fn shutdown_ends_run_promptly() {
-    let c = TestContainer::http_async("shutdown").await;
+    let c = TestContainer::http("shutdown").await;
     let recorder = Arc::new(Recorder::default());
     let events = DockerEvents::new(connect(None).await.unwrap());
     events.watch(&c.name, recorder.clone());
@@ -638,84 +615,69 @@ async fn a_signalled_stop_is_not_undone_by_a_restart_policy() {
             "-c",
             "trap 'exit 42' INT; echo ready; sleep 3600 & wait",
         ])
-        .create_async()
+        .create()
         .await;
-    c.start_async().await;
-    c.wait_for_log_async("ready", SOON).await;
+    c.start().await;
+    c.wait_for_log("ready", SOON).await;
     provider_for(&c)
         .await
         .stop(Some("SIGINT"), Duration::from_secs(5))
         .await
         .expect("stop");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(c.status_async().await, "exited", "restarted by its policy");
-    assert_eq!(c.exit_code(), 42);
+    assert_eq!(c.status().await, "exited", "restarted by its policy");
+    assert_eq!(c.exit_code().await, 42);
 }
 
 /// The fixtures themselves: the image serves its page, the CGI checks a large body, the event
-/// counter follows a name through recreation (plain sync test: the sync API).
-#[test]
-fn fixtures_work() {
-    let c = TestContainer::http("fixtures");
+/// counter follows a name through recreation.
+#[tokio::test]
+async fn fixtures_work() {
+    let c = TestContainer::http("fixtures").await;
     let events = EventCounter::new(&c.name);
-    c.start();
-    let addr = c.wait_http(SOON);
-    assert_eq!(c.base_url(), format!("http://{addr}"));
+    c.start().await;
+    let addr = c.wait_http(SOON).await;
+    assert_eq!(c.base_url().await, format!("http://{addr}"));
 
     let body: Vec<u8> = (0..1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let expected = {
-        use std::io::Write;
-        let mut md5 = std::process::Command::new("md5sum")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("md5sum on the host");
-        md5.stdin.take().unwrap().write_all(&body).unwrap();
-        let out = md5.wait_with_output().unwrap();
-        let out = String::from_utf8(out.stdout).unwrap();
-        format!("{} {}", out.split_whitespace().next().unwrap(), body.len())
-    };
+    let expected = format!("{} {}", md5_hex(&body).await, body.len());
     let response = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
         let head = format!(
             "POST /cgi-bin/sum HTTP/1.0\r\nHost: t\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(&body).unwrap();
-        let mut response = String::new();
-        s.read_to_string(&mut response).unwrap();
-        response
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&body);
+        String::from_utf8(send_raw(addr, &request).await).unwrap()
     };
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("text/plain"), "{response}");
     assert_eq!(response.rsplit("\r\n\r\n").next().unwrap().trim(), expected);
 
-    assert!(events.wait_for("start", SOON));
+    assert!(events.wait_for("start", SOON).await);
     let first_id = c.id();
-    c.recreate();
+    c.recreate().await;
     assert_ne!(c.id(), first_id);
-    c.start();
+    c.start().await;
     assert!(
-        events.wait_for_count("start", 2, SOON),
+        events.wait_for_count("start", 2, SOON).await,
         "{:?}",
         events.actions()
     );
     assert_eq!(events.count("create"), 1, "{:?}", events.actions());
     assert_eq!(events.count("destroy"), 1, "{:?}", events.actions());
-    assert_eq!(c.status(), "running");
-    c.remove();
-    assert_eq!(c.status(), "missing");
+    assert_eq!(c.status().await, "running");
+    c.remove().await;
+    assert_eq!(c.status().await, "missing");
 }
 
 #[tokio::test]
 async fn an_idle_stream_outlives_the_request_timeout() {
     // bollard's request timeout bounds the wait for response headers, not a streaming body: a
     // quiet event stream must not be cut (and resynced) every `timeout`.
-    let c = TestContainer::http_async("idle-stream").await;
+    let c = TestContainer::http("idle-stream").await;
     let recorder = Arc::new(Recorder::default());
     let docker = connect(None)
         .await
@@ -728,7 +690,7 @@ async fn an_idle_stream_outlives_the_request_timeout() {
         .expect_from(0, BackendEvent::Resync(BackendStatus::Stopped))
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    c.start_async().await;
+    c.start().await;
     recorder.expect_from(at, BackendEvent::Started).await;
     let resyncs = recorder
         .all()

@@ -1,124 +1,25 @@
 //! Issue 3 acceptance: the `events` SSE endpoint, the internal endpoints, and who gets the
 //! loading page — against the real gateway and the real Docker engine.
+#![allow(clippy::unwrap_used, unreachable_pub)] // A test: a failed unwrap is a failed test; helpers are shared.
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::docker::{EventCounter, TestContainer, INDEX_BODY};
+use common::container::TestContainer;
+use common::engine::EventCounter;
 use common::gateway::{one_route, Gateway};
-use futures_util::StreamExt;
+use common::http::{exchange, SseEvent as Event, SseStream};
+use common::image::INDEX_BODY;
 
 /// A backend that takes about `secs` seconds to start listening (so a wake can be watched).
 async fn slow_backend(prefix: &str, secs: u32) -> TestContainer {
-    TestContainer::with_cmd_async(
+    TestContainer::with_cmd(
         prefix,
         &["sh", "-c", &format!("sleep {secs}; exec /bin/serve")],
     )
     .await
-}
-
-/// One parsed SSE event.
-#[derive(Debug, Clone)]
-struct Event {
-    id: u64,
-    data: serde_json::Value,
-}
-
-impl Event {
-    fn kind(&self) -> &str {
-        self.data["type"].as_str().unwrap_or("")
-    }
-}
-
-/// An open event stream, parsed incrementally.
-struct Subscriber {
-    stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buffer: String,
-    retry_seen: bool,
-    comments: usize,
-}
-
-impl Subscriber {
-    async fn open(gateway: &Gateway, host: &str, last_event_id: Option<u64>) -> Self {
-        Self::open_with(&gateway.client(), gateway, host, last_event_id).await
-    }
-
-    async fn open_with(
-        client: &reqwest::Client,
-        gateway: &Gateway,
-        host: &str,
-        last_event_id: Option<u64>,
-    ) -> Self {
-        let mut request = client.get(gateway.url(host, "/.idlewatcher/events"));
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id.to_string());
-        }
-        let response = request.send().await.expect("events answered");
-        assert_eq!(response.status(), 200);
-        assert_eq!(
-            response.headers()["content-type"],
-            "text/event-stream",
-            "content type"
-        );
-        Self {
-            stream: response.bytes_stream().boxed(),
-            buffer: String::new(),
-            retry_seen: false,
-            comments: 0,
-        }
-    }
-
-    /// The next event, or `None` after `timeout`.
-    async fn next(&mut self, timeout: Duration) -> Option<Event> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut id = None;
-                let mut data = None;
-                for line in block.lines() {
-                    if line.starts_with("retry:") {
-                        self.retry_seen = true;
-                    } else if line.starts_with(':') {
-                        self.comments += 1;
-                    } else if let Some(value) = line.strip_prefix("id: ") {
-                        id = value.trim().parse().ok();
-                    } else if let Some(value) = line.strip_prefix("data: ") {
-                        data = Some(serde_json::from_str(value).expect("data is one JSON object"));
-                    }
-                }
-                match (id, data) {
-                    (Some(id), Some(data)) => return Some(Event { id, data }),
-                    (None, Some(data)) => panic!("an event without id: {data}"),
-                    _ => continue,
-                }
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.stream.next()).await;
-            match chunk {
-                Ok(Some(Ok(bytes))) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
-                _ => return None,
-            }
-        }
-    }
-
-    /// Every event up to and including the first of `kind`.
-    async fn until(&mut self, kind: &str, timeout: Duration) -> Vec<Event> {
-        let deadline = Instant::now() + timeout;
-        let mut events = Vec::new();
-        while let Some(event) = self
-            .next(deadline.saturating_duration_since(Instant::now()))
-            .await
-        {
-            let done = event.kind() == kind;
-            events.push(event);
-            if done {
-                return events;
-            }
-        }
-        panic!("no {kind} event within {timeout:?}; got {events:?}");
-    }
 }
 
 /// Sends a held request in the background (it wakes the backend).
@@ -136,13 +37,13 @@ fn wake_in_background(gateway: &Gateway, host: &str) -> tokio::task::JoinHandle<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_subscriber_gets_the_history_in_order_then_live_events() {
     let container = slow_backend("sse-late", 2).await;
-    let gateway = Gateway::start(&one_route("late", &container.name, ""));
+    let gateway = Gateway::start(&one_route("late", &container.name, "")).await;
     let held = wake_in_background(&gateway, "late.test");
     gateway
         .wait_state("late.test", "starting", Duration::from_secs(10))
         .await;
     // Join mid-wake: `starting` and `container_woke` already happened.
-    let mut early = Subscriber::open(&gateway, "late.test", None).await;
+    let mut early = gateway.subscribe("late.test", None).await;
     let first = early.next(Duration::from_secs(5)).await.expect("history");
     assert_eq!(first.kind(), "starting", "history comes first");
     assert!(early.retry_seen, "retry: is sent once, first");
@@ -169,7 +70,7 @@ async fn a_late_subscriber_gets_the_history_in_order_then_live_events() {
 
     // Resuming with Last-Event-ID returns only what came after it.
     let woke = events[1].id;
-    let mut resumed = Subscriber::open(&gateway, "late.test", Some(woke)).await;
+    let mut resumed = gateway.subscribe("late.test", Some(woke)).await;
     let rest = resumed.until("ready", Duration::from_secs(5)).await;
     let kinds: Vec<&str> = rest.iter().map(Event::kind).collect();
     assert_eq!(kinds, ["waiting_ready", "ready"]);
@@ -184,12 +85,7 @@ async fn a_late_subscriber_gets_the_history_in_order_then_live_events() {
         .send()
         .await
         .expect("events answered");
-    let mut by_query = Subscriber {
-        stream: response.bytes_stream().boxed(),
-        buffer: String::new(),
-        retry_seen: false,
-        comments: 0,
-    };
+    let mut by_query = SseStream::new(response);
     let rest = by_query.until("ready", Duration::from_secs(5)).await;
     assert_eq!(rest.len(), 1, "{rest:?}");
 }
@@ -197,7 +93,7 @@ async fn a_late_subscriber_gets_the_history_in_order_then_live_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_subscribers_all_receive_ready() {
     let container = slow_backend("sse-fan", 2).await;
-    let gateway = Gateway::start(&one_route("fan", &container.name, ""));
+    let gateway = Gateway::start(&one_route("fan", &container.name, "")).await;
     let client = gateway
         .client_builder()
         .pool_max_idle_per_host(0)
@@ -205,7 +101,7 @@ async fn a_thousand_subscribers_all_receive_ready() {
         .expect("client");
     let mut subscribers = Vec::new();
     for _ in 0..1000 {
-        subscribers.push(Subscriber::open_with(&client, &gateway, "fan.test", None).await);
+        subscribers.push(gateway.subscribe_with(&client, "fan.test", None).await);
     }
     let woke_at = Instant::now();
     let held = wake_in_background(&gateway, "fan.test");
@@ -229,25 +125,10 @@ async fn a_thousand_subscribers_all_receive_ready() {
     );
 }
 
-/// Established connections the gateway holds from `client_port` (the server side of it).
-fn server_side_open(gateway: &Gateway, client_port: u16) -> bool {
-    let output = std::process::Command::new("ss")
-        .args(["-tnH", "state", "established"])
-        .output()
-        .expect("ss runs");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let local = format!("127.0.0.1:{}", gateway.address.port());
-    let peer = format!("127.0.0.1:{client_port}");
-    text.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() >= 4 && fields[2] == local && fields[3] == peer
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_delays_nobody_and_its_task_ends_when_it_leaves() {
     let container = slow_backend("sse-stuck", 1).await;
-    let gateway = Gateway::start(&one_route("stuck", &container.name, ""));
+    let gateway = Gateway::start(&one_route("stuck", &container.name, "")).await;
     // A raw client that asks for the stream and then never reads a byte, with a tiny receive
     // buffer so the gateway's writes back up.
     let socket =
@@ -262,7 +143,7 @@ async fn a_subscriber_that_never_reads_delays_nobody_and_its_task_ends_when_it_l
         )
         .expect("request sent");
 
-    let mut reader = Subscriber::open(&gateway, "stuck.test", None).await;
+    let mut reader = gateway.subscribe("stuck.test", None).await;
     let woke_at = Instant::now();
     let held = wake_in_background(&gateway, "stuck.test");
     let events = reader.until("ready", Duration::from_secs(20)).await;
@@ -273,13 +154,13 @@ async fn a_subscriber_that_never_reads_delays_nobody_and_its_task_ends_when_it_l
         "the wake was not delayed by the stuck subscriber"
     );
     assert!(
-        server_side_open(&gateway, port),
+        gateway.holds_connection_from(port).await,
         "the stuck subscriber is still connected"
     );
 
     drop(stuck);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while server_side_open(&gateway, port) {
+    while gateway.holds_connection_from(port).await {
         assert!(
             Instant::now() < deadline,
             "the gateway still holds the departed subscriber's connection"
@@ -290,9 +171,9 @@ async fn a_subscriber_that_never_reads_delays_nobody_and_its_task_ends_when_it_l
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_sends_keepalive_comments() {
-    let container = TestContainer::http_async("sse-keepalive").await;
-    let gateway = Gateway::start(&one_route("keepalive", &container.name, ""));
-    let mut subscriber = Subscriber::open(&gateway, "keepalive.test", None).await;
+    let container = TestContainer::http("sse-keepalive").await;
+    let gateway = Gateway::start(&one_route("keepalive", &container.name, "")).await;
+    let mut subscriber = gateway.subscribe("keepalive.test", None).await;
     // Nothing happens on this route: after 15 s the first keepalive comment arrives.
     assert!(subscriber.next(Duration::from_secs(17)).await.is_none());
     assert!(subscriber.retry_seen);
@@ -302,7 +183,7 @@ async fn the_stream_sends_keepalive_comments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_work_over_http2() {
     let container = slow_backend("sse-h2", 1).await;
-    let gateway = Gateway::start(&one_route("htwo", &container.name, ""));
+    let gateway = Gateway::start(&one_route("htwo", &container.name, "")).await;
     let client = gateway
         .client_builder()
         .http2_prior_knowledge()
@@ -314,12 +195,7 @@ async fn events_work_over_http2() {
         .await
         .expect("events answered over h2c");
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
-    let mut subscriber = Subscriber {
-        stream: response.bytes_stream().boxed(),
-        buffer: String::new(),
-        retry_seen: false,
-        comments: 0,
-    };
+    let mut subscriber = SseStream::new(response);
     let held = wake_in_background(&gateway, "htwo.test");
     let events = subscriber.until("ready", Duration::from_secs(20)).await;
     assert_eq!(events.first().map(Event::kind), Some("starting"));
@@ -335,9 +211,9 @@ async fn events_work_over_http2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_endpoints_never_wake_and_are_served_when_ready() {
-    let container = TestContainer::http_async("internal").await;
+    let container = TestContainer::http("internal").await;
     let engine = EventCounter::new(&container.name);
-    let gateway = Gateway::start(&one_route("internal", &container.name, ""));
+    let gateway = Gateway::start(&one_route("internal", &container.name, "")).await;
     let client = gateway.client();
     for path in [
         "/.idlewatcher/loading.js",
@@ -357,7 +233,7 @@ async fn internal_endpoints_never_wake_and_are_served_when_ready() {
         );
     }
     // The events endpoint too (it stays open: read only its first bytes).
-    let mut subscriber = Subscriber::open(&gateway, "internal.test", None).await;
+    let mut subscriber = gateway.subscribe("internal.test", None).await;
     assert!(subscriber.next(Duration::from_millis(300)).await.is_none());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -409,37 +285,8 @@ enum Answer {
 }
 
 /// Sends a raw HTTP/1.1 request and classifies the answer.
-fn classify(gateway: &Gateway, request: &str) -> (Answer, String) {
-    let mut socket = std::net::TcpStream::connect(gateway.address).expect("connect");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    socket.write_all(request.as_bytes()).expect("sent");
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 8192];
-    loop {
-        match socket.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                answer.extend_from_slice(&buffer[..n]);
-                let text = String::from_utf8_lossy(&answer);
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if answer.len() >= end + 4 + length {
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(&answer).to_string();
+async fn classify(gateway: &Gateway, request: &str) -> (Answer, String) {
+    let text = exchange(gateway.address, request).await;
     let head = text
         .split("\r\n\r\n")
         .next()
@@ -470,7 +317,8 @@ async fn only_browser_navigations_get_the_loading_page() {
         "shapes",
         "idlewatcher-test-no-such-container",
         "      wake_timeout: 2s\n",
-    ));
+    ))
+    .await;
     let navigate =
         "Sec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\nSec-Fetch-Site: none\r\n";
     let html = "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n";
@@ -505,7 +353,7 @@ async fn only_browser_navigations_get_the_loading_page() {
             "{}\r\nHost: shapes.test\r\nConnection: close\r\n\r\n{body}",
             head.trim_end()
         );
-        let (answer, text) = classify(&gateway, &request);
+        let (answer, text) = classify(&gateway, &request).await;
         assert_eq!(answer, expected, "{name}: {text}");
         if answer == LoadingPage {
             assert!(
@@ -529,7 +377,7 @@ async fn hostile_names_stay_text_in_the_page_and_the_events() {
         "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes:\n    - name: '{}'\n      hosts: [\"hostile.test\"]\n      docker: {{ container: idlewatcher-test-no-such-container }}\n      port: 80\n",
         hostile.replace('\'', "''")
     );
-    let gateway = Gateway::start(&config);
+    let gateway = Gateway::start(&config).await;
     let page = gateway
         .client()
         .get(gateway.url("hostile.test", "/"))
@@ -547,7 +395,7 @@ async fn hostile_names_stay_text_in_the_page_and_the_events() {
     );
     assert!(html.contains("&lt;/title&gt;&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&#39;"));
 
-    let mut subscriber = Subscriber::open(&gateway, "hostile.test", None).await;
+    let mut subscriber = gateway.subscribe("hostile.test", None).await;
     let events = subscriber.until("error", Duration::from_secs(10)).await;
     let error = events.last().expect("an error event");
     assert_eq!(

@@ -1,12 +1,16 @@
 //! Issue 4 acceptance: idle backends are put to sleep — against the real Docker engine.
+#![allow(clippy::unwrap_used, unreachable_pub)] // A test: a failed unwrap is a failed test; helpers are shared.
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::docker::{EventCounter, TestContainer, INDEX_BODY};
+use common::container::TestContainer;
+use common::engine::EventCounter;
 use common::gateway::{one_route, Gateway};
+use common::http::read_head;
+use common::image::INDEX_BODY;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The clock's tick in these tests (the default).
 const TICK: Duration = Duration::from_secs(1);
@@ -18,7 +22,7 @@ const SLACK: Duration = Duration::from_millis(1500);
 async fn wait_status(container: &TestContainer, wanted: &str, timeout: Duration) -> Instant {
     let deadline = Instant::now() + timeout;
     loop {
-        let status = container.status_async().await;
+        let status = container.status().await;
         if status == wanted {
             return Instant::now();
         }
@@ -49,7 +53,7 @@ async fn sleeps_after_idle(
     let last_request = Instant::now();
     tokio::time::sleep(IDLE - TICK / 2).await;
     assert_eq!(
-        container.status_async().await,
+        container.status().await,
         "running",
         "asleep before idle_timeout"
     );
@@ -59,10 +63,10 @@ async fn sleeps_after_idle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_stop_method_puts_an_idle_backend_to_sleep() {
-    let paused = TestContainer::http_async("idle-pause").await;
-    let stopped = TestContainer::http_async("idle-stop").await;
+    let paused = TestContainer::http("idle-pause").await;
+    let stopped = TestContainer::http("idle-stop").await;
     // Serves HTTP, and exits with 7 on SIGUSR1.
-    let killed = TestContainer::with_cmd_async(
+    let killed = TestContainer::with_cmd(
         "idle-kill",
         &[
             "sh",
@@ -78,13 +82,17 @@ async fn each_stop_method_puts_an_idle_backend_to_sleep() {
          \x20   - {{ name: kill, hosts: [kill.test], docker: {{ container: {} }}, port: 80, stop_method: kill, stop_signal: SIGUSR1 }}\n",
         paused.name, stopped.name, killed.name
     );
-    let gateway = Gateway::start(&config);
+    let gateway = Gateway::start(&config).await;
     let (pause, stop, kill) = tokio::join!(
         sleeps_after_idle(&gateway, "pause.test", &paused, "paused"),
         sleeps_after_idle(&gateway, "stop.test", &stopped, "exited"),
         sleeps_after_idle(&gateway, "kill.test", &killed, "exited"),
     );
-    assert_eq!(killed.exit_code(), 7, "killed with the configured signal");
+    assert_eq!(
+        killed.exit_code().await,
+        7,
+        "killed with the configured signal"
+    );
     println!(
         "MEASURE idle: last request → asleep: pause {pause:?}, stop {stop:?}, kill {kill:?} \
          (idle_timeout 2s, tick 1s)"
@@ -108,12 +116,13 @@ async fn each_stop_method_puts_an_idle_backend_to_sleep() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_streamed_response_keeps_the_backend_awake() {
-    let container = TestContainer::http_async("idle-stream").await;
+    let container = TestContainer::http("idle-stream").await;
     let gateway = Gateway::start(&one_route(
         "stream",
         &container.name,
         "      idle_timeout: 2s\n",
-    ));
+    ))
+    .await;
     // The CGI streams one line every 0.5 s for 5 s: longer than idle_timeout.
     let mut response = gateway
         .client()
@@ -125,20 +134,12 @@ async fn a_long_streamed_response_keeps_the_backend_awake() {
     let mut lines = 0;
     while let Some(chunk) = response.chunk().await.expect("stream") {
         lines += String::from_utf8_lossy(&chunk).matches('\n').count();
-        assert_eq!(
-            container.status_async().await,
-            "running",
-            "stopped mid-stream"
-        );
+        assert_eq!(container.status().await, "running", "stopped mid-stream");
     }
     assert_eq!(lines, 10);
     let ended = Instant::now();
     tokio::time::sleep(IDLE - TICK / 2).await;
-    assert_eq!(
-        container.status_async().await,
-        "running",
-        "asleep too early"
-    );
+    assert_eq!(container.status().await, "running", "asleep too early");
     let seen = wait_status(&container, "exited", IDLE + 2 * TICK + SLACK).await;
     println!(
         "MEASURE idle: stream end → asleep {:?} (idle_timeout 2s)",
@@ -148,52 +149,39 @@ async fn a_long_streamed_response_keeps_the_backend_awake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_websocket_keeps_the_backend_awake() {
-    let container = TestContainer::http_async("idle-ws").await;
+    let container = TestContainer::http("idle-ws").await;
     // The image's upgrade echo server listens on 81.
     let gateway = Gateway::start(&format!(
         "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes:\n    - name: ws\n      hosts: [ws.test]\n      docker: {{ container: {} }}\n      port: 81\n      idle_timeout: 2s\n      health: {{ tcp: true }}\n",
         container.name
-    ));
-    let address = gateway.address;
-    let mut socket = tokio::task::spawn_blocking(move || {
-        let mut socket = std::net::TcpStream::connect(address).expect("connect");
-        socket
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        socket
-            .write_all(
-                b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            )
-            .expect("request");
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            socket.read_exact(&mut byte).expect("101 head");
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head).to_string();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        socket
-    })
-    .await
-    .expect("upgrade");
+    ))
+    .await;
+    let mut socket = tokio::net::TcpStream::connect(gateway.address)
+        .await
+        .expect("connect");
+    socket
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .expect("request");
+    let head = read_head(&mut socket, Duration::from_secs(20)).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // The connection stays open, silent, for twice the idle timeout.
     tokio::time::sleep(IDLE * 2).await;
     assert_eq!(
-        container.status_async().await,
+        container.status().await,
         "running",
         "slept under an open connection"
     );
-    socket = tokio::task::spawn_blocking(move || {
-        socket.write_all(b"ping\n").expect("send");
-        let mut echo = [0u8; 5];
-        socket.read_exact(&mut echo).expect("echo");
-        assert_eq!(&echo, b"ping\n");
-        socket
-    })
-    .await
-    .expect("echo");
+    socket.write_all(b"ping\n").await.expect("send");
+    let mut echo = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(20), socket.read_exact(&mut echo))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&echo, b"ping\n");
     drop(socket);
     let closed = Instant::now();
     let seen = wait_status(&container, "exited", IDLE + 2 * TICK + SLACK).await;
@@ -206,7 +194,7 @@ async fn an_open_websocket_keeps_the_backend_awake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_during_a_slow_stop_is_answered_after_the_restart() {
     // Serves HTTP and ignores SIGTERM: a stop takes the whole stop_timeout, then SIGKILL.
-    let container = TestContainer::with_cmd_async(
+    let container = TestContainer::with_cmd(
         "idle-slowstop",
         &["sh", "-c", "trap '' TERM; httpd -f -p 80 -h /www & wait"],
     )
@@ -215,7 +203,8 @@ async fn a_request_during_a_slow_stop_is_answered_after_the_restart() {
         "slowstop",
         &container.name,
         "      idle_timeout: 2s\n      stop_timeout: 4s\n      health: { tcp: true }\n",
-    ));
+    ))
+    .await;
     let first = gateway
         .client()
         .get(gateway.url("slowstop.test", "/"))
@@ -240,19 +229,20 @@ async fn a_request_during_a_slow_stop_is_answered_after_the_restart() {
         "MEASURE idle: request during a slow stop answered after {:?}",
         asked.elapsed()
     );
-    assert_eq!(container.status_async().await, "running");
+    assert_eq!(container.status().await, "running");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_started_by_hand_is_idle_timed_too() {
-    let container = TestContainer::http_async("idle-adopt").await;
+    let container = TestContainer::http("idle-adopt").await;
     let engine = EventCounter::new(&container.name);
     let gateway = Gateway::start(&one_route(
         "adopt",
         &container.name,
         "      idle_timeout: 2s\n",
-    ));
-    container.start_async().await;
+    ))
+    .await;
+    container.start().await;
     let started = Instant::now();
     gateway
         .wait_state("adopt.test", "ready", Duration::from_secs(10))

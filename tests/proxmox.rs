@@ -94,7 +94,7 @@ async fn a_stopped_guest_is_started_once_for_500_held_requests_then_proxied() {
     let http = guest_http(101).await;
     fake.add_guest("pve1", 101, Some("127.0.0.1"));
     fake.set_task_time(Duration::from_millis(400));
-    let gateway = Gateway::start(&config(&fake, "2s", &[route(101, http.port, "")]));
+    let gateway = Gateway::start(&config(&fake, "2s", &[route(101, http.port, "")])).await;
     gateway
         .wait_state("ct101.test", "napping", Duration::from_secs(5))
         .await;
@@ -147,7 +147,8 @@ async fn idle_stop_is_one_graceful_shutdown_and_kill_is_one_hard_stop() {
                 "      idle_timeout: 1s\n      stop_method: kill\n",
             ),
         ],
-    ));
+    ))
+    .await;
     for host in ["ct201.test", "ct202.test"] {
         let response = gateway
             .client()
@@ -195,7 +196,8 @@ async fn a_task_with_warnings_succeeds_and_a_failed_task_is_a_named_503_and_back
             route(301, http.port, ""),
             route(302, http.port, "      retry_backoff: 30s\n"),
         ],
-    ));
+    ))
+    .await;
     let client = gateway.client();
     let ok = client
         .get(gateway.url("ct301.test", "/"))
@@ -244,7 +246,7 @@ async fn changes_behind_the_gateways_back_are_followed_within_two_polls() {
     let http = guest_http(401).await;
     fake.add_guest("pve1", 401, Some("127.0.0.1"));
     let poll = Duration::from_millis(500);
-    let gateway = Gateway::start(&config(&fake, "500ms", &[route(401, http.port, "")]));
+    let gateway = Gateway::start(&config(&fake, "500ms", &[route(401, http.port, "")])).await;
     gateway
         .wait_state("ct401.test", "napping", Duration::from_secs(5))
         .await;
@@ -292,7 +294,8 @@ async fn a_locked_guest_is_not_started_and_a_missing_one_is_not_found() {
             route(501, http.port, "      retry_backoff: 100ms\n"),
             route(599, http.port, ""),
         ],
-    ));
+    ))
+    .await;
     tokio::time::sleep(Duration::from_millis(700)).await; // the poller saw the lock
     let client = gateway.client();
     let locked = client
@@ -385,12 +388,13 @@ async fn the_ca_file_is_trusted_and_insecure_is_warned_about() {
     std::fs::write(&ca, &fake.cert_pem).unwrap();
     let pinned = format!("fingerprint: \"{}\"", fake.fingerprint);
     let text = config(&fake, "2s", &[route(801, 9, "")]);
-    let gateway = Gateway::start(&text.replace(&pinned, &format!("ca_file: \"{}\"", ca.display())));
+    let gateway =
+        Gateway::start(&text.replace(&pinned, &format!("ca_file: \"{}\"", ca.display()))).await;
     gateway
         .wait_state("ct801.test", "error", Duration::from_secs(5))
         .await;
     drop(gateway);
-    let gateway = Gateway::start(&text.replace(&pinned, "insecure: true"));
+    let gateway = Gateway::start(&text.replace(&pinned, "insecure: true")).await;
     gateway
         .wait_state("ct801.test", "error", Duration::from_secs(5))
         .await;
@@ -410,7 +414,7 @@ async fn watching_1000_guests_costs_one_api_call_per_poll() {
         })
         .collect();
     let poll = Duration::from_millis(250);
-    let gateway = Gateway::start(&config(&fake, "250ms", &routes));
+    let gateway = Gateway::start(&config(&fake, "250ms", &routes)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (before_total, before_polls) = (fake.total(), fake.count("GET resources"));
     let window = Duration::from_secs(3);
@@ -433,19 +437,9 @@ async fn watching_1000_guests_costs_one_api_call_per_poll() {
 
 /// The family connected straight to `fake` (no gateway), pinned by fingerprint.
 async fn family(fake: &FakePve) -> idlewatcher::providers::proxmox::ProxmoxFamily {
-    use idlewatcher::config::{ProxmoxConfig, PveTrust, TokenSecret};
-    let hex: String = fake.fingerprint.chars().filter(|c| *c != ':').collect();
-    let mut pin = [0u8; 32];
-    for (i, byte) in pin.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-    }
-    idlewatcher::providers::proxmox::ProxmoxFamily::connect(&ProxmoxConfig {
-        url: fake.url(),
-        token_id: TOKEN_ID.into(),
-        token_secret: TokenSecret::Inline(TOKEN_SECRET.into()),
-        trust: PveTrust::Fingerprint(pin),
-        poll: Duration::from_millis(200),
-    })
+    idlewatcher::providers::proxmox::ProxmoxFamily::connect(
+        &fake.config(Duration::from_millis(200)),
+    )
     .await
     .unwrap()
 }

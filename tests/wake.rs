@@ -1,30 +1,29 @@
 //! Issue 2 acceptance: wake on request, end to end, against the real Docker engine.
+#![allow(clippy::unwrap_used, unreachable_pub)] // A test: a failed unwrap is a failed test; helpers are shared.
 
 mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use common::docker::{EventCounter, TestContainer, INDEX_BODY};
+use common::container::TestContainer;
+use common::engine::EventCounter;
 use common::gateway::{one_route, Gateway};
-
-/// The RFC 3339 timestamp of the first event of `kind` in the route's event history.
-async fn event_time(gateway: &Gateway, host: &str, kind: &str) -> Option<SystemTime> {
-    let history = gateway
-        .event_history(host, kind, Duration::from_millis(500))
-        .await;
-    let event = history.iter().find(|event| event["type"] == kind)?;
-    humantime::parse_rfc3339(event["timestamp"].as_str()?).ok()
-}
+use common::http::{
+    expect_index, expect_problem, md5_hex, parse_responses, random_bytes, read_one_response,
+    retry_after, RawAnswers,
+};
+use common::image::INDEX_BODY;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_concurrent_requests_start_the_container_once() {
-    let container = TestContainer::http_async("herd").await;
+    let container = TestContainer::http("herd").await;
     let engine = EventCounter::new(&container.name);
     let gateway = Gateway::start(&one_route(
         "herd",
         &container.name,
         "      max_waiters: 5000\n",
-    ));
+    ))
+    .await;
     let client = gateway.client();
     let url = gateway.url("herd.test", "/");
     let started = Instant::now();
@@ -72,7 +71,8 @@ async fn two_thousand_concurrent_requests_start_the_container_once() {
         "engine events: {:?}",
         engine.actions()
     );
-    let ready = event_time(&gateway, "herd.test", "ready")
+    let ready = gateway
+        .event_time("herd.test", "ready")
         .await
         .expect("a ready event in the history");
     let release = last_answer.duration_since(ready).unwrap_or_default();
@@ -91,13 +91,14 @@ async fn requests_arriving_just_after_a_wake_are_answered_too() {
     // Listens one second after it starts: the first burst is certainly held.
     let container = TestContainer::builder("tail")
         .cmd(&["sh", "-c", "sleep 1; exec /bin/serve"])
-        .create_async()
+        .create()
         .await;
     let gateway = Gateway::start(&one_route(
         "tail",
         &container.name,
         "      max_waiters: 5000\n      wake_timeout: 20s\n",
-    ));
+    ))
+    .await;
     let client = gateway.client();
     let url = gateway.url("tail.test", "/");
     let started = Instant::now();
@@ -138,201 +139,23 @@ async fn requests_arriving_just_after_a_wake_are_answered_too() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------------
-
-/// One GET that must be answered 200 with the backend's index page; otherwise says what came.
-async fn expect_index(
-    client: &reqwest::Client,
-    url: &str,
-    timeout: Duration,
-) -> Result<(), String> {
-    let response = client
-        .get(url)
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let status = response.status().as_u16();
-    match response.text().await {
-        Ok(body) if status == 200 && body == INDEX_BODY => Ok(()),
-        Ok(body) => Err(format!("{status}: {body}")),
-        Err(e) => Err(format!("{status}, body error {e:?}")),
-    }
-}
-
-/// `n` pseudo-random bytes (xorshift64*, seeded from the clock: a different body every run).
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut state = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64
-        | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
-/// The MD5 of `data` in hex, as the test image's CGI computes it (through the host's `md5sum`).
-fn md5_hex(data: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("md5sum runs");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(data)
-        .expect("data written to md5sum");
-    let output = child.wait_with_output().expect("md5sum output");
-    assert!(output.status.success(), "md5sum failed");
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .next()
-        .expect("md5sum printed a sum")
-        .to_string()
-}
-
-/// Asserts `response` is an RFC 9457 problem (`application/problem+json`) with `status`, whose
-/// JSON body repeats the status and has a `detail`. Returns the headers and the body.
-async fn expect_problem(
-    response: reqwest::Response,
-    status: u16,
-) -> (reqwest::header::HeaderMap, serde_json::Value) {
-    let headers = response.headers().clone();
-    let got = response.status().as_u16();
-    let text = response.text().await.expect("a problem body");
-    assert_eq!(got, status, "status; body: {text}");
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    assert!(
-        content_type.starts_with("application/problem+json"),
-        "content-type {content_type:?}; body: {text}"
-    );
-    let body: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("the problem body is not JSON ({e}): {text}"));
-    assert_eq!(body["status"], status, "problem body: {body}");
-    assert!(
-        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "problem without a detail: {body}"
-    );
-    (headers, body)
-}
-
-/// The `Retry-After` header in seconds; panics when it is missing or not a number.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> u64 {
-    let value = headers
-        .get("retry-after")
-        .unwrap_or_else(|| panic!("no Retry-After header in {headers:?}"));
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("Retry-After {value:?} is not a number of seconds"))
-}
-
-/// Decodes a `Transfer-Encoding: chunked` body.
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = raw
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .unwrap_or_else(|| panic!("bad chunked body: {:?}", String::from_utf8_lossy(raw)));
-        let size_text = String::from_utf8_lossy(&raw[..line_end]);
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .unwrap_or_else(|e| panic!("bad chunk size {size_text:?}: {e}"));
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return body;
-        }
-        body.extend_from_slice(&raw[..size]);
-        raw = &raw[size + 2..];
-    }
-}
-
-/// Raw HTTP/1 answers on one connection, parsed.
-struct RawAnswers {
-    /// Status lines of the interim (1xx) answers, in order.
-    interim: Vec<String>,
-    /// The final answer's status line.
-    status_line: String,
-    /// Its body, de-chunked.
-    body: Vec<u8>,
-}
-
-/// Splits raw HTTP/1 response bytes into interim (1xx) answers and the final one.
-fn parse_responses(mut raw: &[u8]) -> RawAnswers {
-    let mut interim = Vec::new();
-    loop {
-        let head_end = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("incomplete response: {:?}", String::from_utf8_lossy(raw)));
-        let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-        raw = &raw[head_end + 4..];
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default().to_string();
-        let code = status_line.split_whitespace().nth(1).unwrap_or_default();
-        if code.starts_with('1') && code != "101" {
-            interim.push(status_line);
-            continue;
-        }
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
-        let body = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            dechunk(raw)
-        } else if let Some(length) = header("content-length") {
-            let length: usize = length.parse().expect("a numeric content-length");
-            raw[..length.min(raw.len())].to_vec()
-        } else {
-            raw.to_vec()
-        };
-        return RawAnswers {
-            interim,
-            status_line,
-            body,
-        };
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // A request body sent while the backend sleeps
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_mib_post_to_a_stopped_container_arrives_intact() {
-    let container = TestContainer::http_async("post").await;
+    let container = TestContainer::http("post").await;
     let engine = EventCounter::new(&container.name);
     let gateway = Gateway::start(&one_route(
         "post",
         &container.name,
         "      wake_timeout: 20s\n",
-    ));
-    assert_eq!(container.status_async().await, "created");
+    ))
+    .await;
+    assert_eq!(container.status().await, "created");
 
     let body = random_bytes(1 << 20);
-    let expected = format!("{} {}\n", md5_hex(&body), body.len());
+    let expected = format!("{} {}\n", md5_hex(&body).await, body.len());
     let response = gateway
         .client()
         .post(gateway.url("post.test", "/cgi-bin/sum"))
@@ -350,7 +173,7 @@ async fn a_one_mib_post_to_a_stopped_container_arrives_intact() {
         "md5 and length of the body the backend received"
     );
     assert!(
-        engine.wait_for_async("start", Duration::from_secs(5)).await,
+        engine.wait_for("start", Duration::from_secs(5)).await,
         "no engine start: {:?}",
         engine.actions()
     );
@@ -365,18 +188,19 @@ async fn expect_100_continue_gets_no_interim_answer_before_the_backend_is_ready(
     // the client waits for its 100 Continue.
     let container = TestContainer::builder("expect")
         .cmd(&["sh", "-c", "sleep 1; exec /bin/serve"])
-        .create_async()
+        .create()
         .await;
     let engine = EventCounter::new(&container.name);
     let gateway = Gateway::start(&one_route(
         "expect",
         &container.name,
         "      wake_timeout: 20s\n",
-    ));
+    ))
+    .await;
     let host = "expect.test";
 
     let body = random_bytes(1 << 20);
-    let expected = format!("{} {}\n", md5_hex(&body), body.len());
+    let expected = format!("{} {}\n", md5_hex(&body).await, body.len());
     let mut stream = tokio::net::TcpStream::connect(gateway.address)
         .await
         .expect("connected to the gateway");
@@ -496,13 +320,14 @@ async fn expect_100_continue_gets_no_interim_answer_before_the_backend_is_ready(
 async fn a_backend_that_never_listens_fails_held_requests_in_time_then_backs_off() {
     // Never listens; exits at once on SIGTERM, so the stop that follows a failed wake (the
     // gateway puts back to sleep what it started) is over well within the backoff.
-    let container = TestContainer::exiting_on_async("deaf", "TERM", 0).await;
+    let container = TestContainer::exiting_on("deaf", "TERM", 0).await;
     let engine = EventCounter::new(&container.name);
     let gateway = Gateway::start(&one_route(
         "deaf",
         &container.name,
         "      wake_timeout: 3s\n      retry_backoff: 2s\n      stop_timeout: 2s\n",
-    ));
+    ))
+    .await;
     let host = "deaf.test";
     let client = gateway.client();
     let url = gateway.url(host, "/");
@@ -631,7 +456,7 @@ async fn a_backend_that_never_listens_fails_held_requests_in_time_then_backs_off
     );
     assert!(
         engine
-            .wait_for_count_async("start", 2, Duration::from_secs(3))
+            .wait_for_count("start", 2, Duration::from_secs(3))
             .await,
         "the new wake did not start the container again: {:?}",
         engine.actions()
@@ -651,13 +476,14 @@ async fn a_backend_that_never_listens_fails_held_requests_in_time_then_backs_off
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_start_endpoint_wakes_the_backend() {
-    let container = TestContainer::http_async("endpoint").await;
+    let container = TestContainer::http("endpoint").await;
     let engine = EventCounter::new(&container.name);
     let gateway = Gateway::start(&one_route(
         "endpoint",
         &container.name,
         "      start_endpoint: /index.html\n      wake_timeout: 20s\n",
-    ));
+    ))
+    .await;
     let host = "endpoint.test";
     let client = gateway.client();
 
@@ -676,13 +502,11 @@ async fn only_the_start_endpoint_wakes_the_backend() {
     );
     // Nothing woke: no start reaches the engine, the container and the route stay asleep.
     assert!(
-        !engine
-            .wait_for_async("start", Duration::from_millis(750))
-            .await,
+        !engine.wait_for("start", Duration::from_millis(750)).await,
         "a 403'd request started the container: {:?}",
         engine.actions()
     );
-    assert_eq!(container.status_async().await, "created");
+    assert_eq!(container.status().await, "created");
     assert_eq!(gateway.status(host).await["state"], "napping");
 
     let response = client
@@ -693,7 +517,7 @@ async fn only_the_start_endpoint_wakes_the_backend() {
         .expect("answered");
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.text().await.expect("a body"), INDEX_BODY);
-    assert_eq!(container.status_async().await, "running");
+    assert_eq!(container.status().await, "running");
     assert_eq!(engine.count("start"), 1, "{:?}", engine.actions());
     // Awake, every path passes.
     let response = client
@@ -711,13 +535,14 @@ async fn only_the_start_endpoint_wakes_the_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn started_stopped_removed_and_recreated_by_hand() {
-    let container = TestContainer::http_async("byhand").await;
+    let container = TestContainer::http("byhand").await;
     let engine = EventCounter::new(&container.name);
     let gateway = Gateway::start(&one_route(
         "byhand",
         &container.name,
         "      wake_timeout: 20s\n",
-    ));
+    ))
+    .await;
     let host = "byhand.test";
     let client = gateway.client();
     let get = || async {
@@ -733,29 +558,29 @@ async fn started_stopped_removed_and_recreated_by_hand() {
     assert_eq!(gateway.status(host).await["state"], "napping");
 
     // Started by hand: adopted (ready) with no start of the gateway's own.
-    container.start_async().await;
+    container.start().await;
     gateway
         .wait_state(host, "ready", Duration::from_secs(10))
         .await;
     assert_eq!(get().await, (200, INDEX_BODY.to_string()));
-    assert!(engine.wait_for_async("start", Duration::from_secs(5)).await);
+    assert!(engine.wait_for("start", Duration::from_secs(5)).await);
     assert!(
         !engine
-            .wait_for_count_async("start", 2, Duration::from_millis(500))
+            .wait_for_count("start", 2, Duration::from_millis(500))
             .await,
         "the gateway started an adopted container again: {:?}",
         engine.actions()
     );
 
     // Stopped by hand: napping; the next request wakes it.
-    container.stop_async().await;
+    container.stop().await;
     gateway
         .wait_state(host, "napping", Duration::from_secs(10))
         .await;
     assert_eq!(get().await, (200, INDEX_BODY.to_string()));
     assert!(
         engine
-            .wait_for_count_async("start", 2, Duration::from_secs(5))
+            .wait_for_count("start", 2, Duration::from_secs(5))
             .await,
         "{:?}",
         engine.actions()
@@ -763,7 +588,7 @@ async fn started_stopped_removed_and_recreated_by_hand() {
     assert_eq!(engine.count("start"), 2, "{:?}", engine.actions());
 
     // Removed: error.
-    container.remove_async().await;
+    container.remove().await;
     gateway
         .wait_state(host, "error", Duration::from_secs(10))
         .await;
@@ -776,12 +601,12 @@ async fn started_stopped_removed_and_recreated_by_hand() {
     );
 
     // Recreated under the same name: the route works again, same gateway.
-    container.recreate_async().await;
+    container.recreate().await;
     assert_eq!(get().await, (200, INDEX_BODY.to_string()));
-    assert_eq!(container.status_async().await, "running");
+    assert_eq!(container.status().await, "running");
     assert!(
         engine
-            .wait_for_count_async("start", 3, Duration::from_secs(5))
+            .wait_for_count("start", 3, Duration::from_secs(5))
             .await,
         "{:?}",
         engine.actions()
@@ -795,9 +620,9 @@ async fn started_stopped_removed_and_recreated_by_hand() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_host_is_404_and_status_never_wakes() {
-    let container = TestContainer::http_async("status").await;
+    let container = TestContainer::http("status").await;
     let engine = EventCounter::new(&container.name);
-    let gateway = Gateway::start(&one_route("status", &container.name, ""));
+    let gateway = Gateway::start(&one_route("status", &container.name, "")).await;
     let client = gateway.client();
 
     let response = client
@@ -846,13 +671,11 @@ async fn unknown_host_is_404_and_status_never_wakes() {
         assert!(body.contains(r#""route":"status""#), "{body}");
     }
     assert!(
-        !engine
-            .wait_for_async("start", Duration::from_millis(750))
-            .await,
+        !engine.wait_for("start", Duration::from_millis(750)).await,
         "the status endpoint started the container: {:?}",
         engine.actions()
     );
-    assert_eq!(container.status_async().await, "created");
+    assert_eq!(container.status().await, "created");
     assert_eq!(gateway.status("status.test").await["state"], "napping");
 }
 
@@ -862,12 +685,13 @@ async fn unknown_host_is_404_and_status_never_wakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_held_request_exits_within_a_few_seconds() {
-    let container = TestContainer::with_cmd_async("term", &["sh", "-c", "sleep 3600"]).await;
+    let container = TestContainer::with_cmd("term", &["sh", "-c", "sleep 3600"]).await;
     // The shipped configuration's shutdown settings (conf/idlewatcher.yaml).
     let mut gateway = Gateway::start(&format!(
         "version: 1\nthreads: 2\ngrace_period_seconds: 1\ngraceful_shutdown_timeout_seconds: 3\n{}",
         one_route("term", &container.name, "      wake_timeout: 60s\n")
-    ));
+    ))
+    .await;
     let client = gateway.client();
     let url = gateway.url("term.test", "/");
     let held = tokio::spawn(async move {
@@ -883,7 +707,7 @@ async fn sigterm_with_a_held_request_exits_within_a_few_seconds() {
         .await;
     assert!(!held.is_finished(), "the request should be held");
 
-    let took = tokio::task::block_in_place(|| gateway.terminate(Duration::from_secs(15)));
+    let took = gateway.terminate(Duration::from_secs(15)).await;
     let took = took.unwrap_or_else(|| {
         panic!(
             "the gateway did not exit within 15 s of SIGTERM:\n{}",
@@ -911,37 +735,6 @@ async fn sigterm_with_a_held_request_exits_within_a_few_seconds() {
 // The early hold (requests held before Pingora reads them)
 // ---------------------------------------------------------------------------------------------
 
-/// Reads one HTTP/1.1 response framed by `Content-Length` from `stream`: (status, body).
-async fn read_one_response(stream: &mut tokio::net::TcpStream) -> (u16, String) {
-    use tokio::io::AsyncReadExt;
-    let mut raw = Vec::new();
-    let read = async {
-        loop {
-            let mut buf = [0u8; 4096];
-            let n = stream.read(&mut buf).await.expect("read from the gateway");
-            assert!(n > 0, "the gateway closed the connection: {raw:?}");
-            raw.extend_from_slice(&buf[..n]);
-            let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|line| line.strip_prefix("content-length:"))
-                .and_then(|value| value.trim().parse().ok())
-                .unwrap_or_else(|| panic!("a response without Content-Length: {head}"));
-            if raw.len() >= end + 4 + length {
-                let status = head[9..12].parse().expect("a status code");
-                let body = String::from_utf8_lossy(&raw[end + 4..end + 4 + length]);
-                return (status, body.into_owned());
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .expect("a response within 30 s")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_client_that_leaves_gives_its_place_back() {
     use tokio::io::AsyncWriteExt;
@@ -949,13 +742,14 @@ async fn a_held_client_that_leaves_gives_its_place_back() {
     // Listens 3 s after it starts: the wake is long enough to see who is held.
     let container = TestContainer::builder("leaver")
         .cmd(&["sh", "-c", "sleep 3; exec /bin/serve"])
-        .create_async()
+        .create()
         .await;
     let gateway = Gateway::start(&one_route(
         "leaver",
         &container.name,
         "      max_waiters: 1\n      wake_timeout: 20s\n",
-    ));
+    ))
+    .await;
     let host = "leaver.test";
     let client = gateway.client();
     let url = gateway.url(host, "/");
@@ -1004,9 +798,9 @@ async fn a_held_client_that_leaves_gives_its_place_back() {
 async fn held_requests_of_any_head_size_are_served_and_their_connections_kept_alive() {
     use tokio::io::AsyncWriteExt;
 
-    let container = TestContainer::http_async("heads").await;
+    let container = TestContainer::http("heads").await;
     let engine = EventCounter::new(&container.name);
-    let gateway = Gateway::start(&one_route("heads", &container.name, ""));
+    let gateway = Gateway::start(&one_route("heads", &container.name, "")).await;
     let host = "heads.test";
 
     // A small head (held before Pingora reads it), the same in two pieces, and one larger than

@@ -1,4 +1,4 @@
-//! How requests enter a backend that just woke: slow start, fail-fast, retries.
+//! How requests enter a backend that just woke: the slow-start window.
 //!
 //! When a wake completes, every held request is released at once. A freshly started server
 //! often has a tiny listen backlog (busybox httpd: 9) and cold caches; thousands of simultaneous

@@ -50,47 +50,25 @@ pub(crate) fn take(route: &Arc<Route>) -> Option<Handover> {
     }
 }
 
-#[cfg(all(test, any()))] // FIXME: enable with the fake provider
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{BackendSettings, Upstream, UpstreamTarget, Watcher};
-    use crate::config::{HealthCheck, StopMethod};
-    use crate::idle::IdleClock;
     use crate::providers::fake::FakeEngine;
+    use crate::routes::testing::route;
     use std::time::Duration;
 
     fn failed() -> Handover {
         Handover::Failed(WakeFailure::ShuttingDown)
     }
 
-    fn route(name: &str) -> Arc<Route> {
-        let engine = FakeEngine::new();
-        engine.create(name);
-        let watcher = Watcher::new(
-            0,
-            Arc::new(engine.provider(name)),
-            BackendSettings {
-                idle_ticks: 0,
-                wake_timeout: Duration::from_secs(1),
-                stop_method: StopMethod::Stop,
-                stop_signal: None,
-                stop_timeout: Duration::from_secs(1),
-                retry_backoff: Duration::from_secs(1),
-            },
-            Vec::new(),
-            Vec::new(),
-            IdleClock::new(Duration::from_secs(1)),
-        );
-        let upstream = Arc::new(Upstream::new(
-            UpstreamTarget::BackendPort(80),
-            HealthCheck::Tcp,
-        ));
-        Arc::new(Route::new(name.into(), watcher, upstream, None, false, 10))
-    }
-
     #[tokio::test]
     async fn a_handover_is_taken_once_by_its_own_route() {
-        let (three, four) = (route("three"), route("four"));
+        let engine = FakeEngine::new();
+        let second = Duration::from_secs(1);
+        let (three, four) = (
+            route(&engine, "three", 1, 10, second),
+            route(&engine, "four", 1, 10, second),
+        );
         assert!(take(&three).is_none(), "outside any held connection");
         scope(Arc::clone(&three), failed(), async {
             assert!(matches!(
@@ -104,7 +82,8 @@ mod tests {
             assert!(take(&four).is_none(), "another route's request");
         })
         .await;
-        let same_name = route("three");
+        let other_engine = FakeEngine::new();
+        let same_name = route(&other_engine, "three", 1, 10, second);
         scope(Arc::clone(&three), failed(), async {
             assert!(
                 take(&same_name).is_none(),

@@ -14,6 +14,7 @@
 //! folder here plus one line in [`FAMILIES`].
 
 pub mod docker;
+pub mod fake;
 mod family;
 pub mod proxmox;
 

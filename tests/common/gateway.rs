@@ -10,19 +10,24 @@
 //!       hosts: [app.test]
 //!       docker: {{ container: {name} }}
 //!       port: 80
-//! "));
+//! ")).await;
 //! let body = gateway.client().get(gateway.url("app.test", "/")).send().await?;
 //! ```
 //!
 //! `@LISTEN@` is replaced by the chosen `127.0.0.1:PORT`. Pingora's server keys are added when the
 //! text has none (`threads: 2`, short shutdown periods). The process gets SIGTERM when the
 //! fixture drops; its log is printed if the test failed.
+//!
+//! Like the other fixtures, it is `async` (it never blocks the test's runtime), except what has
+//! to happen in `Drop`.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::http::SseStream;
 
 /// The gateway binary cargo built for this test run.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_idlewatcher");
@@ -68,12 +73,12 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway on `config` (see the module docs) and waits until it accepts
     /// connections. Panics with the gateway's log if it exits or never listens.
-    pub fn start(config: &str) -> Self {
-        Self::start_with_env(config, &[])
+    pub async fn start(config: &str) -> Self {
+        Self::start_with_env(config, &[]).await
     }
 
     /// Like [`start`](Self::start), with extra environment variables (e.g. `RUST_LOG`).
-    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
         let address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut text = config.replace("@LISTEN@", &address.to_string());
         if !text.contains("\nversion:") && !text.starts_with("version:") {
@@ -100,11 +105,11 @@ impl Gateway {
             dir,
             log_path,
         };
-        gateway.wait_listening(Duration::from_secs(20));
+        gateway.wait_listening(Duration::from_secs(20)).await;
         gateway
     }
 
-    fn wait_listening(&mut self, timeout: Duration) {
+    async fn wait_listening(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -113,7 +118,8 @@ impl Gateway {
                     self.logs()
                 );
             }
-            if TcpStream::connect_timeout(&self.address, Duration::from_millis(100)).is_ok() {
+            let connect = tokio::net::TcpStream::connect(self.address);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(100), connect).await {
                 return;
             }
             if Instant::now() > deadline {
@@ -123,7 +129,7 @@ impl Gateway {
                     self.logs()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -205,6 +211,71 @@ impl Gateway {
             .collect()
     }
 
+    /// The `type`s of the route's event history, read until an event of type `until` arrives or
+    /// `window` passes.
+    pub async fn event_kinds(&self, host: &str, until: &str, window: Duration) -> Vec<String> {
+        self.event_history(host, until, window)
+            .await
+            .iter()
+            .filter_map(|event| event["type"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The timestamp of the first event of `kind` in the route's event history (read for at
+    /// most half a second).
+    pub async fn event_time(&self, host: &str, kind: &str) -> Option<SystemTime> {
+        let history = self
+            .event_history(host, kind, Duration::from_millis(500))
+            .await;
+        let event = history.iter().find(|event| event["type"] == kind)?;
+        humantime::parse_rfc3339(event["timestamp"].as_str()?).ok()
+    }
+
+    /// Opens the route's event stream (`/.idlewatcher/events`), resuming after
+    /// `last_event_id` if given; asserts it is answered 200 as `text/event-stream`.
+    pub async fn subscribe(&self, host: &str, last_event_id: Option<u64>) -> SseStream {
+        self.subscribe_with(&self.client(), host, last_event_id)
+            .await
+    }
+
+    /// [`subscribe`](Self::subscribe) with a client of the test's choosing.
+    pub async fn subscribe_with(
+        &self,
+        client: &reqwest::Client,
+        host: &str,
+        last_event_id: Option<u64>,
+    ) -> SseStream {
+        let mut request = client.get(self.url(host, "/.idlewatcher/events"));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.expect("events answered");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "content type"
+        );
+        SseStream::new(response)
+    }
+
+    /// Whether the gateway holds an established connection from the local port `client_port`
+    /// (its server side, as `ss` lists it).
+    pub async fn holds_connection_from(&self, client_port: u16) -> bool {
+        let output = tokio::process::Command::new("ss")
+            .args(["-tnH", "state", "established"])
+            .output()
+            .await
+            .expect("ss runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let local = format!("127.0.0.1:{}", self.address.port());
+        let peer = format!("127.0.0.1:{client_port}");
+        text.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() >= 4 && fields[2] == local && fields[3] == peer
+        })
+    }
+
     /// The gateway's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -224,11 +295,32 @@ impl Gateway {
         self.dir.path()
     }
 
-    /// Sends SIGTERM and waits for the exit; returns how long it took.
-    pub fn terminate(&mut self, timeout: Duration) -> Option<Duration> {
+    /// Sends SIGTERM and waits for the exit; returns how long it took (`None`: still running
+    /// after `timeout`).
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<Duration> {
         let started = Instant::now();
         if let Ok(Some(_)) = self.child.try_wait() {
             return Some(Duration::ZERO); // Already gone.
+        }
+        let _ = tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .await;
+        while started.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// [`terminate`](Self::terminate) for `Drop`, which cannot await.
+    fn terminate_blocking(&mut self, timeout: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return Some(Duration::ZERO);
         }
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -252,7 +344,7 @@ impl Drop for Gateway {
                 self.logs()
             );
         }
-        if self.terminate(Duration::from_secs(5)).is_none() {
+        if self.terminate_blocking(Duration::from_secs(5)).is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -1,13 +1,31 @@
-//! Utilities shared by the integration tests (`mod common;` in a test file).
+//! Utilities shared by the integration tests (`mod common;` in a test file), one concern a file:
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`image`] | the `FROM scratch` busybox test image |
+//! | [`container`] | throw-away test containers: unique names, the label, cleanup |
+//! | [`engine`] | the `docker` CLI, the engine's events, a severable path to the engine |
+//! | [`gateway`] | running the `idlewatcher` binary |
+//! | [`http`] | raw HTTP/1.1, answer checks, bodies, Server-Sent Events |
+//! | [`pve`] | a fake Proxmox VE API over HTTPS (token auth, UPID tasks, PVE's error shapes) |
+//! | [`recorder`] | a `BackendObserver` that records events |
+//! | [`browser`] | headless Chromium |
+//!
+//! The fixtures are `async` (on `tokio::process` and tokio sockets: they never block the test's
+//! runtime), so tests that use them are `#[tokio::test]`s. Only destructors block, as they must.
 //!
 //! Each integration test binary compiles this module on its own and uses only part of it, so
 //! unused items are expected here rather than warned about.
 #![allow(dead_code)]
 
 pub mod browser;
-pub mod docker;
+pub mod container;
+pub mod engine;
 pub mod gateway;
+pub mod http;
+pub mod image;
 pub mod pve;
+pub mod recorder;
 
 /// Sends the library's `tracing` output to the test harness (shown for failed tests, or with
 /// `--nocapture`); level from `RUST_LOG`, default `info`. Safe to call from every test.

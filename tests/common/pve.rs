@@ -186,6 +186,24 @@ impl FakePve {
         }
     }
 
+    /// The `proxmox:` section for this fake as the library takes it: the right token, the
+    /// certificate pinned by fingerprint, polling every `poll`.
+    pub fn config(&self, poll: Duration) -> idlewatcher::config::ProxmoxConfig {
+        use idlewatcher::config::{ProxmoxConfig, PveTrust, TokenSecret};
+        let hex: String = self.fingerprint.chars().filter(|c| *c != ':').collect();
+        let mut pin = [0u8; 32];
+        for (i, byte) in pin.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex");
+        }
+        ProxmoxConfig {
+            url: self.url(),
+            token_id: TOKEN_ID.into(),
+            token_secret: TokenSecret::Inline(TOKEN_SECRET.into()),
+            trust: PveTrust::Fingerprint(pin),
+            poll,
+        }
+    }
+
     /// `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.address.port())

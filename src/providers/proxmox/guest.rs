@@ -298,6 +298,11 @@ impl Provider for ProxmoxGuest {
     }
 
     async fn pause(&self) -> Result<(), ProviderError> {
+        if self.status().await? == BackendStatus::Missing {
+            return Err(ProviderError::NotFound {
+                backend: self.describe.clone(),
+            });
+        }
         Err(ProviderError::Api {
             action: "pause",
             backend: self.describe.clone(),
@@ -317,6 +322,21 @@ impl Provider for ProxmoxGuest {
         loop {
             if let Some(ip) = self.live_address().await? {
                 return Ok(ip);
+            }
+            // No live address: a guest that is not running has none (its static address is
+            // not served by anything).
+            match self.status().await? {
+                BackendStatus::Running => {}
+                BackendStatus::Missing => {
+                    return Err(ProviderError::NotFound {
+                        backend: self.describe.clone(),
+                    })
+                }
+                _ => {
+                    return Err(ProviderError::NoAddress {
+                        backend: self.describe.clone(),
+                    })
+                }
             }
             if let Some(ip) = self.static_address().await? {
                 return Ok(ip);

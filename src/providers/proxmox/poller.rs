@@ -211,6 +211,8 @@ fn transition(before: Option<BackendStatus>, now: BackendStatus) -> Vec<BackendE
         return Vec::new();
     }
     match (before, now) {
+        // As Docker tells it: a running guest that vanished stopped first.
+        (Running, Missing) => vec![BackendEvent::Stopped, BackendEvent::Removed],
         (_, Missing) => vec![BackendEvent::Removed],
         (Missing, Running) => vec![BackendEvent::Created, BackendEvent::Started],
         (Missing, _) => vec![BackendEvent::Created],
@@ -248,6 +250,10 @@ mod tests {
         );
         assert_eq!(
             transition(Some(Running), Missing),
+            vec![BackendEvent::Stopped, BackendEvent::Removed]
+        );
+        assert_eq!(
+            transition(Some(Stopped), Missing),
             vec![BackendEvent::Removed]
         );
         assert_eq!(
