@@ -39,6 +39,9 @@ struct Resource {
     lock: Option<String>,
 }
 
+/// Everyone watching one guest.
+type Observers = Vec<Arc<dyn BackendObserver>>;
+
 /// What the last poll said about a guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
@@ -49,7 +52,7 @@ struct Seen {
 /// One watched guest.
 struct Watched {
     node: String,
-    observers: Vec<Arc<dyn BackendObserver>>,
+    observers: Observers,
     /// `None`: not seen since watched or since an outage (the next poll resyncs).
     last: Option<Seen>,
 }
@@ -163,7 +166,7 @@ impl Poller {
                 );
             }
         }
-        let mut deliveries: Vec<(Vec<Arc<dyn BackendObserver>>, Vec<BackendEvent>)> = Vec::new();
+        let mut deliveries: Vec<(Observers, Vec<BackendEvent>)> = Vec::new();
         {
             let mut watched = self.watched.lock();
             for (vmid, entry) in watched.iter_mut() {
