@@ -576,3 +576,57 @@ async fn the_poller_resyncs_after_an_outage_and_backs_off() {
     stop.send(true).unwrap();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dependencies_wake_first_and_events_name_the_guest() {
+    common::init_tracing();
+    let fake = FakePve::start().await;
+    let app = guest_http(1001).await;
+    let db = guest_http(1002).await;
+    fake.add_guest("pve1", 1001, Some("127.0.0.1"));
+    fake.add_guest("pve2", 1002, Some("127.0.0.1"));
+    let db_route = route(1002, db.port, "").replace("node: pve1", "node: pve2");
+    let gateway = Gateway::start(&config(
+        &fake,
+        "2s",
+        &[
+            route(
+                1001,
+                app.port,
+                "      depends_on: [\"ct1002:service_healthy\"]\n",
+            ),
+            db_route,
+        ],
+    ))
+    .await;
+    let response = gateway
+        .client()
+        .get(gateway.url("ct1001.test", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", gateway.logs());
+    assert_eq!(response.text().await.unwrap(), "lxc 1001");
+    let starts: Vec<u32> = fake
+        .power_calls()
+        .into_iter()
+        .filter(|(kind, _, _)| kind == "vzstart")
+        .map(|(_, vmid, _)| vmid)
+        .collect();
+    assert_eq!(starts, vec![1002, 1001], "the dependency first");
+    assert!(
+        db.hits.load(Ordering::SeqCst) >= 1,
+        "the dependency was probed healthy"
+    );
+    // The task of a guest on another node is followed on that node (from its UPID).
+    assert_eq!(fake.guest_status(1002).as_deref(), Some("running"));
+    let events = gateway
+        .event_history("ct1001.test", "ready", Duration::from_secs(2))
+        .await;
+    let shown = serde_json::to_string(&events).unwrap();
+    assert!(shown.contains("lxc/1001 on pve1"), "{shown}");
+    assert!(
+        !gateway.logs().contains(TOKEN_SECRET),
+        "the secret is never logged"
+    );
+}
