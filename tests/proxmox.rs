@@ -630,3 +630,44 @@ async fn dependencies_wake_first_and_events_name_the_guest() {
         "the secret is never logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_cluster_view_never_undoes_the_gateways_own_start_or_stop() {
+    common::init_tracing();
+    let fake = FakePve::start().await;
+    let http = guest_http(1101).await;
+    fake.add_guest("pve1", 1101, Some("127.0.0.1"));
+    // pvestatd's view lags: /cluster/resources answers a snapshot up to 1.5 s old.
+    fake.set_resources_staleness(Duration::from_millis(1500));
+    let gateway = Gateway::start(&config(
+        &fake,
+        "200ms",
+        &[route(1101, http.port, "      idle_timeout: 3s\n")],
+    ))
+    .await;
+    gateway
+        .wait_state("ct1101.test", "napping", Duration::from_secs(5))
+        .await;
+    let response = gateway
+        .client()
+        .get(gateway.url("ct1101.test", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", gateway.logs());
+    // The stale "stopped", then the late "running": the route stays ready throughout.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(gateway.status("ct1101.test").await["state"], "ready");
+    }
+    gateway
+        .wait_state("ct1101.test", "napping", Duration::from_secs(6))
+        .await;
+    // The stale "running" after our own stop adopts nothing.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(gateway.status("ct1101.test").await["state"], "napping");
+    }
+    assert_eq!(calls_of(&fake, "vzstart", 1101).len(), 1);
+    assert_eq!(calls_of(&fake, "vzshutdown", 1101).len(), 1);
+}
