@@ -54,10 +54,12 @@ pub enum WakeError {
         last_probe: Option<ProbeError>,
     },
     /// The backend was removed (outside idlewatcher).
-    #[error("{backend}: container removed")]
+    #[error("{backend}: {noun} removed")]
     Removed {
         /// The backend.
         backend: String,
+        /// What its provider calls one backend (`container`, `guest`).
+        noun: &'static str,
     },
     /// A failed wake whose reason is no longer known.
     #[error("the last wake failed")]
@@ -185,6 +187,7 @@ mod tests {
         let backing_off = WakeFailure::BackingOff {
             error: Arc::new(WakeError::Removed {
                 backend: "docker container \"app\"".into(),
+                noun: "container",
             }),
             retry_after: Duration::from_millis(1500),
         };

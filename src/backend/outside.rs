@@ -46,6 +46,7 @@ impl BackendObserver for Watcher {
             ) => {
                 let error = Arc::new(WakeError::Removed {
                     backend: self.backend.clone(),
+                    noun: self.provider.noun(),
                 });
                 control.retry_at = None;
                 self.set_state(&mut control, State::Error, Some(error.clone()));

@@ -756,6 +756,10 @@ impl FakeProvider {
 
 #[async_trait]
 impl Provider for FakeProvider {
+    fn noun(&self) -> &'static str {
+        "container"
+    }
+
     fn describe(&self) -> &str {
         &self.describe
     }

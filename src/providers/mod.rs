@@ -100,6 +100,10 @@ pub enum ProviderError {
 pub trait Provider: Send + Sync + 'static {
     /// A short human description, e.g. `docker container "whoami"`, used in errors and logs.
     fn describe(&self) -> &str;
+    /// What one backend of this kind is called in messages (`container`, `guest`).
+    fn noun(&self) -> &'static str {
+        "backend"
+    }
     /// The backend's current status.
     async fn status(&self) -> Result<BackendStatus, ProviderError>;
     /// Starts a stopped backend. Returns once the manager reports it started.

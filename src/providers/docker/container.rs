@@ -210,6 +210,10 @@ impl DockerProvider {
 
 #[async_trait]
 impl Provider for DockerProvider {
+    fn noun(&self) -> &'static str {
+        "container"
+    }
+
     fn describe(&self) -> &str {
         &self.describe
     }

@@ -242,6 +242,10 @@ fn static_ip(net0: &str) -> Option<IpAddr> {
 
 #[async_trait]
 impl Provider for ProxmoxGuest {
+    fn noun(&self) -> &'static str {
+        "guest"
+    }
+
     fn describe(&self) -> &str {
         &self.describe
     }
