@@ -125,6 +125,7 @@ impl Assembly {
         for index in 0..config.routes.len() {
             built.watcher_for(&plan, index, &mut Vec::new())?;
         }
+        link_dependents(config, &built.by_backend);
         let mut routes = Vec::with_capacity(config.routes.len());
         for (route, upstream) in config.routes.iter().zip(&plan.route_upstreams) {
             let watcher = Arc::clone(&built.by_backend[&route.backend]);
@@ -160,6 +161,39 @@ impl Assembly {
 }
 
 /// Connects every registered family that at least one route uses, each within its timeout.
+/// Gives every dependency its dependents (each dependent backend once, under the name of the
+/// first route that declares the dependency), so it is held awake while they are.
+fn link_dependents(config: &GatewayConfig, by_backend: &HashMap<BackendConfig, Arc<Watcher>>) {
+    let by_name: HashMap<&str, &RouteConfig> = config
+        .routes
+        .iter()
+        .map(|route| (route.name.as_str(), route))
+        .collect();
+    let mut dependents: HashMap<u32, Vec<(String, &Arc<Watcher>)>> = HashMap::new();
+    for route in &config.routes {
+        let Some(dependent) = by_backend.get(&route.backend) else {
+            continue;
+        };
+        for dependency in &route.depends_on {
+            let Some(target) = by_name
+                .get(dependency.route.as_str())
+                .and_then(|target| by_backend.get(&target.backend))
+            else {
+                continue;
+            };
+            let list = dependents.entry(target.id()).or_default();
+            if !list.iter().any(|(_, known)| known.id() == dependent.id()) {
+                list.push((route.name.clone(), dependent));
+            }
+        }
+    }
+    for watcher in by_backend.values() {
+        if let Some(list) = dependents.remove(&watcher.id()) {
+            watcher.set_dependents(list);
+        }
+    }
+}
+
 async fn connect_families(
     config: &GatewayConfig,
 ) -> Result<Vec<Arc<dyn ProviderFamily>>, StartError> {
@@ -224,7 +258,12 @@ impl<'a> Plan<'a> {
                     (None, Some(port)) => UpstreamTarget::BackendPort(port),
                     (None, None) => UpstreamTarget::BackendPort(80),
                 };
-                Arc::new(Upstream::new(target, route.health.clone()))
+                let upstream = Upstream::new(target, route.health.clone());
+                Arc::new(if route.health_set {
+                    upstream
+                } else {
+                    upstream.with_default_health()
+                })
             })
             .collect();
         let mut plan = Plan {
@@ -236,6 +275,11 @@ impl<'a> Plan<'a> {
         };
         for (index, route) in config.routes.iter().enumerate() {
             plan.route_index.insert(route.name.as_str(), index);
+            if route.hosts.is_empty() && route.port.is_none() && route.upstream.is_none() {
+                // Dependency-only, no port: nothing to resolve or probe.
+                plan.upstreams.entry(&route.backend).or_default();
+                continue;
+            }
             plan.upstreams
                 .entry(&route.backend)
                 .or_default()
