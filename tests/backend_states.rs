@@ -953,3 +953,34 @@ async fn the_backends_own_health_check_decides_readiness() {
         .unwrap_err();
     assert!(failure.to_string().contains("no health check"), "{failure}");
 }
+
+#[tokio::test]
+async fn without_a_configured_probe_the_backends_own_health_check_must_pass_too() {
+    use idlewatcher::providers::BackendHealth;
+    let engine = FakeEngine::new();
+    let port = free_port();
+    engine.create("implicit").unwrap();
+    engine.listen_on("implicit", port).unwrap();
+    engine.set_health("implicit", Some(BackendHealth::Starting));
+    let default_probe = Upstream::new(UpstreamTarget::BackendPort(port), HealthCheck::Tcp);
+    let watcher = Watcher::new(
+        0,
+        Arc::new(engine.provider("implicit")),
+        settings(),
+        Vec::new(),
+        vec![Arc::new(default_probe.with_default_health())],
+        IdleClock::new(Duration::from_secs(1)),
+    );
+    let generation = watcher.wake().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        watcher.state(),
+        State::Starting,
+        "the port answers, but the HEALTHCHECK has not passed"
+    );
+    engine.set_health("implicit", Some(BackendHealth::Healthy));
+    watcher
+        .wait_ready(generation, Instant::now() + SOON)
+        .await
+        .expect("ready once healthy");
+}

@@ -187,20 +187,70 @@ async fn docker_health_releases_held_requests_only_once_healthy() {
     ))
     .await;
     get_ok(&gateway, "app.test").await;
-    let healthy = events
-        .events()
-        .iter()
-        .find(|event| event.action.contains("healthy") && !event.action.contains("unhealthy"))
-        .map(|event| event.time_nano)
-        .unwrap_or_else(|| {
-            panic!(
-                "no health_status: healthy before the answer: {:?}",
-                events.actions()
-            )
-        });
+    let answered = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    expect(
+        &events,
+        "health_status: healthy",
+        Duration::from_secs(5),
+        &gateway,
+    )
+    .await;
+    let healthy = first(&events, "health_status: healthy");
+    assert!(
+        healthy <= answered,
+        "answered before the container was healthy"
+    );
     assert!(
         healthy - first(&events, "start") >= 1_900_000_000,
         "healthy after ~2 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_healthy_waits_for_a_dependencys_healthcheck_when_it_has_no_probe() {
+    // db: dependency-only, no `health` set, a HEALTHCHECK that passes 2 s after the start.
+    let db = TestContainer::builder("dep-hc-db")
+        .cmd(&[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; sleep 2; touch /tmp/ok; sleep 3600 & wait",
+        ])
+        .health_cmd("test -f /tmp/ok", Duration::from_millis(200))
+        .arg("--health-start-period")
+        .arg("10s")
+        .create()
+        .await;
+    let app = TestContainer::http("dep-hc-app").await;
+    let db_events = EventCounter::new(&db.name);
+    let app_events = EventCounter::new(&app.name);
+    let gateway = Gateway::start(&format!(
+        "{HEAD}\
+         \x20   - {{ name: db, docker: {{ container: {} }} }}\n\
+         \x20   - {{ name: app, hosts: [app.test], docker: {{ container: {} }}, port: 80, depends_on: [\"db:service_healthy\"] }}\n",
+        db.name, app.name
+    ))
+    .await;
+    get_ok(&gateway, "app.test").await;
+    expect(&app_events, "start", Duration::from_secs(5), &gateway).await;
+    expect(
+        &db_events,
+        "health_status: healthy",
+        Duration::from_secs(5),
+        &gateway,
+    )
+    .await;
+    let healthy = db_events
+        .events()
+        .iter()
+        .find(|event| event.action == "health_status: healthy")
+        .map(|event| event.time_nano)
+        .unwrap_or_else(|| panic!("db never healthy: {:?}", db_events.actions()));
+    assert!(
+        first(&app_events, "start") >= healthy,
+        "the app started before its dependency was healthy"
     );
 }
 
