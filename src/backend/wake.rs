@@ -170,16 +170,6 @@ impl Watcher {
                 _ => return Err(error.into()),
             },
         };
-        let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
-        self.events.push(
-            WakeEventKind::WaitingReady,
-            format!(
-                "Waiting for {} to answer on {}",
-                self.backend,
-                shown.join(", ")
-            ),
-            None,
-        );
         let docker_only = !self.upstreams.is_empty()
             && self
                 .upstreams
@@ -189,6 +179,17 @@ impl Watcher {
             .upstreams
             .iter()
             .any(|upstream| upstream.health == HealthCheck::Docker);
+        let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+        let waiting = if docker_only || shown.is_empty() {
+            format!("Waiting for {} to be ready", self.backend)
+        } else {
+            format!(
+                "Waiting for {} to answer on {}",
+                self.backend,
+                shown.join(", ")
+            )
+        };
+        self.events.push(WakeEventKind::WaitingReady, waiting, None);
         let all_default = self
             .upstreams
             .iter()
