@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{BackendSettings, Upstream, UpstreamTarget, Watcher};
-use crate::config::{BackendConfig, ConfigError, GatewayConfig, RouteConfig};
+use crate::config::{BackendConfig, ConfigError, GatewayConfig, HealthCheck, RouteConfig};
 use crate::idle::{IdleClock, IdleTimers, Sleeper};
 use crate::providers::{
     BackendObserver, FamilyKind, Provider, ProviderError, ProviderFamily, FAMILIES,
@@ -83,6 +83,20 @@ fn check_with(config: &GatewayConfig, families: &[&'static FamilyKind]) -> Vec<C
                 column: at.column,
             });
         }
+        if route.health == HealthCheck::Docker && !kind.reports_health {
+            let at = route.written.position_of("health");
+            errors.push(ConfigError {
+                route: Some(route.name.clone()),
+                key: "health.docker".into(),
+                message: format!(
+                    "{} backends report no health check of their own; probe them with \
+                     health: {{ path: … }} or {{ tcp: true }}",
+                    kind.name
+                ),
+                line: at.line,
+                column: at.column,
+            });
+        }
     }
     errors
 }
@@ -125,6 +139,7 @@ impl Assembly {
         for index in 0..config.routes.len() {
             built.watcher_for(&plan, index, &mut Vec::new())?;
         }
+        link_dependents(config, &built.by_backend);
         let mut routes = Vec::with_capacity(config.routes.len());
         for (route, upstream) in config.routes.iter().zip(&plan.route_upstreams) {
             let watcher = Arc::clone(&built.by_backend[&route.backend]);
@@ -160,6 +175,39 @@ impl Assembly {
 }
 
 /// Connects every registered family that at least one route uses, each within its timeout.
+/// Gives every dependency its dependents (each dependent backend once, under the name of the
+/// first route that declares the dependency), so it is held awake while they are.
+fn link_dependents(config: &GatewayConfig, by_backend: &HashMap<BackendConfig, Arc<Watcher>>) {
+    let by_name: HashMap<&str, &RouteConfig> = config
+        .routes
+        .iter()
+        .map(|route| (route.name.as_str(), route))
+        .collect();
+    let mut dependents: HashMap<u32, Vec<(String, &Arc<Watcher>)>> = HashMap::new();
+    for route in &config.routes {
+        let Some(dependent) = by_backend.get(&route.backend) else {
+            continue;
+        };
+        for dependency in &route.depends_on {
+            let Some(target) = by_name
+                .get(dependency.route.as_str())
+                .and_then(|target| by_backend.get(&target.backend))
+            else {
+                continue;
+            };
+            let list = dependents.entry(target.id()).or_default();
+            if !list.iter().any(|(_, known)| known.id() == dependent.id()) {
+                list.push((route.name.clone(), dependent));
+            }
+        }
+    }
+    for watcher in by_backend.values() {
+        if let Some(list) = dependents.remove(&watcher.id()) {
+            watcher.set_dependents(list);
+        }
+    }
+}
+
 async fn connect_families(
     config: &GatewayConfig,
 ) -> Result<Vec<Arc<dyn ProviderFamily>>, StartError> {
@@ -224,7 +272,12 @@ impl<'a> Plan<'a> {
                     (None, Some(port)) => UpstreamTarget::BackendPort(port),
                     (None, None) => UpstreamTarget::BackendPort(80),
                 };
-                Arc::new(Upstream::new(target, route.health.clone()))
+                let upstream = Upstream::new(target, route.health.clone());
+                Arc::new(if route.health_set {
+                    upstream
+                } else {
+                    upstream.with_default_health()
+                })
             })
             .collect();
         let mut plan = Plan {
@@ -236,6 +289,11 @@ impl<'a> Plan<'a> {
         };
         for (index, route) in config.routes.iter().enumerate() {
             plan.route_index.insert(route.name.as_str(), index);
+            if route.hosts.is_empty() && route.port.is_none() && route.upstream.is_none() {
+                // Dependency-only, no port: nothing to resolve or probe.
+                plan.upstreams.entry(&route.backend).or_default();
+                continue;
+            }
             plan.upstreams
                 .entry(&route.backend)
                 .or_default()
@@ -326,6 +384,7 @@ mod tests {
         name: "docker",
         shown: "a stop-only test family",
         sleep_methods: &[StopMethod::Stop],
+        reports_health: false,
         connect_timeout: Duration::from_secs(1),
         claims: |backend| matches!(backend, BackendConfig::Docker { .. }),
         connect: |_| {
@@ -367,6 +426,19 @@ mod tests {
             errors[0].message
         );
         // The real registry: Docker supports every method.
+        assert!(check(&config).is_empty());
+    }
+
+    #[test]
+    fn a_health_check_the_family_cannot_report_is_an_error_with_its_line() {
+        let config = gateway(
+            "    - name: checked\n      hosts: [a.test]\n      docker: { container: a }\n      port: 80\n      health: { docker: true }\n",
+        );
+        let errors = check_with(&config, &[&STOP_ONLY]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "health.docker");
+        assert_eq!(errors[0].line, Some(7), "{errors:?}");
+        // Docker reports its HEALTHCHECK.
         assert!(check(&config).is_empty());
     }
 }

@@ -703,3 +703,284 @@ async fn a_removed_backend_is_an_error_until_it_is_recreated() {
     rig.engine.recreate("gone").expect("recreated by hand");
     assert_eq!(rig.watcher.state(), State::Napping);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dependencies as a reference-counted graph
+// ---------------------------------------------------------------------------------------------
+
+/// `app` depends on `db` (service_healthy), with the graph linked as assembly links it.
+fn app_on_db(engine: &Arc<FakeEngine>) -> (Rig, Rig) {
+    let db = Rig::on(engine, "db", settings(), Vec::new(), false);
+    let app = Rig::on(
+        engine,
+        "app",
+        settings(),
+        vec![(db.watcher.clone(), DependencyCondition::Healthy)],
+        false,
+    );
+    assert!(db
+        .watcher
+        .set_dependents(vec![("app".into(), &app.watcher)]));
+    (app, db)
+}
+
+/// The order of the engine's start calls.
+fn starts(engine: &FakeEngine) -> Vec<String> {
+    engine
+        .journal()
+        .into_iter()
+        .filter(|call| call.op == FakeOp::Start)
+        .map(|call| call.backend)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dependency_is_not_stopped_while_its_dependent_is_starting_ready_or_stopping() {
+    use idlewatcher::idle::Sleeper;
+    let engine = FakeEngine::new();
+    let (app, db) = app_on_db(&engine);
+    assert!(db.watcher.held_by().is_empty(), "nothing holds it yet");
+    app.wake_ready().await;
+    assert_eq!(db.watcher.held_by(), ["app"]);
+    assert_eq!(
+        Sleeper::in_flight(&*db.watcher),
+        1,
+        "held counts as in flight"
+    );
+    assert!(!db.watcher.try_begin_stop(), "held by a ready dependent");
+    assert_eq!(db.watcher.state(), State::Ready);
+
+    // Stopping: the dependent still needs it until it is down.
+    engine.set_delay("app", FakeOp::Stop, Duration::from_millis(200));
+    assert!(app.watcher.try_begin_stop());
+    let stopping = tokio::spawn({
+        let app = app.watcher.clone();
+        async move { app.put_to_sleep().await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(app.watcher.state(), State::Stopping);
+    assert!(!db.watcher.try_begin_stop(), "held by a stopping dependent");
+    stopping.await.unwrap().expect("app asleep");
+
+    // Napping: no longer held.
+    assert!(db.watcher.held_by().is_empty());
+    assert_eq!(Sleeper::in_flight(&*db.watcher), 0);
+    assert!(db.watcher.try_begin_stop());
+    db.watcher.put_to_sleep().await.expect("db asleep");
+
+    // Starting: the dependent holds it from the first moment of its wake.
+    engine.set_delay("app", FakeOp::Start, Duration::from_millis(300));
+    let generation = app.watcher.wake().unwrap();
+    db.wait_state(State::Ready).await;
+    assert_eq!(app.watcher.state(), State::Starting);
+    assert_eq!(db.watcher.held_by(), ["app"]);
+    assert!(!db.watcher.try_begin_stop(), "held by a starting dependent");
+    app.watcher
+        .wait_ready(generation, Instant::now() + SOON)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_request_in_flight_on_the_dependent_holds_the_dependency() {
+    let engine = FakeEngine::new();
+    let (app, db) = app_on_db(&engine);
+    app.wake_ready().await;
+    let guard = app.watcher.enter().expect("ready");
+    // Even if the dependent's state were to move on, its request keeps the dependency up.
+    assert!(!app.watcher.try_begin_stop(), "the request holds the app");
+    assert!(!db.watcher.try_begin_stop(), "and so the db");
+    drop(guard);
+    assert!(app.watcher.try_begin_stop());
+    app.watcher.put_to_sleep().await.unwrap();
+    assert!(db.watcher.try_begin_stop(), "released once the app sleeps");
+}
+
+#[tokio::test]
+async fn a_shared_dependency_stays_up_while_any_dependent_is_awake() {
+    let engine = FakeEngine::new();
+    let db = Rig::on(&engine, "db", settings(), Vec::new(), false);
+    let dep = || vec![(db.watcher.clone(), DependencyCondition::Healthy)];
+    let one = Rig::on(&engine, "one", settings(), dep(), false);
+    let two = Rig::on(&engine, "two", settings(), dep(), false);
+    db.watcher.set_dependents(vec![
+        ("one".into(), &one.watcher),
+        ("two".into(), &two.watcher),
+    ]);
+    one.wake_ready().await;
+    two.wake_ready().await;
+    assert_eq!(db.watcher.held_by(), ["one", "two"]);
+    assert!(one.watcher.try_begin_stop());
+    one.watcher.put_to_sleep().await.unwrap();
+    assert_eq!(db.watcher.held_by(), ["two"]);
+    assert!(!db.watcher.try_begin_stop(), "two still needs it");
+    assert_eq!(engine.calls("db").starts, 1);
+    assert!(two.watcher.try_begin_stop());
+    two.watcher.put_to_sleep().await.unwrap();
+    assert!(db.watcher.try_begin_stop(), "the last dependent slept");
+}
+
+#[tokio::test]
+async fn a_diamond_starts_each_backend_once_and_independent_dependencies_concurrently() {
+    // a → b, c; b → d; c → d. b and c each take 300 ms to start, d 100 ms.
+    let engine = FakeEngine::new();
+    let d = Rig::on(&engine, "d", settings(), Vec::new(), false);
+    let on_d = || vec![(d.watcher.clone(), DependencyCondition::Healthy)];
+    let b = Rig::on(&engine, "b", settings(), on_d(), false);
+    let c = Rig::on(&engine, "c", settings(), on_d(), false);
+    let a = Rig::on(
+        &engine,
+        "a",
+        settings(),
+        vec![
+            (b.watcher.clone(), DependencyCondition::Healthy),
+            (c.watcher.clone(), DependencyCondition::Started),
+        ],
+        false,
+    );
+    engine.set_delay("d", FakeOp::Start, Duration::from_millis(100));
+    engine.set_delay("b", FakeOp::Start, Duration::from_millis(300));
+    engine.set_delay("c", FakeOp::Start, Duration::from_millis(300));
+    let began = Instant::now();
+    a.wake_ready().await;
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_millis(650),
+        "b and c start concurrently (sequential: ≥ 700 ms): {took:?}"
+    );
+    let order = starts(&engine);
+    assert_eq!(order.len(), 4, "each once: {order:?}");
+    assert_eq!(order[0], "d");
+    assert_eq!(order[3], "a");
+    assert_eq!(
+        a.kinds()
+            .iter()
+            .filter(|kind| **kind == WakeEventKind::WakingDep)
+            .count(),
+        2
+    );
+    let kinds = a.kinds();
+    let last_dep_ready = kinds
+        .iter()
+        .rposition(|kind| *kind == WakeEventKind::DepReady)
+        .unwrap();
+    let woke = kinds
+        .iter()
+        .position(|kind| *kind == WakeEventKind::ContainerWoke)
+        .unwrap();
+    assert!(last_dep_ready < woke, "{kinds:?}");
+}
+
+#[tokio::test]
+async fn a_failing_dependency_fails_the_dependent_naming_it() {
+    let engine = FakeEngine::new();
+    let (app, db) = app_on_db(&engine);
+    engine.fail_next("db", FakeOp::Start, 1, "no space left");
+    let generation = app.watcher.wake().unwrap();
+    let failure = app
+        .watcher
+        .wait_ready(generation, Instant::now() + SOON)
+        .await
+        .unwrap_err();
+    let WakeFailure::Failed(error) = failure else {
+        panic!("{failure:?}")
+    };
+    assert!(
+        matches!(&*error, WakeError::Dependency { dependency, .. } if dependency.contains("db")),
+        "{error:?}"
+    );
+    assert!(
+        db.error().contains("no space left"),
+        "db's own error: {}",
+        db.error()
+    );
+    assert!(!db.error().contains("dependency"));
+    assert_eq!(engine.calls("app").starts, 0, "the app is never started");
+}
+
+#[tokio::test]
+async fn the_backends_own_health_check_decides_readiness() {
+    use idlewatcher::providers::BackendHealth;
+    let engine = FakeEngine::new();
+    let port = free_port();
+    engine.create("hc").unwrap();
+    engine.listen_on("hc", port).unwrap();
+    engine.set_health("hc", Some(BackendHealth::Starting));
+    let upstream = Arc::new(Upstream::new(
+        UpstreamTarget::BackendPort(port),
+        HealthCheck::Docker,
+    ));
+    let watcher = Watcher::new(
+        0,
+        Arc::new(engine.provider("hc")),
+        settings(),
+        Vec::new(),
+        vec![upstream],
+        IdleClock::new(Duration::from_secs(1)),
+    );
+    let generation = watcher.wake().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(watcher.state(), State::Starting, "not healthy yet");
+    engine.set_health("hc", Some(BackendHealth::Healthy));
+    watcher
+        .wait_ready(generation, Instant::now() + SOON)
+        .await
+        .expect("ready once healthy");
+
+    // Unhealthy: failed with the reason.
+    assert!(watcher.try_begin_stop());
+    watcher.put_to_sleep().await.unwrap();
+    engine.set_health(
+        "hc",
+        Some(BackendHealth::Unhealthy {
+            reason: "db not migrated".into(),
+        }),
+    );
+    let generation = watcher.wake().unwrap();
+    let failure = watcher
+        .wait_ready(generation, Instant::now() + SOON)
+        .await
+        .unwrap_err();
+    assert!(failure.to_string().contains("db not migrated"), "{failure}");
+
+    // docker: true on a backend with no health check: an error saying so, not a timeout.
+    engine.set_health("hc", None);
+    tokio::time::sleep(settings().retry_backoff * 3).await;
+    let generation = watcher.wake().unwrap();
+    let failure = watcher
+        .wait_ready(generation, Instant::now() + SOON)
+        .await
+        .unwrap_err();
+    assert!(failure.to_string().contains("no health check"), "{failure}");
+}
+
+#[tokio::test]
+async fn without_a_configured_probe_the_backends_own_health_check_must_pass_too() {
+    use idlewatcher::providers::BackendHealth;
+    let engine = FakeEngine::new();
+    let port = free_port();
+    engine.create("implicit").unwrap();
+    engine.listen_on("implicit", port).unwrap();
+    engine.set_health("implicit", Some(BackendHealth::Starting));
+    let default_probe = Upstream::new(UpstreamTarget::BackendPort(port), HealthCheck::Tcp);
+    let watcher = Watcher::new(
+        0,
+        Arc::new(engine.provider("implicit")),
+        settings(),
+        Vec::new(),
+        vec![Arc::new(default_probe.with_default_health())],
+        IdleClock::new(Duration::from_secs(1)),
+    );
+    let generation = watcher.wake().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        watcher.state(),
+        State::Starting,
+        "the port answers, but the HEALTHCHECK has not passed"
+    );
+    engine.set_health("implicit", Some(BackendHealth::Healthy));
+    watcher
+        .wait_ready(generation, Instant::now() + SOON)
+        .await
+        .expect("ready once healthy");
+}

@@ -358,6 +358,46 @@ idlewatcher:
         ],
     },
     Case {
+        name: "docker health combined with a probe",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  routes:
+    - name: a
+      hosts: [a.test]
+      docker: { container: a }
+      port: 80
+      health: { docker: true, path: /up }
+"#,
+        expect: &[
+            r#"route "a": key "health.docker""#,
+            "docker: true cannot be combined with tcp, path or statuses",
+        ],
+    },
+    Case {
+        name: "dependency cycle through dependency-only routes",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  routes:
+    - name: app
+      hosts: [app.test]
+      docker: { container: app }
+      port: 80
+      depends_on: [db]
+    - name: db
+      docker: { container: db }
+      depends_on: [cache]
+    - name: cache
+      docker: { container: cache }
+      depends_on: [db]
+"#,
+        expect: &[
+            r#"key "depends_on": dependency cycle: "#,
+            "db -> cache -> db",
+        ],
+    },
+    Case {
         name: "malformed YAML",
         // Line 6 (the text starts with a newline, so line 1 is empty) is mis-indented.
         yaml: r#"
@@ -648,6 +688,10 @@ idlewatcher:
       no_loading_page: false
       depends_on: ["db:service_healthy"]
       health: { path: /, statuses: "200-499" }
+      idle_timeout: 0
+    - name: cache
+      docker: { container: cache }
+      health: { docker: true }
       idle_timeout: 0
 "#,
         address,

@@ -53,6 +53,20 @@ pub enum WakeError {
         /// The last probe failure, if a probe ran.
         last_probe: Option<ProbeError>,
     },
+    /// The backend's own health check (Docker's `HEALTHCHECK`) reported `unhealthy`.
+    #[error("{backend} is unhealthy{}", Reason(reason))]
+    Unhealthy {
+        /// The backend.
+        backend: String,
+        /// The last failing check's output (may be empty).
+        reason: String,
+    },
+    /// `health: { docker: true }`, but the backend has no health check of its own.
+    #[error("{backend} has no health check (HEALTHCHECK), but its route's health is docker: true")]
+    NoHealthCheck {
+        /// The backend.
+        backend: String,
+    },
     /// The backend was removed (outside idlewatcher).
     #[error("{backend}: {noun} removed")]
     Removed {
@@ -75,6 +89,22 @@ pub enum ExitClue {
     /// The last readiness probe failed so.
     #[error("last probe: {0}")]
     Probe(ProbeError),
+    /// It was waited on for its own health check, which it stopped before reporting.
+    #[error("while waiting for its health check")]
+    Health,
+}
+
+/// `: reason`, or nothing for an empty reason.
+struct Reason<'a>(&'a str);
+
+impl std::fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, ": {}", self.0)
+        }
+    }
 }
 
 fn exit_verb(status: BackendStatus) -> &'static str {

@@ -23,9 +23,11 @@ impl Watcher {
         if !matches!(before, State::Ready | State::Error) {
             return false;
         }
-        // State first, then the count: pairs with `enter` (see there).
+        // State first, then the count: pairs with `enter` (see there). Likewise for dependents:
+        // a dependent sets `starting` before it wakes this backend, so either it sees `stopping`
+        // (and waits for the stop, then wakes it again) or this sees it held.
         self.state.store(State::Stopping as u8, Ordering::SeqCst);
-        if self.in_flight.load(Ordering::SeqCst) != 0 {
+        if self.in_flight.load(Ordering::SeqCst) != 0 || self.is_held() {
             self.state.store(before as u8, Ordering::SeqCst);
             return false;
         }
@@ -78,6 +80,11 @@ impl Watcher {
 
     pub(super) fn nap(&self, control: &mut Control, why: &str) {
         self.set_state(control, State::Napping, None);
+        // A dependency's idle clock starts when its last dependent sleeps, not at its own last
+        // traffic (a database serving no HTTP has none).
+        for (dependency, _) in &self.dependencies {
+            dependency.mark_activity();
+        }
         self.events.clear();
         self.events.push(
             WakeEventKind::Napping,
@@ -122,8 +129,10 @@ impl Sleeper for Watcher {
         Watcher::idle_deadline(self)
     }
 
+    /// Requests in flight, plus one while a dependent holds the backend awake: the idle clock
+    /// then looks again next tick, as for a request.
     fn in_flight(&self) -> u32 {
-        Watcher::in_flight(self)
+        Watcher::in_flight(self) + u32::from(self.is_held())
     }
 
     fn try_begin_stop(&self) -> bool {

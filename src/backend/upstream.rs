@@ -25,6 +25,9 @@ pub struct Upstream {
     pub target: UpstreamTarget,
     /// How readiness is probed at that address.
     pub health: HealthCheck,
+    /// Whether `health` was configured; if not (the built-in default), a backend with its own
+    /// health check (a Docker `HEALTHCHECK`) must pass that too before it is ready.
+    pub explicit_health: bool,
     address: ArcSwapOption<SocketAddr>,
 }
 
@@ -34,8 +37,16 @@ impl Upstream {
         Self {
             target,
             health,
+            explicit_health: true,
             address: ArcSwapOption::empty(),
         }
+    }
+
+    /// Marks `health` as the built-in default rather than configured (see
+    /// [`explicit_health`](Self::explicit_health)).
+    pub fn with_default_health(mut self) -> Self {
+        self.explicit_health = false;
+        self
     }
 
     /// The address resolved by the last wake (lock-free).

@@ -13,13 +13,16 @@ use crate::backend::readiness::{self, ProbeError};
 use crate::backend::watcher::WARM_UP;
 use crate::backend::{State, UpstreamTarget, WakeError, WakeFailure, Watcher};
 use crate::config::{DependencyCondition, HealthCheck};
-use crate::providers::{BackendStatus, ProviderError};
+use crate::providers::{BackendHealth, BackendStatus, ProviderError};
 
 /// Longest pause before a failed backend may be woken again.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 /// While probing, how often the provider is asked whether the backend is still running
 /// (so a backend that exits during its start fails the wake at once, not at the deadline).
 const STATUS_RECHECK: Duration = Duration::from_secs(1);
+/// How often the backend's own health check status is read while waiting for `healthy`
+/// (Docker runs the check; reading its result is one inspect).
+const HEALTH_POLL: Duration = Duration::from_millis(200);
 
 impl Watcher {
     /// Runs the wake of `generation` to its end, bounded by `wake_timeout`.
@@ -88,6 +91,10 @@ impl Watcher {
                 control.retry_at = Some(Instant::now() + backoff);
                 let error = Arc::new(error);
                 self.set_state(&mut control, State::Error, Some(Arc::clone(&error)));
+                // No longer held by this backend: its dependencies' idle clocks start now.
+                for (dependency, _) in &self.dependencies {
+                    dependency.mark_activity();
+                }
                 self.events.push(
                     WakeEventKind::Error,
                     format!("Could not wake {}", self.backend),
@@ -107,32 +114,15 @@ impl Watcher {
         deadline: Instant,
         last_probe: &mut Option<ProbeError>,
     ) -> Result<(), WakeError> {
-        for (dependency, condition) in &self.dependencies {
-            self.events.push(
-                WakeEventKind::WakingDep,
-                format!("Waking dependency {}", dependency.backend),
-                None,
-            );
-            let dependency_failed = |cause: WakeFailure| WakeError::Dependency {
-                dependency: dependency.backend.clone(),
-                cause,
-            };
-            let dep_generation = dependency.wake().map_err(dependency_failed)?;
-            match condition {
-                DependencyCondition::Healthy => {
-                    dependency.wait_ready(dep_generation, deadline).await
-                }
-                DependencyCondition::Started => {
-                    dependency.wait_started(dep_generation, deadline).await
-                }
-            }
-            .map_err(dependency_failed)?;
-            self.events.push(
-                WakeEventKind::DepReady,
-                format!("Dependency {} is up", dependency.backend),
-                None,
-            );
-        }
+        // Every dependency is woken at once (each wake is its dependency's own singleflight, so
+        // a dependency shared by several paths of a diamond starts once); the first failure
+        // fails this wake, naming the dependency. The dependencies' wakes are detached tasks:
+        // they run on (and report to their own waiters) whatever happens here.
+        let dependencies = self
+            .dependencies
+            .iter()
+            .map(|(dependency, condition)| self.wake_dependency(dependency, *condition, deadline));
+        futures_util::future::try_join_all(dependencies).await?;
 
         let status = self.provider.status().await?;
         if matches!(status, BackendStatus::Paused | BackendStatus::Stopped) {
@@ -180,21 +170,108 @@ impl Watcher {
                 _ => return Err(error.into()),
             },
         };
+        let docker_only = !self.upstreams.is_empty()
+            && self
+                .upstreams
+                .iter()
+                .all(|upstream| upstream.health == HealthCheck::Docker);
+        let wants_docker = self
+            .upstreams
+            .iter()
+            .any(|upstream| upstream.health == HealthCheck::Docker);
         let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
-        self.events.push(
-            WakeEventKind::WaitingReady,
+        let waiting = if docker_only || shown.is_empty() {
+            format!("Waiting for {} to be ready", self.backend)
+        } else {
             format!(
                 "Waiting for {} to answer on {}",
                 self.backend,
                 shown.join(", ")
-            ),
-            None,
-        );
+            )
+        };
+        self.events.push(WakeEventKind::WaitingReady, waiting, None);
+        let all_default = self
+            .upstreams
+            .iter()
+            .all(|upstream| !upstream.explicit_health);
+        if wants_docker || all_default {
+            // `docker: true`, or no probe configured: the backend's own HEALTHCHECK (if it has
+            // one; with `docker: true` it must) decides readiness.
+            self.wait_healthy(wants_docker).await?;
+        }
         for (upstream, address) in self.upstreams.iter().zip(addresses) {
-            self.probe_until_ready(address, &upstream.health, last_probe)
-                .await?;
+            if !docker_only && upstream.health != HealthCheck::Docker {
+                self.probe_until_ready(address, &upstream.health, last_probe)
+                    .await?;
+            }
             upstream.set_address(Some(address));
         }
+        Ok(())
+    }
+
+    /// Waits until the backend's own health check says `healthy` (an `unhealthy` fails the
+    /// wake with its reason). Without a health check: an error if `required`, else done.
+    async fn wait_healthy(&self, required: bool) -> Result<(), WakeError> {
+        loop {
+            match self.provider.health().await? {
+                Some(BackendHealth::Healthy) => return Ok(()),
+                Some(BackendHealth::Unhealthy { reason }) => {
+                    return Err(WakeError::Unhealthy {
+                        backend: self.backend.clone(),
+                        reason,
+                    })
+                }
+                Some(BackendHealth::Starting) => {}
+                None if required => {
+                    // Stopped meanwhile (no health reported for a stopped container)?
+                    match self.provider.status().await? {
+                        BackendStatus::Running => {
+                            return Err(WakeError::NoHealthCheck {
+                                backend: self.backend.clone(),
+                            })
+                        }
+                        status => {
+                            return Err(WakeError::Exited {
+                                backend: self.backend.clone(),
+                                status,
+                                clue: ExitClue::Health,
+                            })
+                        }
+                    }
+                }
+                None => return Ok(()),
+            }
+            tokio::time::sleep(HEALTH_POLL).await;
+        }
+    }
+
+    /// Wakes one dependency and waits until it reaches `condition`, with its events.
+    async fn wake_dependency(
+        &self,
+        dependency: &Watcher,
+        condition: DependencyCondition,
+        deadline: Instant,
+    ) -> Result<(), WakeError> {
+        self.events.push(
+            WakeEventKind::WakingDep,
+            format!("Waking dependency {}", dependency.backend),
+            None,
+        );
+        let dependency_failed = |cause: WakeFailure| WakeError::Dependency {
+            dependency: dependency.backend.clone(),
+            cause,
+        };
+        let dep_generation = dependency.wake().map_err(dependency_failed)?;
+        match condition {
+            DependencyCondition::Healthy => dependency.wait_ready(dep_generation, deadline).await,
+            DependencyCondition::Started => dependency.wait_started(dep_generation, deadline).await,
+        }
+        .map_err(dependency_failed)?;
+        self.events.push(
+            WakeEventKind::DepReady,
+            format!("Dependency {} is up", dependency.backend),
+            None,
+        );
         Ok(())
     }
 

@@ -22,7 +22,7 @@
 //!   (probed, then ready, with no start call of ours); stopped by hand → napping; removed → error.
 
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -81,6 +81,9 @@ pub struct Watcher {
     pub(super) provider: Arc<dyn Provider>,
     pub(super) settings: BackendSettings,
     pub(super) dependencies: Vec<(Arc<Watcher>, DependencyCondition)>,
+    /// The backends that depend on this one, by route name: set once after assembly (weak, since
+    /// each of them holds this watcher strongly through its `dependencies`).
+    pub(super) dependents: OnceLock<Vec<(String, Weak<Watcher>)>>,
     pub(super) upstreams: Vec<Arc<Upstream>>,
     pub(super) state: AtomicU8,
     pub(super) control: Mutex<Control>,
@@ -111,6 +114,7 @@ impl Watcher {
             provider,
             settings,
             dependencies,
+            dependents: OnceLock::new(),
             upstreams,
             state: AtomicU8::new(State::Napping as u8),
             control: Mutex::new(Control {
@@ -138,6 +142,54 @@ impl Watcher {
             warm_until: AtomicU32::new(0),
             idle,
             this: this.clone(),
+        })
+    }
+
+    /// Tells this watcher which backends depend on it (`name` is the dependent's route name, for
+    /// the status endpoint): while any of them is awake, waking, stopping or busy, this backend
+    /// is held awake. Set once, after every watcher is built (dependents are built after their
+    /// dependencies); returns false if it was already set.
+    pub fn set_dependents(&self, dependents: Vec<(String, &Arc<Watcher>)>) -> bool {
+        let weak = dependents
+            .into_iter()
+            .map(|(name, watcher)| (name, Arc::downgrade(watcher)))
+            .collect();
+        self.dependents.set(weak).is_ok()
+    }
+
+    /// The dependencies this backend wakes first, with the condition each must reach.
+    pub fn dependencies(&self) -> &[(Arc<Watcher>, DependencyCondition)] {
+        &self.dependencies
+    }
+
+    /// Whether this backend keeps its dependencies awake: it is waking, awake or stopping, or
+    /// anything is in flight on it. A dependency is never stopped under such a dependent.
+    pub fn holds_dependencies(&self) -> bool {
+        matches!(
+            self.state(),
+            State::Starting | State::Ready | State::Stopping
+        ) || self.in_flight() > 0
+    }
+
+    /// The dependents that hold this backend awake right now (route names), for the status
+    /// endpoint. Empty for a backend nothing depends on.
+    pub fn held_by(&self) -> Vec<String> {
+        self.dependents
+            .get()
+            .into_iter()
+            .flatten()
+            .filter(|(_, dependent)| dependent.upgrade().is_some_and(|d| d.holds_dependencies()))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Whether any dependent holds this backend awake (see [`held_by`](Self::held_by)); no
+    /// allocation, for the idle clock's every look.
+    pub fn is_held(&self) -> bool {
+        self.dependents.get().is_some_and(|dependents| {
+            dependents
+                .iter()
+                .any(|(_, dependent)| dependent.upgrade().is_some_and(|d| d.holds_dependencies()))
         })
     }
 

@@ -125,6 +125,9 @@ pub struct RouteConfig {
     pub depends_on: Vec<Dependency>,
     /// How readiness is probed (`health`).
     pub health: HealthCheck,
+    /// Whether `health` was written (on the route or in `defaults`): if not, a backend with its
+    /// own health check (a Docker `HEALTHCHECK`) must also pass it before it is ready.
+    pub health_set: bool,
     /// Idle time before the backend is put to sleep; zero = never (`idle_timeout`).
     pub idle_timeout: Duration,
     /// Deadline for a wake, from the first request to ready (`wake_timeout`).
@@ -221,6 +224,9 @@ pub enum HealthCheck {
     },
     /// Ready as soon as a TCP connection is accepted.
     Tcp,
+    /// Ready when the backend's own health check (Docker's `HEALTHCHECK`) says `healthy`;
+    /// failed when it says `unhealthy` (`docker: true`). The gateway does not probe.
+    Docker,
 }
 
 /// How an idle backend is put to sleep: a trade between memory freed and time to wake.

@@ -40,7 +40,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "start_endpoint",
     "depends_on",
 ];
-const HEALTH_KEYS: &[&str] = &["path", "statuses", "tcp"];
+const HEALTH_KEYS: &[&str] = &["path", "statuses", "tcp", "docker"];
 
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_WAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -110,6 +110,7 @@ impl RouteDefaults {
                 .retry_backoff
                 .or(defaults.retry_backoff)
                 .unwrap_or(DEFAULT_RETRY_BACKOFF),
+            health_set: self.health.is_some() || defaults.health.is_some(),
             health: self
                 .health
                 .or_else(|| defaults.health.clone())
@@ -132,6 +133,7 @@ struct Settings {
     max_waiters: usize,
     retry_backoff: Duration,
     health: HealthCheck,
+    health_set: bool,
     no_loading_page: bool,
 }
 
@@ -148,9 +150,21 @@ fn health(f: &mut Fields) -> Option<HealthCheck> {
     let has_http_keys = h.has("path") || h.has("statuses");
     let tcp_at = h.value_position("tcp");
     let tcp = h.get("tcp", boolean);
+    let docker_at = h.value_position("docker");
+    let docker = h.get("docker", boolean);
     let path = h.get("path", abs_path);
     let statuses = h.get("statuses", statuses);
-    let check = if tcp == Some(true) {
+    let check = if docker == Some(true) {
+        if has_http_keys || tcp == Some(true) {
+            let at = docker_at.unwrap_or_else(|| h.position());
+            h.error_at(
+                "docker",
+                at,
+                "docker: true cannot be combined with tcp, path or statuses (the container's HEALTHCHECK decides readiness; the gateway does not probe)",
+            );
+        }
+        HealthCheck::Docker
+    } else if tcp == Some(true) {
         if has_http_keys {
             let at = tcp_at.unwrap_or_else(|| h.position());
             h.error_at(
@@ -257,15 +271,18 @@ fn route_fields(
     name: Option<String>,
     defaults: &RouteDefaults,
 ) -> RouteDraft {
+    // No hosts: a dependency-only backend, woken only by its dependents.
     let hosts = if f.has("hosts") {
         f.list("hosts", host, Some("must list at least one host name"))
     } else {
-        f.missing("hosts");
         None
     };
 
     let backend = backend(f);
     let target = match (f.has("port"), f.has("upstream")) {
+        // A dependency-only backend needs no port: with none, it is ready once started (or
+        // once its own health check passes), nothing is probed.
+        (false, false) if hosts.is_none() => Some((None, None)),
         (false, false) => {
             f.raw("upstream");
             f.missing_because(
@@ -359,6 +376,7 @@ impl RouteDraft {
             no_loading_page: s.no_loading_page,
             depends_on: self.depends_on.into_iter().map(|(dep, _)| dep).collect(),
             health: s.health,
+            health_set: s.health_set,
             idle_timeout: s.idle_timeout,
             wake_timeout: s.wake_timeout,
             stop_method: s.stop_method,

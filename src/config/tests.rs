@@ -159,6 +159,7 @@ fn full_config_resolves_every_key() {
         no_loading_page: true,
         depends_on: vec![],
         health: HealthCheck::Tcp,
+        health_set: true,
         idle_timeout: Duration::from_secs(300),
         wake_timeout: Duration::from_secs(180),
         stop_method: StopMethod::Stop,
@@ -186,6 +187,7 @@ fn full_config_resolves_every_key() {
             path: "/".into(),
             statuses: vec![(204, 204), (300, 302)],
         },
+        health_set: true,
         idle_timeout: Duration::from_secs(5400),
         wake_timeout: Duration::from_secs(90),
         stop_method: StopMethod::Kill,
@@ -783,7 +785,32 @@ fn hosts_are_lowercased_unique_and_plain() {
 
     let e = errors(&routes("- name: a\n  hosts: []\n  docker: { container: a }\n  port: 80\n- name: b\n  docker: { container: b }\n  port: 80\n"));
     has(&e, Some("a"), "hosts", "at least one host");
-    has(&e, Some("b"), "hosts", "required key is missing");
+    assert!(
+        !e.iter().any(|e| e.route.as_deref() == Some("b")),
+        "no hosts: a dependency-only backend, valid: {e:?}"
+    );
+}
+
+#[test]
+fn a_dependency_only_route_needs_no_hosts_nor_port() {
+    let config = valid(&routes(
+        "- name: app\n  hosts: [app.localhost]\n  docker: { container: app }\n  port: 80\n  depends_on: [db]\n- name: db\n  docker: { container: db }\n  health: { docker: true }\n- name: cache\n  docker: { container: cache }\n",
+    ));
+    let db = &config.gateway.routes[1];
+    assert!(db.hosts.is_empty());
+    assert_eq!((db.port, db.upstream.as_deref()), (None, None));
+    assert_eq!(db.health, HealthCheck::Docker);
+    assert!(db.health_set);
+    assert!(!config.gateway.routes[2].health_set, "health not written");
+    assert!(config.gateway.routes[0].hosts.len() == 1);
+}
+
+#[test]
+fn docker_health_combined_with_a_probe_is_an_error() {
+    let e = errors(&routes(
+        "- name: a\n  hosts: [a.localhost]\n  docker: { container: a }\n  port: 80\n  health: { docker: true, tcp: true }\n",
+    ));
+    has(&e, Some("a"), "health.docker", "cannot be combined");
 }
 
 #[test]

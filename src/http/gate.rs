@@ -521,6 +521,14 @@ impl IdleGate {
             since: String,
             sleep_in_seconds: Option<u64>,
             error: Option<String>,
+            held_by: Vec<String>,
+            dependencies: Vec<DependencyBody<'a>>,
+        }
+        #[derive(Serialize)]
+        struct DependencyBody<'a> {
+            backend: &'a str,
+            state: &'static str,
+            held_by: Vec<String>,
         }
         let watcher = &route.watcher;
         let (state, since, error) = watcher.snapshot();
@@ -537,6 +545,16 @@ impl IdleGate {
             since: humantime::format_rfc3339_seconds(since).to_string(),
             sleep_in_seconds,
             error: error.map(|error| error.to_string()),
+            held_by: watcher.held_by(),
+            dependencies: watcher
+                .dependencies()
+                .iter()
+                .map(|(dependency, _)| DependencyBody {
+                    backend: dependency.backend(),
+                    state: dependency.state().as_str(),
+                    held_by: dependency.held_by(),
+                })
+                .collect(),
         })
         .unwrap_or_default()
     }

@@ -319,4 +319,63 @@ mod tests {
         assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
         assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_dependency_sleeps_its_idle_timeout_after_its_last_dependent() {
+        use crate::config::DependencyCondition;
+        use crate::providers::fake::FakeEngine;
+        let clock = IdleClock::new(Duration::from_secs(1));
+        let engine = FakeEngine::new();
+        let watcher = |id, name: &str, idle_ticks, dependencies| {
+            engine.create(name).unwrap();
+            Watcher::new(
+                id,
+                Arc::new(engine.provider(name)),
+                BackendSettings {
+                    idle_ticks,
+                    wake_timeout: Duration::from_secs(5),
+                    stop_method: StopMethod::Stop,
+                    stop_signal: None,
+                    stop_timeout: Duration::from_secs(1),
+                    retry_backoff: Duration::from_millis(100),
+                },
+                dependencies,
+                Vec::new(), // Nothing to probe: ready once started.
+                clock.clone(),
+            )
+        };
+        let db = watcher(0, "db", 2, Vec::new());
+        let app = watcher(
+            1,
+            "app",
+            0,
+            vec![(db.clone(), DependencyCondition::Started)],
+        );
+        assert!(db.set_dependents(vec![("app".into(), &app)]));
+        let sleepers: Vec<Arc<dyn Sleeper>> = vec![db.clone(), app.clone()];
+        let mut timers = IdleTimers::new(clock.clone(), sleepers);
+        let generation = app.wake().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        app.wait_ready(generation, deadline).await.unwrap();
+        assert_eq!(db.state(), State::Ready);
+        for now in 1..=20 {
+            assert!(
+                timers.tick(now).is_empty(),
+                "db stopped under its ready dependent at tick {now}"
+            );
+        }
+        assert!(app.try_begin_stop());
+        app.put_to_sleep().await.unwrap(); // At tick 20.
+        let mut asleep_at = None;
+        for now in 21..=40 {
+            if let Some(stop) = timers.tick(now).first() {
+                assert!(stop.put_to_sleep().await);
+                asleep_at = Some(now);
+                break;
+            }
+        }
+        // Idle from tick 21 (the nap may have come at the end of tick 20), asleep at 21 + 2.
+        assert_eq!(asleep_at, Some(23));
+        assert_eq!(db.state(), State::Napping);
+    }
 }

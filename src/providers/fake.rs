@@ -65,7 +65,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::{BackendEvent, BackendObserver, BackendStatus, Provider, ProviderError};
+use super::{BackendEvent, BackendHealth, BackendObserver, BackendStatus, Provider, ProviderError};
 
 /// The body a listening fake backend answers with, after its name.
 const ANSWER_BODY: &str = "fake backend is up\n";
@@ -195,6 +195,7 @@ struct Knobs {
     delays: HashMap<FakeOp, Duration>,
     failures: HashMap<FakeOp, (u32, String)>,
     exit_after_start: bool,
+    health: Option<BackendHealth>,
 }
 
 /// A backend that exists.
@@ -456,6 +457,17 @@ impl FakeEngine {
             .entry(name.to_string())
             .or_default()
             .exit_after_start = exits;
+    }
+
+    /// Sets what backend `name`'s own health check reports while it runs (`None`: it has no
+    /// health check, the default), like a container with a `HEALTHCHECK`.
+    pub fn set_health(&self, name: &str, health: Option<BackendHealth>) {
+        self.registry
+            .lock()
+            .knobs
+            .entry(name.to_string())
+            .or_default()
+            .health = health;
     }
 
     /// How often each provider method was called on backend `name`.
@@ -844,6 +856,17 @@ impl Provider for FakeProvider {
             }
         })
         .await
+    }
+
+    async fn health(&self) -> Result<Option<BackendHealth>, ProviderError> {
+        let registry = self.engine.registry.lock();
+        if !registry.backends.contains_key(&self.name) {
+            return Err(self.not_found());
+        }
+        Ok(registry
+            .knobs
+            .get(&self.name)
+            .and_then(|knobs| knobs.health.clone()))
     }
 
     async fn address(&self) -> Result<IpAddr, ProviderError> {

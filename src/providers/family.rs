@@ -20,6 +20,9 @@ pub struct FamilyKind {
     pub shown: &'static str,
     /// The sleep methods its backends support; `-t` rejects the others.
     pub sleep_methods: &'static [StopMethod],
+    /// Whether its backends report a health check of their own (Docker's `HEALTHCHECK`), so
+    /// that `health: { docker: true }` can use it; `-t` rejects it otherwise.
+    pub reports_health: bool,
     /// How long start-up waits for it to answer.
     pub connect_timeout: Duration,
     /// Whether a backend belongs to this family.

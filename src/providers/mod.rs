@@ -68,6 +68,21 @@ pub trait BackendObserver: Send + Sync {
     fn observe(&self, event: BackendEvent);
 }
 
+/// What the backend's own health check (Docker's `HEALTHCHECK`) says, when it has one: a
+/// readiness source the manager already runs, so the gateway need not probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendHealth {
+    /// The check has not passed yet (Docker's `starting`).
+    Starting,
+    /// The check passes (`healthy`).
+    Healthy,
+    /// The check fails (`unhealthy`); `reason` is the last check's output, if any.
+    Unhealthy {
+        /// The last failing check's output, trimmed (may be empty).
+        reason: String,
+    },
+}
+
 /// A failure talking to a backend's manager, with enough context to show a user.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -120,4 +135,9 @@ pub trait Provider: Send + Sync + 'static {
     /// The backend's IP address as the gateway should reach it. Asked after every start,
     /// because container addresses change across restarts.
     async fn address(&self) -> Result<IpAddr, ProviderError>;
+    /// The backend's own health check status, or `None` when it has none (or the provider
+    /// knows of no such thing: the default, so providers without one need not implement it).
+    async fn health(&self) -> Result<Option<BackendHealth>, ProviderError> {
+        Ok(None)
+    }
 }

@@ -15,14 +15,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings};
+use bollard::models::{
+    ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings, HealthStatusEnum,
+};
 use bollard::query_parameters::{
     KillContainerOptions, StartContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 
-use crate::providers::{BackendStatus, Provider, ProviderError};
+use crate::providers::{BackendHealth, BackendStatus, Provider, ProviderError};
 
 /// The first API version whose `stop` endpoint accepts a `signal` parameter.
 const STOP_SIGNAL_API: ClientVersion = ClientVersion {
@@ -225,6 +227,10 @@ impl Provider for DockerProvider {
         })
     }
 
+    async fn health(&self) -> Result<Option<BackendHealth>, ProviderError> {
+        Ok(self.inspect().await?.as_ref().and_then(health_of))
+    }
+
     async fn start(&self) -> Result<(), ProviderError> {
         let options: Option<StartContainerOptions> = None;
         let err = match self.docker.start_container(&self.container, options).await {
@@ -406,6 +412,27 @@ fn map_error(action: &'static str, backend: &str, err: DockerError) -> ProviderE
 }
 
 /// The [`BackendStatus`] of an inspected container.
+/// The container's `State.Health`, if it has a `HEALTHCHECK` (`none` or absent: it has none).
+fn health_of(info: &ContainerInspectResponse) -> Option<BackendHealth> {
+    let health = info.state.as_ref()?.health.as_ref()?;
+    match health.status? {
+        HealthStatusEnum::HEALTHY => Some(BackendHealth::Healthy),
+        HealthStatusEnum::STARTING => Some(BackendHealth::Starting),
+        HealthStatusEnum::UNHEALTHY => {
+            let reason = health
+                .log
+                .as_ref()
+                .and_then(|log| log.last())
+                .and_then(|last| last.output.as_deref())
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            Some(BackendHealth::Unhealthy { reason })
+        }
+        HealthStatusEnum::NONE | HealthStatusEnum::EMPTY => None,
+    }
+}
+
 pub(super) fn status_of(info: &ContainerInspectResponse) -> BackendStatus {
     let Some(state) = info.state.as_ref() else {
         return BackendStatus::Stopped;

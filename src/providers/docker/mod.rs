@@ -36,6 +36,7 @@ pub static FAMILY: FamilyKind = FamilyKind {
     name: "docker",
     shown: "the Docker engine",
     sleep_methods: &[StopMethod::Pause, StopMethod::Stop, StopMethod::Kill],
+    reports_health: true,
     connect_timeout: CONNECT_TIMEOUT,
     claims: |backend| matches!(backend, BackendConfig::Docker { .. }),
     connect: connect_family,

@@ -42,6 +42,7 @@ pub static FAMILY: FamilyKind = FamilyKind {
     name: "proxmox",
     shown: "the Proxmox VE API",
     sleep_methods: &[StopMethod::Stop, StopMethod::Kill],
+    reports_health: false,
     connect_timeout: CONNECT_TIMEOUT,
     claims: |backend| matches!(backend, BackendConfig::Proxmox { .. }),
     connect: connect_family,
