@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{BackendSettings, Upstream, UpstreamTarget, Watcher};
-use crate::config::{BackendConfig, ConfigError, GatewayConfig, HealthCheck, RouteConfig};
+use crate::config::{
+    BackendConfig, ConfigError, DependencyCondition, GatewayConfig, HealthCheck, RouteConfig,
+};
 use crate::idle::{IdleClock, IdleTimers, Sleeper};
 use crate::providers::{
     BackendObserver, FamilyKind, Provider, ProviderError, ProviderFamily, FAMILIES,
@@ -263,6 +265,21 @@ impl<'a> Plan<'a> {
         config: &'a GatewayConfig,
         providers: &'a HashMap<&'a BackendConfig, Arc<dyn Provider>>,
     ) -> Self {
+        // The container's own HEALTHCHECK stands in for a probe nobody configured only where a
+        // dependent waits for `service_healthy`: elsewhere it would slow every wake down to the
+        // health check's interval.
+        let by_name: HashMap<&str, &BackendConfig> = config
+            .routes
+            .iter()
+            .map(|route| (route.name.as_str(), &route.backend))
+            .collect();
+        let awaited_healthy: std::collections::HashSet<&BackendConfig> = config
+            .routes
+            .iter()
+            .flat_map(|route| &route.depends_on)
+            .filter(|dependency| dependency.condition == DependencyCondition::Healthy)
+            .filter_map(|dependency| by_name.get(dependency.route.as_str()).copied())
+            .collect();
         let route_upstreams: Vec<Arc<Upstream>> = config
             .routes
             .iter()
@@ -273,11 +290,13 @@ impl<'a> Plan<'a> {
                     (None, None) => UpstreamTarget::BackendPort(80),
                 };
                 let upstream = Upstream::new(target, route.health.clone());
-                Arc::new(if route.health_set {
-                    upstream
-                } else {
-                    upstream.with_default_health()
-                })
+                Arc::new(
+                    if route.health_set || !awaited_healthy.contains(&route.backend) {
+                        upstream
+                    } else {
+                        upstream.with_default_health()
+                    },
+                )
             })
             .collect();
         let mut plan = Plan {
