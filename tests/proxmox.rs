@@ -632,6 +632,44 @@ async fn dependencies_wake_first_and_events_name_the_guest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_docker_app_depends_on_a_proxmox_database() {
+    common::init_tracing();
+    let fake = FakePve::start().await;
+    let db = guest_http(1003).await;
+    fake.add_guest("pve1", 1003, Some("127.0.0.1"));
+    let app = common::container::TestContainer::http("pve-dependent").await;
+    let app_events = common::engine::EventCounter::new(&app.name);
+    let routes = [
+        format!(
+            "    - name: app\n      hosts: [app.test]\n      docker: {{ container: {} }}\n      port: 80\n      depends_on: [\"ct1003:service_healthy\"]\n",
+            app.name
+        ),
+        route(1003, db.port, ""),
+    ];
+    let gateway = Gateway::start(&config(&fake, "2s", &routes)).await;
+    let response = gateway
+        .client()
+        .get(gateway.url("app.test", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", gateway.logs());
+    assert_eq!(response.text().await.unwrap(), common::image::INDEX_BODY);
+    assert_eq!(calls_of(&fake, "vzstart", 1003).len(), 1, "the guest started once");
+    assert!(db.hits.load(Ordering::SeqCst) >= 1, "the guest was probed healthy first");
+    assert!(app_events.wait_for("start", Duration::from_secs(5)).await);
+    assert_eq!(app_events.count("start"), 1);
+    let events = gateway
+        .event_history("app.test", "ready", Duration::from_secs(2))
+        .await;
+    let shown = serde_json::to_string(&events).unwrap();
+    assert!(
+        shown.contains("Dependency lxc/1003 on pve1 is up"),
+        "the Docker route's events name the guest: {shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stale_cluster_view_never_undoes_the_gateways_own_start_or_stop() {
     common::init_tracing();
     let fake = FakePve::start().await;
