@@ -655,8 +655,15 @@ async fn a_docker_app_depends_on_a_proxmox_database() {
         .unwrap();
     assert_eq!(response.status(), 200, "{}", gateway.logs());
     assert_eq!(response.text().await.unwrap(), common::image::INDEX_BODY);
-    assert_eq!(calls_of(&fake, "vzstart", 1003).len(), 1, "the guest started once");
-    assert!(db.hits.load(Ordering::SeqCst) >= 1, "the guest was probed healthy first");
+    assert_eq!(
+        calls_of(&fake, "vzstart", 1003).len(),
+        1,
+        "the guest started once"
+    );
+    assert!(
+        db.hits.load(Ordering::SeqCst) >= 1,
+        "the guest was probed healthy first"
+    );
     assert!(app_events.wait_for("start", Duration::from_secs(5)).await);
     assert_eq!(app_events.count("start"), 1);
     let events = gateway
