@@ -116,85 +116,38 @@ mod tests {
     use super::*;
     use crate::backend::{BackendSettings, State, Upstream, UpstreamTarget, Watcher};
     use crate::config::{HealthCheck, StopMethod};
-    use crate::providers::{BackendStatus, Provider, ProviderError};
-    use async_trait::async_trait;
-    use std::net::{IpAddr, Ipv4Addr};
-    use std::sync::atomic::AtomicBool;
+    use crate::providers::fake::{FakeEngine, FakeOp};
     use std::time::Duration;
-
-    /// A backend that only counts what it is asked to do.
-    #[derive(Default)]
-    struct FakeBackend {
-        running: AtomicBool,
-        starts: AtomicU32,
-        stops: AtomicU32,
-        fail_stops: AtomicBool,
-    }
-
-    #[async_trait]
-    impl Provider for FakeBackend {
-        fn describe(&self) -> &str {
-            "fake backend"
-        }
-        async fn status(&self) -> Result<BackendStatus, ProviderError> {
-            Ok(if self.running.load(Ordering::SeqCst) {
-                BackendStatus::Running
-            } else {
-                BackendStatus::Stopped
-            })
-        }
-        async fn start(&self) -> Result<(), ProviderError> {
-            self.starts.fetch_add(1, Ordering::SeqCst);
-            self.running.store(true, Ordering::SeqCst);
-            Ok(())
-        }
-        async fn stop(&self, _: Option<&str>, _: Duration) -> Result<(), ProviderError> {
-            if self.fail_stops.load(Ordering::SeqCst) {
-                return Err(ProviderError::Api {
-                    action: "stop",
-                    backend: "fake backend".into(),
-                    message: "refused".into(),
-                });
-            }
-            self.stops.fetch_add(1, Ordering::SeqCst);
-            self.running.store(false, Ordering::SeqCst);
-            Ok(())
-        }
-        async fn kill(&self, _: Option<&str>) -> Result<(), ProviderError> {
-            self.stop(None, Duration::ZERO).await
-        }
-        async fn pause(&self) -> Result<(), ProviderError> {
-            self.stop(None, Duration::ZERO).await
-        }
-        async fn unpause(&self) -> Result<(), ProviderError> {
-            self.start().await
-        }
-        async fn address(&self) -> Result<IpAddr, ProviderError> {
-            Ok(IpAddr::V4(Ipv4Addr::LOCALHOST))
-        }
-    }
 
     struct Fixture {
         clock: Arc<IdleClock>,
         timers: IdleTimers,
         watcher: Arc<Watcher>,
-        backend: Arc<FakeBackend>,
-        _listener: tokio::net::TcpListener,
+        engine: Arc<FakeEngine>,
     }
 
-    /// A watcher over a fake backend whose "port" is a real listener (the probe connects).
+    /// The fake backend's name.
+    const BACKEND: &str = "idle";
+
+    /// A watcher over a fake backend that listens on a real port while running (the probe
+    /// connects).
     async fn fixture(idle_ticks: u32) -> Fixture {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let clock = IdleClock::new(Duration::from_secs(1));
-        let backend = Arc::new(FakeBackend::default());
+        let engine = FakeEngine::new();
+        engine.create(BACKEND).unwrap();
+        engine.listen_on(BACKEND, port).unwrap();
         let upstream = Arc::new(Upstream::new(
             UpstreamTarget::BackendPort(port),
             HealthCheck::Tcp,
         ));
         let watcher = Watcher::new(
             0,
-            backend.clone(),
+            Arc::new(engine.provider(BACKEND)),
             BackendSettings {
                 idle_ticks,
                 wake_timeout: Duration::from_secs(5),
@@ -212,8 +165,7 @@ mod tests {
             clock,
             timers,
             watcher,
-            backend,
-            _listener: listener,
+            engine,
         }
     }
 
@@ -246,7 +198,7 @@ mod tests {
                         // Traffic at tick 0 may have come at its very end: idle from tick 1, asleep at 1 + 5.
         assert_eq!(f.run_until(20).await, Some(6));
         assert_eq!(f.watcher.state(), State::Napping);
-        assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
+        assert_eq!(f.engine.calls(BACKEND).stops, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,13 +234,12 @@ mod tests {
     async fn a_failed_stop_keeps_the_backend_serving_and_is_retried() {
         let mut f = fixture(2).await;
         f.wake().await;
-        f.backend.fail_stops.store(true, Ordering::SeqCst);
+        f.engine.fail_next(BACKEND, FakeOp::Stop, 1, "refused");
         let failures = AtomicU32::new(0);
         assert_eq!(f.run_until(10).await, Some(3));
         assert_eq!(f.watcher.state(), State::Ready, "still serving");
         IdleTimers::stop_finished(&f.clock, f.watcher.as_ref(), &failures, false);
-        // Retried after a backoff (1 tick after the first failure, doubling).
-        f.backend.fail_stops.store(false, Ordering::SeqCst);
+        // Retried after a backoff (1 tick after the first failure, doubling); the next stop works.
         assert_eq!(f.run_until(10).await, Some(4));
         assert_eq!(f.watcher.state(), State::Napping);
     }
@@ -316,14 +267,14 @@ mod tests {
         assert!(to_stop[0].put_to_sleep().await);
         waiter.await.unwrap().unwrap();
         assert_eq!(f.watcher.state(), State::Ready);
-        assert_eq!(f.backend.starts.load(Ordering::SeqCst), 2);
-        assert_eq!(f.backend.stops.load(Ordering::SeqCst), 1);
+        assert_eq!(f.engine.calls(BACKEND).starts, 2);
+        assert_eq!(f.engine.calls(BACKEND).stops, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_held_dependency_sleeps_its_idle_timeout_after_its_last_dependent() {
         use crate::config::DependencyCondition;
-        use crate::providers::fake::FakeEngine;
+
         let clock = IdleClock::new(Duration::from_secs(1));
         let engine = FakeEngine::new();
         let watcher = |id, name: &str, idle_ticks, dependencies| {
