@@ -265,20 +265,22 @@ impl<'a> Plan<'a> {
         config: &'a GatewayConfig,
         providers: &'a HashMap<&'a BackendConfig, Arc<dyn Provider>>,
     ) -> Self {
+        let route_index: HashMap<&str, usize> = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| (route.name.as_str(), index))
+            .collect();
         // The container's own HEALTHCHECK stands in for a probe nobody configured only where a
         // dependent waits for `service_healthy`: elsewhere it would slow every wake down to the
         // health check's interval.
-        let by_name: HashMap<&str, &BackendConfig> = config
-            .routes
-            .iter()
-            .map(|route| (route.name.as_str(), &route.backend))
-            .collect();
         let awaited_healthy: std::collections::HashSet<&BackendConfig> = config
             .routes
             .iter()
             .flat_map(|route| &route.depends_on)
             .filter(|dependency| dependency.condition == DependencyCondition::Healthy)
-            .filter_map(|dependency| by_name.get(dependency.route.as_str()).copied())
+            .filter_map(|dependency| route_index.get(dependency.route.as_str()))
+            .map(|&index| &config.routes[index].backend)
             .collect();
         let route_upstreams: Vec<Arc<Upstream>> = config
             .routes
@@ -302,12 +304,11 @@ impl<'a> Plan<'a> {
         let mut plan = Plan {
             config,
             providers,
-            route_index: HashMap::with_capacity(config.routes.len()),
+            route_index,
             route_upstreams,
             upstreams: HashMap::new(),
         };
         for (index, route) in config.routes.iter().enumerate() {
-            plan.route_index.insert(route.name.as_str(), index);
             if route.hosts.is_empty() && route.port.is_none() && route.upstream.is_none() {
                 // Dependency-only, no port: nothing to resolve or probe.
                 plan.upstreams.entry(&route.backend).or_default();

@@ -230,13 +230,7 @@ impl Watcher {
                                 backend: self.backend.clone(),
                             })
                         }
-                        status => {
-                            return Err(WakeError::Exited {
-                                backend: self.backend.clone(),
-                                status,
-                                clue: ExitClue::Health,
-                            })
-                        }
+                        status => return Err(self.stopped_while_starting(status, ExitClue::Health)),
                     }
                 }
                 None => return Ok(()),
