@@ -10,8 +10,11 @@ BENCH_DEPS  := cmake busybox-static wrk nginx-light file python3 procps valgrind
 
 .PHONY: run test lint demo bench build deps-build deps-test deps-demo deps-bench clean-test-containers
 
-run: deps-build
-	$(CARGO) run --release --bin idlewatcher -- -c $(CONFIG)
+# The shipped config fronts the demo container (created stopped when missing).
+run: deps-demo
+	$(CARGO) build --release --bin idlewatcher
+	scripts/demo-backend.sh
+	./target/release/idlewatcher -c $(CONFIG)
 
 build: deps-build
 	$(CARGO) build --release --all-targets
@@ -27,20 +30,10 @@ lint: deps-build
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	python3 scripts/check-layers.py
+	scripts/check-unit.sh
 
-# A tiny busybox container behind the gateway, asleep until the first request.
-demo: deps-demo
-	$(CARGO) build --release --bin idlewatcher
-	scripts/build-demo-image.sh
-	@docker rm -f idlewatcher-demo >/dev/null 2>&1 || true
-	docker create --name idlewatcher-demo idlewatcher-demo:latest >/dev/null
-	@echo
-	@echo "The container idlewatcher-demo is stopped. Now try, in another terminal:"
-	@echo "    curl -i http://localhost:8080/                 # held, then answered by the container"
-	@echo "    curl http://localhost:8080/.idlewatcher/status # its state, without waking it"
-	@echo "or open http://localhost:8080/ in a browser (the loading page). Ctrl-C stops the gateway."
-	@echo
-	./target/release/idlewatcher -c conf/demo.yaml
+# Kept for habit: the same as `make run`.
+demo: run
 
 # Benchmarks (not part of `make test`): about 8–10 minutes (valgrind included); BENCH_ARGS go to scripts/bench.py.
 bench: deps-bench

@@ -11,10 +11,11 @@ use crate::config::{
     BackendConfig, ConfigError, DependencyCondition, GatewayConfig, HealthCheck, RouteConfig,
 };
 use crate::idle::{IdleClock, IdleTimers, Sleeper};
+use crate::metrics::Metrics;
 use crate::providers::{
     BackendObserver, FamilyKind, Provider, ProviderError, ProviderFamily, FAMILIES,
 };
-use crate::routes::{Route, RouteTable};
+use crate::routes::{Route, RoutePolicy, RouteTable};
 
 /// Why the gateway could not be assembled from a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,12 @@ pub enum StartError {
         /// The backend's key in the route (`proxmox`).
         family: &'static str,
     },
+    /// The metrics could not be registered (a metric name used twice: a programming error).
+    #[error("cannot set up the metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
+    /// The admin API's token file could not be used.
+    #[error("admin: {0}")]
+    AdminToken(#[from] crate::admin::TokenError),
     /// A dependency cycle (the configuration check rules them out; kept as a guard).
     #[error("route {route:?}: dependency cycle")]
     DependencyCycle {
@@ -110,6 +117,7 @@ pub(crate) struct Assembly {
     pub(crate) routes: RouteTable,
     pub(crate) timers: IdleTimers,
     pub(crate) families: Vec<Arc<dyn ProviderFamily>>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Assembly {
@@ -142,9 +150,14 @@ impl Assembly {
             built.watcher_for(&plan, index, &mut Vec::new())?;
         }
         link_dependents(config, &built.by_backend);
+        let metrics = Metrics::new()?;
         let mut routes = Vec::with_capacity(config.routes.len());
         for (route, upstream) in config.routes.iter().zip(&plan.route_upstreams) {
             let watcher = Arc::clone(&built.by_backend[&route.backend]);
+            // A backend's wakes and sleeps are counted under the first route that fronts it.
+            if watcher.metrics().is_none() {
+                watcher.set_metrics(metrics.for_backend(&route.name));
+            }
             let entry = Route::new(
                 route.name.clone(),
                 watcher,
@@ -152,7 +165,11 @@ impl Assembly {
                 route.start_endpoint.clone(),
                 route.no_loading_page,
                 route.max_waiters,
-            );
+            )
+            .with_policy(RoutePolicy {
+                show_details: route.show_details,
+                ignore_user_agents: route.ignore_user_agents.clone(),
+            });
             routes.push((Arc::new(entry), route.hosts.clone()));
         }
         for (backend, watcher) in &built.by_backend {
@@ -172,6 +189,7 @@ impl Assembly {
             watchers: built.watchers,
             routes: RouteTable::new(routes),
             families,
+            metrics,
         })
     }
 }

@@ -53,15 +53,19 @@
 //! | [`backend`] | one backend's state, singleflight wake, sleep, readiness, slow start, events |
 //! | [`routes`] | the live Host → route table |
 //! | [`wait`] | waiting through a wake, for any protocol |
+//! | [`metrics`] | Prometheus metrics of wakes, sleeps and refused requests |
 //! | [`http`] | the HTTP front: gate, early hold, loading page, event stream, bundled proxy |
+//! | [`admin`] | the admin listener: `/metrics`, the routes, wake and sleep by hand |
 //! | [`assemble`] | configuration → running parts |
 //! | this file | the public facade, [`IdleWatcher`] |
 
+pub mod admin;
 pub mod assemble;
 pub mod backend;
 pub mod config;
 pub mod http;
 pub mod idle;
+pub mod metrics;
 pub mod providers;
 pub mod routes;
 pub mod wait;
@@ -72,12 +76,15 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 use pingora::services::ServiceWithDependents;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::admin::{AdminApi, AdminToken};
 use crate::assemble::Assembly;
 use crate::backend::Watcher;
 use crate::idle::{IdleClock, IdleTicker};
+use crate::metrics::Metrics;
 use crate::providers::ProviderFamily;
 use crate::routes::LiveRoutes;
 
@@ -89,6 +96,7 @@ pub struct IdleWatcher {
     gate: Arc<IdleGate>,
     watchers: Vec<Arc<Watcher>>,
     clock: Arc<IdleClock>,
+    metrics: Arc<Metrics>,
     background: Mutex<Option<Background>>,
 }
 
@@ -106,8 +114,20 @@ impl IdleWatcher {
     ) -> Result<Self, StartError> {
         let assembled = Assembly::build(config).await?;
         let clock = assembled.clock;
+        let routes = Arc::new(LiveRoutes::new(assembled.routes));
+        let admin = match &config.admin {
+            Some(admin) => {
+                let token = match &admin.token_file {
+                    Some(path) => Some(AdminToken::from_file(path)?),
+                    None => None,
+                };
+                let api = AdminApi::new(Arc::clone(&routes), Arc::clone(&assembled.metrics), token);
+                Some(api.service(&admin.listen))
+            }
+            None => None,
+        };
         let gate = Arc::new(IdleGate::new(
-            Arc::new(LiveRoutes::new(assembled.routes)),
+            routes,
             &config.path_prefix,
             Arc::clone(&clock),
             unknown_host,
@@ -116,9 +136,11 @@ impl IdleWatcher {
             gate,
             watchers: assembled.watchers,
             clock,
+            metrics: assembled.metrics,
             background: Mutex::new(Some(Background {
                 ticker: IdleTicker::new(assembled.timers, config.max_concurrent_stops),
                 families: assembled.families,
+                admin,
             })),
         })
     }
@@ -156,26 +178,41 @@ impl IdleWatcher {
         &self.watchers
     }
 
+    /// The metrics registry (wakes, sleeps, refused requests): gather it into your own
+    /// `/metrics`, or let the admin listener serve it.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The shared idle clock.
     pub fn clock(&self) -> &Arc<IdleClock> {
         &self.clock
     }
 
     /// The background work to add to the Pingora `Server` (`server.add_boxed_service(..)`): the
-    /// idle clock with its stopper, and each provider family's event source. Returns nothing
-    /// the second time (there is one of each per gateway).
+    /// idle clock with its stopper, each provider family's event source, and the admin
+    /// listener when the configuration has one. Returns nothing the second time (there is one
+    /// of each per gateway).
     pub fn background_services(&self) -> Vec<Box<dyn ServiceWithDependents>> {
-        match self.background.lock().take() {
-            Some(background) => vec![Box::new(background_service("idlewatcher", background))],
-            None => Vec::new(),
+        let Some(mut background) = self.background.lock().take() else {
+            return Vec::new();
+        };
+        let admin = background.admin.take();
+        let mut services: Vec<Box<dyn ServiceWithDependents>> =
+            vec![Box::new(background_service("idlewatcher", background))];
+        if let Some(admin) = admin {
+            services.push(Box::new(admin));
         }
+        services
     }
 }
 
-/// The ticker and the families' event sources, run together on one background task.
+/// The ticker and the families' event sources, run together on one background task (and the
+/// admin listener, handed out beside it).
 struct Background {
     ticker: IdleTicker,
     families: Vec<Arc<dyn ProviderFamily>>,
+    admin: Option<Service<AdminApi>>,
 }
 
 #[async_trait]

@@ -86,6 +86,7 @@ fn main() -> ExitCode {
     tracing::info!(
         routes = idle.routes().load().len(),
         listen = ?config.gateway.listen,
+        admin = config.gateway.admin.as_ref().map_or("off", |admin| admin.listen.as_str()),
         "idlewatcher started"
     );
     server.run_forever()

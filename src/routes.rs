@@ -31,7 +31,33 @@ pub struct Route {
     pub no_loading_page: bool,
     /// Most requests held at once while waking.
     pub max_waiters: usize,
+    /// What visitors may see and which clients may wake the backend.
+    pub policy: RoutePolicy,
     waiters: AtomicUsize,
+}
+
+/// What a route shows to visitors and whom it lets wake its backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Whether the public page, events and status may name the backend, its addresses and
+    /// the provider's error texts (otherwise they show the route and the phase only).
+    pub show_details: bool,
+    /// Lowercased `User-Agent` substrings that never wake the backend (monitors, crawlers).
+    pub ignore_user_agents: Vec<String>,
+}
+
+impl RoutePolicy {
+    /// Whether a request with this `User-Agent` must not wake the backend. Only asked for a
+    /// sleeping route (never on the ready path); ASCII case is ignored without allocating.
+    pub fn ignores(&self, user_agent: &[u8]) -> bool {
+        self.ignore_user_agents.iter().any(|part| {
+            let part = part.as_bytes();
+            !part.is_empty()
+                && user_agent
+                    .windows(part.len())
+                    .any(|window| window.eq_ignore_ascii_case(part))
+        })
+    }
 }
 
 impl Route {
@@ -51,8 +77,20 @@ impl Route {
             start_endpoint,
             no_loading_page,
             max_waiters,
+            policy: RoutePolicy::default(),
             waiters: AtomicUsize::new(0),
         }
+    }
+
+    /// The same route with `policy` (what visitors see, who may wake it).
+    pub fn with_policy(mut self, policy: RoutePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How many requests (or connections) are held right now, waiting for the wake.
+    pub fn held(&self) -> usize {
+        self.waiters.load(Ordering::Relaxed).min(self.max_waiters)
     }
 
     /// Counts one more held request, or returns `None` if `max_waiters` are already held.
@@ -79,6 +117,8 @@ pub struct RouteTable {
     /// aHash: several times faster than std's SipHash on short keys, and still keyed per
     /// process (host names come from clients).
     hosts: HashMap<Box<[u8]>, Arc<Route>, ahash::RandomState>,
+    /// Each route's host names as configured, beside `routes` (for listings, not lookups).
+    route_hosts: Vec<Vec<String>>,
 }
 
 impl RouteTable {
@@ -87,13 +127,14 @@ impl RouteTable {
     pub fn new(routes: Vec<(Arc<Route>, Vec<String>)>) -> Self {
         let mut table = Self::default();
         for (route, hosts) in routes {
-            for host in hosts {
+            for host in &hosts {
                 table.hosts.insert(
                     host.to_ascii_lowercase().into_bytes().into(),
                     Arc::clone(&route),
                 );
             }
             table.routes.push(route);
+            table.route_hosts.push(hosts);
         }
         table
     }
@@ -127,6 +168,13 @@ impl RouteTable {
     /// Every route, in configuration order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.routes.iter()
+    }
+
+    /// Every route with its host names, in configuration order (for listings).
+    pub fn entries(&self) -> impl Iterator<Item = (&Arc<Route>, &[String])> {
+        self.routes
+            .iter()
+            .zip(self.route_hosts.iter().map(Vec::as_slice))
     }
 
     /// How many routes there are.

@@ -80,6 +80,23 @@ pub enum WakeError {
     Unknown,
 }
 
+impl WakeError {
+    /// The kind of failure, as a metric label (`result` of `idlewatcher_wakes_total`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Dependency { .. } => "dependency",
+            Self::Provider(_) => "provider",
+            Self::Missing { .. } => "missing",
+            Self::Exited { .. } => "exited",
+            Self::TimedOut { .. } => "timeout",
+            Self::Unhealthy { .. } => "unhealthy",
+            Self::NoHealthCheck { .. } => "no_health_check",
+            Self::Removed { .. } => "removed",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// What was seen of a backend that stopped while starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ExitClue {
@@ -163,6 +180,27 @@ impl WakeFailure {
                 retry_after.as_secs_f64().ceil().max(1.0) as u64
             }
             _ => 2,
+        }
+    }
+
+    /// Why the request was refused, as a metric label (`reason` of
+    /// `idlewatcher_requests_rejected_total`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Failed(_) => "wake_failed",
+            Self::BackingOff { .. } => "backing_off",
+            Self::ShuttingDown => "shutting_down",
+            Self::TimedOut { .. } => "timeout",
+        }
+    }
+
+    /// What a visitor may be told when the route does not `show_details`: the phase, never a
+    /// backend's name, address or an engine's error text.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Self::Failed(_) | Self::BackingOff { .. } => "The service could not be started",
+            Self::ShuttingDown => "The gateway is shutting down",
+            Self::TimedOut { .. } => "The service did not become ready in time",
         }
     }
 

@@ -72,16 +72,44 @@ struct WireEvent<'a> {
     error: Option<&'a str>,
 }
 
+impl WakeEventKind {
+    /// What a visitor is told of this phase when the route does not show details: no backend
+    /// name, address or engine error text.
+    pub fn public_message(self) -> &'static str {
+        match self {
+            Self::Starting => "Starting",
+            Self::WakingDep => "Starting a service it depends on",
+            Self::DepReady => "A service it depends on is up",
+            Self::ContainerWoke => "Started",
+            Self::WaitingReady => "Waiting for the service to answer",
+            Self::Ready => "Ready",
+            Self::Error => "The service could not be started",
+            Self::Napping => "Asleep",
+        }
+    }
+}
+
 impl WakeEvent {
-    /// The event as the JSON object the README documents (Internal endpoints), for the `data:` line of the SSE stream.
-    /// serde_json escapes every string, so hostile names and error texts stay text.
-    pub fn to_json(&self, route: &str) -> String {
+    /// The event as the JSON object the README documents (Internal endpoints), for the `data:`
+    /// line of the SSE stream. Without `details`, the message is the phase's generic one and an
+    /// error only says that the wake failed (the logs and the admin API keep the rest). serde_json
+    /// escapes every string, so hostile names and error texts stay text.
+    pub fn to_json(&self, route: &str, details: bool) -> String {
+        let (message, error) = if details {
+            (self.message.as_str(), self.error.as_deref())
+        } else {
+            let hidden = self
+                .error
+                .as_ref()
+                .map(|_| WakeEventKind::Error.public_message());
+            (self.kind.public_message(), hidden)
+        };
         let wire = WireEvent {
             kind: self.kind,
             route,
-            message: &self.message,
+            message,
             timestamp: humantime::format_rfc3339_millis(self.timestamp).to_string(),
-            error: self.error.as_deref(),
+            error,
         };
         // Serializing a struct of strings cannot fail.
         serde_json::to_string(&wire).unwrap_or_default()
@@ -219,11 +247,39 @@ mod tests {
         );
         let mut out = Vec::new();
         log.since(0, &mut out);
-        let json = out[0].to_json("<b>route</b>");
+        let json = out[0].to_json("<b>route</b>", true);
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["type"], "error");
         assert_eq!(value["route"], "<b>route</b>");
         assert_eq!(value["error"], "</title><script>alert(\"x\")</script>");
         assert!(value["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn without_details_an_event_names_no_backend_and_no_error_text() {
+        let log = EventLog::new();
+        log.push(
+            WakeEventKind::WaitingReady,
+            "Waiting for docker container \"secret-app\" to answer on 172.17.0.9:80".into(),
+            None,
+        );
+        log.push(
+            WakeEventKind::Error,
+            "Could not wake docker container \"secret-app\"".into(),
+            Some("connection refused by 172.17.0.9:80".into()),
+        );
+        let mut out = Vec::new();
+        log.since(0, &mut out);
+        for event in &out {
+            let json = event.to_json("app", false);
+            assert!(
+                !json.contains("secret-app") && !json.contains("172.17"),
+                "{json}"
+            );
+            assert!(event.to_json("app", true).contains("secret-app"));
+        }
+        let error: serde_json::Value = serde_json::from_str(&out[1].to_json("app", false)).unwrap();
+        assert_eq!(error["message"], "The service could not be started");
+        assert_eq!(error["error"], "The service could not be started");
     }
 }

@@ -18,6 +18,17 @@ impl Watcher {
     /// `stopping` if nothing is in flight. The caller then runs
     /// [`put_to_sleep`](Self::put_to_sleep).
     pub fn try_begin_stop(&self) -> bool {
+        self.begin_stop(false)
+    }
+
+    /// [`try_begin_stop`](Self::try_begin_stop) for an operator who said so explicitly (the
+    /// admin API's sleep with `force`): requests in flight and awake dependents do not hold the
+    /// backend; they fail as if it had been stopped by hand.
+    pub fn begin_forced_stop(&self) -> bool {
+        self.begin_stop(true)
+    }
+
+    fn begin_stop(&self, force: bool) -> bool {
         let mut control = self.control.lock();
         let before = self.state();
         if !matches!(before, State::Ready | State::Error) {
@@ -27,7 +38,7 @@ impl Watcher {
         // a dependent sets `starting` before it wakes this backend, so either it sees `stopping`
         // (and waits for the stop, then wakes it again) or this sees it held.
         self.state.store(State::Stopping as u8, Ordering::SeqCst);
-        if self.in_flight.load(Ordering::SeqCst) != 0 || self.is_held() {
+        if !force && (self.in_flight.load(Ordering::SeqCst) != 0 || self.is_held()) {
             self.state.store(before as u8, Ordering::SeqCst);
             return false;
         }
@@ -43,6 +54,9 @@ impl Watcher {
     /// is woken again at once if requests arrived meanwhile); on failure it stays ready.
     pub async fn put_to_sleep(&self) -> Result<(), ProviderError> {
         let result = self.send_to_sleep().await;
+        if let Some(metrics) = self.metrics.get() {
+            metrics.slept(result.is_ok());
+        }
         let settings = &self.settings;
         let mut control = self.control.lock();
         match &result {

@@ -22,6 +22,15 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in order (for metrics that show each one).
+    pub const ALL: [State; 5] = [
+        State::Napping,
+        State::Starting,
+        State::Ready,
+        State::Stopping,
+        State::Error,
+    ];
+
     pub(crate) fn from_u8(value: u8) -> Self {
         match value {
             0 => Self::Napping,

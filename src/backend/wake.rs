@@ -13,6 +13,7 @@ use crate::backend::readiness::{self, ProbeError};
 use crate::backend::watcher::WARM_UP;
 use crate::backend::{State, UpstreamTarget, WakeError, WakeFailure, Watcher};
 use crate::config::{DependencyCondition, HealthCheck};
+use crate::metrics::WakePhase;
 use crate::providers::{BackendHealth, BackendStatus, ProviderError};
 
 /// Longest pause before a failed backend may be woken again.
@@ -27,11 +28,13 @@ const HEALTH_POLL: Duration = Duration::from_millis(200);
 impl Watcher {
     /// Runs the wake of `generation` to its end, bounded by `wake_timeout`.
     pub(super) async fn run_wake(self: Arc<Self>, generation: u64) {
-        let deadline = Instant::now() + self.settings.wake_timeout;
+        let began = Instant::now();
+        let deadline = began + self.settings.wake_timeout;
         let mut last_probe = None;
+        let mut phases = Vec::with_capacity(4);
         let result = tokio::time::timeout_at(
             deadline.into(),
-            self.wake_steps(generation, deadline, &mut last_probe),
+            self.wake_steps(generation, deadline, &mut last_probe, &mut phases),
         )
         .await
         .unwrap_or_else(|_| {
@@ -41,6 +44,11 @@ impl Watcher {
                 last_probe: last_probe.take(),
             })
         });
+        if let Some(metrics) = self.metrics.get() {
+            phases.push((WakePhase::Total, began.elapsed()));
+            let outcome = result.as_ref().map_or_else(WakeError::kind, |()| "ok");
+            metrics.wake_finished(outcome, &phases);
+        }
         if self.finish_wake(generation, result) {
             // A failed wake leaves nothing running (the next wake restarts it afresh); a
             // backend started by hand is left alone.
@@ -107,13 +115,16 @@ impl Watcher {
     }
 
     /// The wake itself: dependencies, provider start, addresses, readiness. The last probe
-    /// failure is left in `last_probe` for the timeout's message.
+    /// failure is left in `last_probe` for the timeout's message, and each phase's duration is
+    /// added to `phases` as it ends (for the metrics).
     async fn wake_steps(
         &self,
         generation: u64,
         deadline: Instant,
         last_probe: &mut Option<ProbeError>,
+        phases: &mut Vec<(WakePhase, Duration)>,
     ) -> Result<(), WakeError> {
+        let phase_began = Instant::now();
         // Every dependency is woken at once (each wake is its dependency's own singleflight, so
         // a dependency shared by several paths of a diamond starts once); the first failure
         // fails this wake, naming the dependency. The dependencies' wakes are detached tasks:
@@ -123,7 +134,11 @@ impl Watcher {
             .iter()
             .map(|(dependency, condition)| self.wake_dependency(dependency, *condition, deadline));
         futures_util::future::try_join_all(dependencies).await?;
+        if !self.dependencies.is_empty() {
+            phases.push((WakePhase::Dependencies, phase_began.elapsed()));
+        }
 
+        let start_began = Instant::now();
         let status = self.provider.status().await?;
         if matches!(status, BackendStatus::Paused | BackendStatus::Stopped) {
             let mut control = self.control.lock();
@@ -147,6 +162,8 @@ impl Watcher {
                 })
             }
         };
+        phases.push((WakePhase::Start, start_began.elapsed()));
+        let ready_began = Instant::now();
         {
             let mut control = self.control.lock();
             if control.generation == generation && self.state() == State::Starting {
@@ -206,6 +223,7 @@ impl Watcher {
             }
             upstream.set_address(Some(address));
         }
+        phases.push((WakePhase::Ready, ready_began.elapsed()));
         Ok(())
     }
 

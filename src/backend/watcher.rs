@@ -33,6 +33,7 @@ use crate::backend::release::ReleaseWindow;
 use crate::backend::{State, Status, Upstream, WakeError, WakeFailure};
 use crate::config::{DependencyCondition, StopMethod};
 use crate::idle::IdleClock;
+use crate::metrics::BackendMetrics;
 use crate::providers::Provider;
 
 /// After a wake, how long new requests still enter through the slow start (at most).
@@ -93,6 +94,9 @@ pub struct Watcher {
     pub(super) in_flight: AtomicU32,
     pub(super) warm_until: AtomicU32,
     pub(super) idle: Arc<IdleClock>,
+    /// Where wakes and sleeps are counted: set once by assembly (a watcher built without it, in
+    /// a test or by an embedder, counts nothing).
+    pub(super) metrics: OnceLock<BackendMetrics>,
     pub(super) this: Weak<Watcher>,
 }
 
@@ -141,6 +145,7 @@ impl Watcher {
             in_flight: AtomicU32::new(0),
             warm_until: AtomicU32::new(0),
             idle,
+            metrics: OnceLock::new(),
             this: this.clone(),
         })
     }
@@ -155,6 +160,17 @@ impl Watcher {
             .map(|(name, watcher)| (name, Arc::downgrade(watcher)))
             .collect();
         self.dependents.set(weak).is_ok()
+    }
+
+    /// Gives this watcher the metrics its wakes and sleeps count into; set once, after
+    /// assembly. Returns false if it was already set.
+    pub fn set_metrics(&self, metrics: BackendMetrics) -> bool {
+        self.metrics.set(metrics).is_ok()
+    }
+
+    /// The metrics this watcher counts into, if assembly gave it some.
+    pub fn metrics(&self) -> Option<&BackendMetrics> {
+        self.metrics.get()
     }
 
     /// The dependencies this backend wakes first, with the condition each must reach.
@@ -252,6 +268,17 @@ impl Watcher {
     pub fn idle_deadline(&self) -> Option<u64> {
         let idle_ticks = self.settings.idle_ticks as u64;
         (idle_ticks > 0).then(|| self.last_seen() as u64 + 1 + idle_ticks)
+    }
+
+    /// How long until the backend is put to sleep if no traffic comes: `None` unless it is
+    /// ready and has an idle timeout (for the status endpoint and the admin API).
+    pub fn sleeps_in(&self) -> Option<Duration> {
+        if self.state() != State::Ready {
+            return None;
+        }
+        let due = self.idle_deadline()?;
+        let left = due.saturating_sub(self.idle.now() as u64);
+        Some(self.idle.tick() * u32::try_from(left).unwrap_or(u32::MAX))
     }
 
     /// How many requests (or upgraded connections) are using the backend right now.

@@ -11,7 +11,8 @@ use super::checks::check_routes;
 use super::error::ConfigError;
 use super::fields::Fields;
 use super::model::{
-    BackendConfig, GatewayConfig, ProxmoxConfig, PveTrust, RouteConfig, StopMethod, TokenSecret,
+    AdminConfig, BackendConfig, GatewayConfig, ProxmoxConfig, PveTrust, RouteConfig, StopMethod,
+    TokenSecret,
 };
 use super::route::{draft_route, peek_name, RouteDefaults, RouteDraft, INHERIT_KEYS, ROUTE_KEYS};
 use super::values::{
@@ -24,6 +25,7 @@ use super::yaml::{Node, Value};
 pub(crate) const GATEWAY_KEYS: &[&str] = &[
     "listen",
     "path_prefix",
+    "admin",
     "docker",
     "proxmox",
     "tick",
@@ -73,6 +75,11 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
     let path_prefix = f
         .get("path_prefix", path_prefix)
         .unwrap_or_else(|| DEFAULT_PATH_PREFIX.to_string());
+    let admin = f.sub("admin", &["listen", "token_file"]).and_then(|mut a| {
+        let admin = parse_admin(&mut a, &listen);
+        f.absorb(a);
+        admin
+    });
     let docker_host = f.sub("docker", &["host"]).and_then(|mut d| {
         let host = d.get("host", docker_host);
         f.absorb(d);
@@ -126,6 +133,7 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
     Some(GatewayConfig {
         listen,
         path_prefix,
+        admin,
         docker_host,
         proxmox,
         tick,
@@ -186,6 +194,35 @@ fn parse_routes(
     let all_read = drafts.len() == draft_index.len();
     let routes: Option<Vec<RouteConfig>> = drafts.into_iter().map(RouteDraft::build).collect();
     routes.filter(|_| all_read)
+}
+
+/// The `admin:` section `a`: its own listener (never one of the public ones), and a token that
+/// anything but a loopback listener must have.
+fn parse_admin(a: &mut Fields, public: &[String]) -> Option<AdminConfig> {
+    let listen_at = a.value_position("listen");
+    let listen = a.required("listen", socket_addr)?;
+    let token_file = a.get("token_file", existing_file);
+    let at = listen_at.unwrap_or_else(|| a.position());
+    if public.contains(&listen) {
+        a.error_at(
+            "listen",
+            at,
+            format!("\"{listen}\" is also a public listen address; the admin API needs its own"),
+        );
+    }
+    let loopback = listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|addr| addr.ip().is_loopback());
+    if !loopback && token_file.is_none() && !a.has_error_for("token_file") {
+        a.error_at(
+            "listen",
+            at,
+            format!(
+                "\"{listen}\" is reachable from other machines: set token_file (a file holding the bearer token) or listen on 127.0.0.1"
+            ),
+        );
+    }
+    Some(AdminConfig { listen, token_file })
 }
 
 /// The `proxmox:` section `p`: one cluster, one token, exactly one way to trust its certificate.

@@ -32,6 +32,8 @@ pub struct GatewayConfig {
     /// Prefix of the internal endpoints (`path_prefix`), default `/.idlewatcher/`. Always starts
     /// and ends with `/`.
     pub path_prefix: String,
+    /// The admin listener (`admin:`): metrics and the operator's API; `None` = off.
+    pub admin: Option<AdminConfig>,
     /// How to reach the Docker engine (`docker.host`); `None` = `DOCKER_HOST`, else the platform
     /// default.
     pub docker_host: Option<String>,
@@ -43,6 +45,16 @@ pub struct GatewayConfig {
     pub max_concurrent_stops: usize,
     /// The routes, in file order, with `defaults` applied.
     pub routes: Vec<RouteConfig>,
+}
+
+/// The `admin:` section: where the operator's API and the metrics listen, and who may use them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the admin listener (`listen`), never one of the public ones.
+    pub listen: String,
+    /// A file holding the bearer token `/api/*` requires (`token_file`); `None` = no token
+    /// (allowed on loopback only).
+    pub token_file: Option<PathBuf>,
 }
 
 /// The `proxmox:` section: how to reach and trust one PVE cluster. Its `Debug` never shows the
@@ -121,6 +133,12 @@ pub struct RouteConfig {
     pub start_endpoint: Option<String>,
     /// Never show the loading page; hold every request instead (`no_loading_page`).
     pub no_loading_page: bool,
+    /// Whether the public page, events and status may name the backend, its addresses and the
+    /// provider's error texts (`show_details`, default false: visitors see the phase only).
+    pub show_details: bool,
+    /// Lowercased substrings of `User-Agent`s that never wake the backend
+    /// (`ignore_user_agents`): uptime monitors and crawlers get 503 while it sleeps.
+    pub ignore_user_agents: Vec<String>,
     /// Routes whose backends must be up first (`depends_on`).
     pub depends_on: Vec<Dependency>,
     /// How readiness is probed (`health`).

@@ -14,6 +14,7 @@ use super::model::{BackendConfig, Dependency, HealthCheck, RouteConfig, StopMeth
 use super::values::{
     abs_path, boolean, condition_name, count, dependency, duration, host, integer, non_empty,
     positive_duration, statuses, stop_method, stop_method_name, stop_signal, upstream,
+    user_agent_part,
 };
 use super::yaml::{Node, Position};
 
@@ -28,6 +29,8 @@ pub(crate) const INHERIT_KEYS: &[&str] = &[
     "retry_backoff",
     "health",
     "no_loading_page",
+    "show_details",
+    "ignore_user_agents",
 ];
 /// Keys only a route may set.
 pub(crate) const ROUTE_KEYS: &[&str] = &[
@@ -64,6 +67,8 @@ pub struct RouteDefaults {
     retry_backoff: Option<Duration>,
     health: Option<HealthCheck>,
     no_loading_page: Option<bool>,
+    show_details: Option<bool>,
+    ignore_user_agents: Option<Vec<String>>,
 }
 
 impl RouteDefaults {
@@ -79,6 +84,10 @@ impl RouteDefaults {
             retry_backoff: f.get("retry_backoff", positive_duration),
             health: health(f),
             no_loading_page: f.get("no_loading_page", boolean),
+            show_details: f.get("show_details", boolean),
+            ignore_user_agents: f
+                .list("ignore_user_agents", user_agent_part, None)
+                .map(|parts| parts.into_iter().map(|(part, _)| part).collect()),
         }
     }
 
@@ -119,6 +128,11 @@ impl RouteDefaults {
                 .no_loading_page
                 .or(defaults.no_loading_page)
                 .unwrap_or(false),
+            show_details: self.show_details.or(defaults.show_details).unwrap_or(false),
+            ignore_user_agents: self
+                .ignore_user_agents
+                .or_else(|| defaults.ignore_user_agents.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -135,6 +149,8 @@ struct Settings {
     health: HealthCheck,
     health_set: bool,
     no_loading_page: bool,
+    show_details: bool,
+    ignore_user_agents: Vec<String>,
 }
 
 /// The probe a route gets when nothing says otherwise: `GET /`, any status below 500.
@@ -374,6 +390,8 @@ impl RouteDraft {
             upstream,
             start_endpoint: self.start_endpoint,
             no_loading_page: s.no_loading_page,
+            show_details: s.show_details,
+            ignore_user_agents: s.ignore_user_agents,
             depends_on: self.depends_on.into_iter().map(|(dep, _)| dep).collect(),
             health: s.health,
             health_set: s.health_set,

@@ -157,6 +157,8 @@ fn full_config_resolves_every_key() {
         upstream: Some("10.0.0.5:5432".into()),
         start_endpoint: None,
         no_loading_page: true,
+        show_details: false,
+        ignore_user_agents: vec![],
         depends_on: vec![],
         health: HealthCheck::Tcp,
         health_set: true,
@@ -179,6 +181,8 @@ fn full_config_resolves_every_key() {
         upstream: None,
         start_endpoint: Some("/".into()),
         no_loading_page: false,
+        show_details: false,
+        ignore_user_agents: vec![],
         depends_on: vec![Dependency {
             route: "db".into(),
             condition: DependencyCondition::Healthy,
@@ -1575,4 +1579,63 @@ fn proxmox_routes_need_the_section_and_cannot_pause() {
         "LXC suspend is an experimental CRIU checkpoint",
     );
     assert_eq!(e.len(), 1, "{}", ConfigErrors(e.clone()));
+}
+
+#[test]
+fn admin_listener_needs_a_token_off_loopback_and_its_own_address() {
+    let token = std::env::temp_dir().join(format!("iw-admin-token-{}", std::process::id()));
+    std::fs::write(&token, "secret\n").unwrap();
+    let config = valid("idlewatcher:\n  admin: { listen: \"127.0.0.1:9090\" }\n");
+    let admin = config.gateway.admin.unwrap();
+    assert_eq!(admin.listen, "127.0.0.1:9090");
+    assert_eq!(admin.token_file, None);
+    assert_eq!(valid("idlewatcher: {}\n").gateway.admin, None);
+
+    let e = errors("idlewatcher:\n  admin:\n    listen: \"0.0.0.0:9090\"\n");
+    has(&e, None, "idlewatcher.admin.listen", "token_file");
+    assert_eq!(e[0].line, Some(3));
+    let with_token = format!(
+        "idlewatcher:\n  admin: {{ listen: \"0.0.0.0:9090\", token_file: \"{}\" }}\n",
+        token.display()
+    );
+    assert_eq!(
+        valid(&with_token).gateway.admin.unwrap().token_file,
+        Some(token.clone())
+    );
+    let e = errors(
+        "idlewatcher:\n  listen: [\"127.0.0.1:8080\"]\n  admin: { listen: \"127.0.0.1:8080\" }\n",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.admin.listen",
+        "public listen address",
+    );
+    let e = errors(
+        "idlewatcher:\n  admin: { listen: \"127.0.0.1:9090\", token_file: /no/such/token }\n",
+    );
+    has(&e, None, "idlewatcher.admin.token_file", "cannot read");
+    let e = errors("idlewatcher:\n  admin: { token_file: /x }\n");
+    has(&e, None, "idlewatcher.admin.listen", "required");
+    std::fs::remove_file(token).unwrap();
+}
+
+#[test]
+fn show_details_and_ignored_user_agents_are_inherited_and_lowercased() {
+    let text = "idlewatcher:\n  defaults:\n    show_details: true\n    ignore_user_agents: [Uptime-Kuma, \"  GoogleBot \"]\n  routes:\n"
+        .to_string()
+        + "    - { name: a, hosts: [a.test], docker: { container: a }, port: 80 }\n"
+        + "    - { name: b, hosts: [b.test], docker: { container: b }, port: 80, show_details: false, ignore_user_agents: [] }\n";
+    let config = valid(&text);
+    let (a, b) = (&config.gateway.routes[0], &config.gateway.routes[1]);
+    assert!(a.show_details);
+    assert_eq!(a.ignore_user_agents, vec!["uptime-kuma", "googlebot"]);
+    assert!(!b.show_details);
+    assert!(b.ignore_user_agents.is_empty());
+    let plain = valid(&one(""));
+    assert!(!plain.gateway.routes[0].show_details);
+    let e = errors(&one("ignore_user_agents: [\"\"]"));
+    has(&e, Some("a"), "ignore_user_agents", "must not be empty");
+    let e = errors(&one("show_details: yes"));
+    has(&e, Some("a"), "show_details", "");
 }

@@ -448,6 +448,13 @@ pub(crate) fn sha256_fingerprint(node: Node) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
+/// One `ignore_user_agents` entry: a non-empty substring, matched case-insensitively (so kept
+/// lowercased).
+pub(crate) fn user_agent_part(node: Node) -> Result<String, String> {
+    let part = non_empty(node)?;
+    Ok(part.trim().to_ascii_lowercase())
+}
+
 /// A file that must exist now (a secret, a CA bundle): a missing file is a configuration error,
 /// not a start-up surprise.
 pub(crate) fn existing_file(node: Node) -> Result<std::path::PathBuf, String> {

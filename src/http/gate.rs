@@ -32,8 +32,9 @@ use serde::Serialize;
 use pingora::upstreams::peer::HttpPeer;
 use tokio::sync::watch;
 
+use crate::backend::events::WakeEventKind;
 use crate::backend::release::ReleaseTicket;
-use crate::backend::{InFlight, State, WakeFailure, Watcher};
+use crate::backend::{InFlight, WakeFailure, Watcher};
 use crate::http::handover::{self, Handover};
 use crate::http::{page, respond, retry, sse};
 use crate::idle::IdleClock;
@@ -182,17 +183,42 @@ pub enum Asleep<'a> {
     Favicon,
     /// Not the route's `start_endpoint` (given): 403, nothing woken.
     Forbidden(&'a str),
+    /// A `User-Agent` the route ignores (a monitor, a crawler): 503, nothing woken.
+    IgnoredAgent,
     /// A browser navigation: the wake starts, the loading page answers.
     LoadingPage,
     /// Held until ready, then let through.
     Hold,
 }
 
-/// Answers a request whose backend could not be woken: 503, `Retry-After`, problem+json.
-async fn wake_failed(session: &mut Session, route: &Route, failure: &WakeFailure) -> Result<()> {
-    let detail = format!("{} could not be woken: {failure}", route.name);
+/// Answers a request whose backend could not be woken (`what` happened to it: "woken",
+/// "reached"): 503, `Retry-After`, problem+json; the failure's text only if the route shows
+/// details.
+async fn wake_failed(
+    session: &mut Session,
+    route: &Route,
+    failure: &WakeFailure,
+    what: &str,
+) -> Result<()> {
+    count_rejected(route, failure.reason());
+    let detail = if route.policy.show_details {
+        format!("{} could not be {what}: {failure}", route.name)
+    } else {
+        format!(
+            "{} could not be {what}: {}",
+            route.name,
+            failure.public_message()
+        )
+    };
     let retry = Some(failure.retry_after_secs());
     respond::problem(session, 503, Some(&route.name), &detail, retry).await
+}
+
+/// Counts a request `route` refused while not ready (`idlewatcher_requests_rejected_total`).
+fn count_rejected(route: &Route, reason: &str) {
+    if let Some(metrics) = route.watcher.metrics() {
+        metrics.metrics().rejected(&route.name, reason);
+    }
 }
 
 /// What to do with a Host no route claims.
@@ -322,9 +348,7 @@ impl IdleGate {
         match join_slow_start(ctx, &route.watcher, deadline).await {
             Ok(()) => Ok(false),
             Err(failure) => {
-                let detail = format!("{} could not be reached: {failure}", route.name);
-                let retry = Some(failure.retry_after_secs());
-                respond::problem(session, 503, Some(&route.name), &detail, retry).await?;
+                wake_failed(session, &route, &failure, "reached").await?;
                 Ok(true)
             }
         }
@@ -362,6 +386,12 @@ impl IdleGate {
                 return Asleep::Forbidden(endpoint);
             }
         }
+        if !route.policy.ignore_user_agents.is_empty() {
+            let agent = request.headers.get(http::header::USER_AGENT);
+            if agent.is_some_and(|agent| route.policy.ignores(agent.as_bytes())) {
+                return Asleep::IgnoredAgent;
+            }
+        }
         if !route.no_loading_page && page::is_browser_navigation(request) {
             return Asleep::LoadingPage;
         }
@@ -389,8 +419,18 @@ impl IdleGate {
                 respond::send(session, 204, &[("cache-control", "no-store")], Bytes::new()).await?;
             }
             Asleep::Forbidden(endpoint) => {
+                count_rejected(route, "forbidden_path");
                 let detail = format!("{} is asleep and only {endpoint} may wake it", route.name);
                 respond::problem(session, 403, Some(&route.name), &detail, None).await?;
+            }
+            Asleep::IgnoredAgent => {
+                count_rejected(route, "ignored_user_agent");
+                let detail = format!(
+                    "{} is asleep, and requests from this client do not wake it",
+                    route.name
+                );
+                let retry = Some(RETRY_AFTER_SECS);
+                respond::problem(session, 503, Some(&route.name), &detail, retry).await?;
             }
             Asleep::LoadingPage => {
                 // Starts the wake in the background; a refusal (backoff) shows in the page's
@@ -414,7 +454,9 @@ impl IdleGate {
             }
             Asleep::Hold => match handover::take(route) {
                 // Held before Pingora read it, and the wake failed meanwhile: do not hold again.
-                Some(Handover::Failed(failure)) => wake_failed(session, route, &failure).await?,
+                Some(Handover::Failed(failure)) => {
+                    wake_failed(session, route, &failure, "woken").await?
+                }
                 _ => return self.hold(session, ctx, route).await,
             },
         }
@@ -444,6 +486,7 @@ impl IdleGate {
         let shutdown = self.clock.shutdown_signal();
         match wait::hold_until_admitted(route, shutdown, client_left).await {
             HoldOutcome::Full => {
+                count_rejected(route, "too_many_waiters");
                 let detail = format!(
                     "{} is waking up and already holds {} requests; retry shortly",
                     route.name, route.max_waiters
@@ -457,7 +500,7 @@ impl IdleGate {
                 Ok(false)
             }
             HoldOutcome::Failed(failure) => {
-                wake_failed(session, route, &failure).await?;
+                wake_failed(session, route, &failure, "woken").await?;
                 Ok(true)
             }
             // Nobody to answer.
@@ -526,31 +569,30 @@ impl IdleGate {
         }
         #[derive(Serialize)]
         struct DependencyBody<'a> {
-            backend: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            backend: Option<&'a str>,
             state: &'static str,
             held_by: Vec<String>,
         }
         let watcher = &route.watcher;
+        let details = route.policy.show_details;
         let (state, since, error) = watcher.snapshot();
-        let sleep_in_seconds = match (state, watcher.idle_deadline()) {
-            (State::Ready, Some(due)) => {
-                let left = due.saturating_sub(self.clock.now() as u64);
-                Some((self.clock.tick() * left as u32).as_secs())
-            }
-            _ => None,
-        };
+        let sleep_in_seconds = watcher.sleeps_in().map(|left| left.as_secs());
         serde_json::to_vec(&StatusBody {
             route: &route.name,
             state: state.as_str(),
             since: humantime::format_rfc3339_seconds(since).to_string(),
             sleep_in_seconds,
-            error: error.map(|error| error.to_string()),
+            error: error.map(|error| match details {
+                true => error.to_string(),
+                false => WakeEventKind::Error.public_message().to_string(),
+            }),
             held_by: watcher.held_by(),
             dependencies: watcher
                 .dependencies()
                 .iter()
                 .map(|(dependency, _)| DependencyBody {
-                    backend: dependency.backend(),
+                    backend: details.then(|| dependency.backend()),
                     state: dependency.state().as_str(),
                     held_by: dependency.held_by(),
                 })

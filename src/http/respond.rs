@@ -40,6 +40,23 @@ struct Problem<'a> {
     route: Option<&'a str>,
 }
 
+/// The body of an RFC 9457 `application/problem+json` answer (also the admin API's errors).
+pub fn problem_body(status: u16, route: Option<&str>, detail: &str) -> Vec<u8> {
+    let title = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|code| code.canonical_reason())
+        .unwrap_or("Error");
+    // Serializing a struct of strings cannot fail.
+    serde_json::to_vec(&Problem {
+        kind: "about:blank",
+        title,
+        status,
+        detail,
+        route,
+    })
+    .unwrap_or_default()
+}
+
 /// An RFC 9457 `application/problem+json` answer, with `Retry-After` when the client should
 /// come back, and `Cache-Control: no-store` (a CDN must never keep a 503 of ours).
 pub async fn problem(
@@ -49,18 +66,7 @@ pub async fn problem(
     detail: &str,
     retry_after_secs: Option<u64>,
 ) -> Result<()> {
-    let title = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|code| code.canonical_reason())
-        .unwrap_or("Error");
-    let body = serde_json::to_vec(&Problem {
-        kind: "about:blank",
-        title,
-        status,
-        detail,
-        route,
-    })
-    .unwrap_or_default();
+    let body = problem_body(status, route, detail);
     let retry_after = retry_after_secs.map(|secs| secs.to_string());
     let mut headers = vec![
         ("content-type", "application/problem+json"),

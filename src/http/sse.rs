@@ -84,7 +84,7 @@ pub async fn stream(
                 chunk.push_str(&format!(
                     "id: {}\ndata: {}\n\n",
                     event.id,
-                    event.to_json(&route.name)
+                    event.to_json(&route.name, route.policy.show_details)
                 ));
                 last_id = event.id;
             }
