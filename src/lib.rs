@@ -54,6 +54,7 @@
 //! | [`routes`] | the live Host → route table |
 //! | [`wait`] | waiting through a wake, for any protocol |
 //! | [`http`] | the HTTP front: gate, early hold, loading page, event stream, bundled proxy |
+//! | [`stream`] | the TCP and UDP fronts: hold unread, wake, splice or replay |
 //! | [`assemble`] | configuration → running parts |
 //! | this file | the public facade, [`IdleWatcher`] |
 
@@ -64,6 +65,7 @@ pub mod http;
 pub mod idle;
 pub mod providers;
 pub mod routes;
+pub mod stream;
 pub mod wait;
 
 use std::sync::Arc;
@@ -77,9 +79,11 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::assemble::Assembly;
 use crate::backend::Watcher;
+use crate::config::StreamProtocol;
 use crate::idle::{IdleClock, IdleTicker};
 use crate::providers::ProviderFamily;
 use crate::routes::LiveRoutes;
+use crate::stream::{TcpFront, UdpFront};
 
 pub use crate::assemble::{check, StartError};
 pub use crate::http::{GateContext, IdleGate, UnknownHost};
@@ -89,7 +93,7 @@ pub struct IdleWatcher {
     gate: Arc<IdleGate>,
     watchers: Vec<Arc<Watcher>>,
     clock: Arc<IdleClock>,
-    background: Mutex<Option<Background>>,
+    background: Mutex<Option<(Background, Vec<Box<dyn ServiceWithDependents>>)>>,
 }
 
 impl IdleWatcher {
@@ -105,6 +109,22 @@ impl IdleWatcher {
         unknown_host: UnknownHost,
     ) -> Result<Self, StartError> {
         let assembled = Assembly::build(config).await?;
+        let mut streams: Vec<Box<dyn ServiceWithDependents>> = Vec::new();
+        for stream in assembled.streams {
+            match stream.protocol {
+                StreamProtocol::Tcp => streams.push(Box::new(TcpFront::service(stream))),
+                StreamProtocol::Udp => {
+                    let (route, address) = (stream.route.name.clone(), stream.listen);
+                    let front =
+                        UdpFront::bind(stream).map_err(|source| StartError::StreamBind {
+                            route,
+                            address,
+                            source,
+                        })?;
+                    streams.push(front.service());
+                }
+            }
+        }
         let clock = assembled.clock;
         let gate = Arc::new(IdleGate::new(
             Arc::new(LiveRoutes::new(assembled.routes)),
@@ -116,10 +136,13 @@ impl IdleWatcher {
             gate,
             watchers: assembled.watchers,
             clock,
-            background: Mutex::new(Some(Background {
-                ticker: IdleTicker::new(assembled.timers, config.max_concurrent_stops),
-                families: assembled.families,
-            })),
+            background: Mutex::new(Some((
+                Background {
+                    ticker: IdleTicker::new(assembled.timers, config.max_concurrent_stops),
+                    families: assembled.families,
+                },
+                streams,
+            ))),
         })
     }
 
@@ -162,11 +185,18 @@ impl IdleWatcher {
     }
 
     /// The background work to add to the Pingora `Server` (`server.add_boxed_service(..)`): the
-    /// idle clock with its stopper, and each provider family's event source. Returns nothing
-    /// the second time (there is one of each per gateway).
+    /// idle clock with its stopper, each provider family's event source, and the routes' stream
+    /// fronts (a listening service per TCP stream, a background service per UDP stream, whose
+    /// socket is already bound). Returns nothing the second time (there is one of each per
+    /// gateway).
     pub fn background_services(&self) -> Vec<Box<dyn ServiceWithDependents>> {
         match self.background.lock().take() {
-            Some(background) => vec![Box::new(background_service("idlewatcher", background))],
+            Some((background, streams)) => {
+                let mut services: Vec<Box<dyn ServiceWithDependents>> =
+                    vec![Box::new(background_service("idlewatcher", background))];
+                services.extend(streams);
+                services
+            }
             None => Vec::new(),
         }
     }

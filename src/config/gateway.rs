@@ -104,7 +104,7 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
             ..
         }) => {
             let mut errors = Vec::new();
-            let routes = parse_routes(items, &defaults, &mut errors);
+            let routes = parse_routes(items, &defaults, &listen, &mut errors);
             for error in errors {
                 f.push(error);
             }
@@ -139,6 +139,7 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
 fn parse_routes(
     items: Vec<Node>,
     defaults: &RouteDefaults,
+    http_listen: &[String],
     errors: &mut Vec<ConfigError>,
 ) -> Option<Vec<RouteConfig>> {
     // Labels first: a route is named by its name, or by its index when the name is missing or
@@ -182,7 +183,7 @@ fn parse_routes(
         .map(|(name, i)| (name, draft_index[i]))
         .collect();
 
-    check_routes(&drafts, &by_name, errors);
+    check_routes(&drafts, &by_name, http_listen, errors);
     let all_read = drafts.len() == draft_index.len();
     let routes: Option<Vec<RouteConfig>> = drafts.into_iter().map(RouteDraft::build).collect();
     routes.filter(|_| all_read)

@@ -167,6 +167,8 @@ fn full_config_resolves_every_key() {
         stop_timeout: Duration::from_secs(30),
         max_waiters: 50,
         retry_backoff: Duration::from_secs(2),
+        streams: Vec::new(),
+        stream_settings: StreamSettings::default(),
         written: Written::default(),
     };
     let whoami = RouteConfig {
@@ -195,6 +197,8 @@ fn full_config_resolves_every_key() {
         stop_timeout: Duration::from_secs(15),
         max_waiters: 7,
         retry_backoff: Duration::from_millis(250),
+        streams: Vec::new(),
+        stream_settings: StreamSettings::default(),
         written: Written::default(),
     };
     assert_eq!(g.routes, vec![db, whoami]);
