@@ -93,7 +93,7 @@ pub struct IdleWatcher {
     gate: Arc<IdleGate>,
     watchers: Vec<Arc<Watcher>>,
     clock: Arc<IdleClock>,
-    background: Mutex<Option<(Background, Vec<Box<dyn ServiceWithDependents>>)>>,
+    background: Mutex<Option<Background>>,
 }
 
 impl IdleWatcher {
@@ -136,13 +136,11 @@ impl IdleWatcher {
             gate,
             watchers: assembled.watchers,
             clock,
-            background: Mutex::new(Some((
-                Background {
-                    ticker: IdleTicker::new(assembled.timers, config.max_concurrent_stops),
-                    families: assembled.families,
-                },
+            background: Mutex::new(Some(Background {
+                ticker: IdleTicker::new(assembled.timers, config.max_concurrent_stops),
+                families: assembled.families,
                 streams,
-            ))),
+            })),
         })
     }
 
@@ -191,7 +189,8 @@ impl IdleWatcher {
     /// gateway).
     pub fn background_services(&self) -> Vec<Box<dyn ServiceWithDependents>> {
         match self.background.lock().take() {
-            Some((background, streams)) => {
+            Some(mut background) => {
+                let streams = std::mem::take(&mut background.streams);
                 let mut services: Vec<Box<dyn ServiceWithDependents>> =
                     vec![Box::new(background_service("idlewatcher", background))];
                 services.extend(streams);
@@ -206,6 +205,8 @@ impl IdleWatcher {
 struct Background {
     ticker: IdleTicker,
     families: Vec<Arc<dyn ProviderFamily>>,
+    /// The stream fronts, handed out as services of their own.
+    streams: Vec<Box<dyn ServiceWithDependents>>,
 }
 
 #[async_trait]

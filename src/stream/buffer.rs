@@ -4,9 +4,12 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
+/// Kept datagrams with their clients, oldest first.
+pub type Kept = VecDeque<(SocketAddr, Box<[u8]>)>;
+
 /// A bounded FIFO of `(client, datagram)`.
 pub struct DatagramBuffer {
-    queue: VecDeque<(SocketAddr, Box<[u8]>)>,
+    queue: Kept,
     bytes: usize,
     max_datagrams: usize,
     max_bytes: usize,
@@ -39,7 +42,7 @@ impl DatagramBuffer {
 
     /// Takes every kept datagram, oldest first, and the count of those dropped since the last
     /// take; the buffer is empty afterwards.
-    pub fn take(&mut self) -> (VecDeque<(SocketAddr, Box<[u8]>)>, u64) {
+    pub fn take(&mut self) -> (Kept, u64) {
         self.bytes = 0;
         (
             std::mem::take(&mut self.queue),

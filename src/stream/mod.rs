@@ -28,8 +28,8 @@ mod udp;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use buffer::DatagramBuffer;
-pub use sessions::SessionTable;
+pub use buffer::{DatagramBuffer, Kept};
+pub use sessions::{LastSeen, SessionTable};
 pub use tcp::TcpFront;
 pub use udp::UdpFront;
 
