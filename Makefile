@@ -42,7 +42,7 @@ demo: deps-demo
 	@echo
 	./target/release/idlewatcher -c conf/demo.yaml
 
-# Benchmarks (not part of `make test`): about 8–10 minutes (valgrind included); BENCH_ARGS go to scripts/bench.py.
+# Benchmarks (not part of `make test`): about 10–12 minutes (valgrind included); BENCH_ARGS go to scripts/bench.py.
 bench: deps-bench
 	scripts/bench.sh $(BENCH_ARGS)
 
