@@ -35,7 +35,7 @@ lint: deps-build
 # Kept for habit: the same as `make run`.
 demo: run
 
-# Benchmarks (not part of `make test`): about 8–10 minutes (valgrind included); BENCH_ARGS go to scripts/bench.py.
+# Benchmarks (not part of `make test`): about 10–12 minutes (valgrind included); BENCH_ARGS go to scripts/bench.py.
 bench: deps-bench
 	scripts/bench.sh $(BENCH_ARGS)
 

@@ -8,6 +8,8 @@
 //! loadgen herd   --gateway ADDR --host H --count N --container C [--pid GATEWAY_PID] [--any-state true]
 //! loadgen sse    --gateway ADDR --host H --count N --container C [--pid GATEWAY_PID]
 //! loadgen cold   --gateway ADDR --host H --container C --method stop|pause [--wakes 20] [--port 80]
+//! loadgen echo   --listen ADDR
+//! loadgen splice --target ADDR --mode throughput|connect [--seconds 2] [--connections 8]
 //! ```
 //!
 //! HTTP is spoken by hand over tokio sockets (HTTP/1.1, one request per connection,
@@ -26,6 +28,11 @@
 //!   connect loop from the engine's `start` event on) or first answers (`pause`: a request sent to
 //!   the frozen backend before the wake); the backend is put back to sleep by hand after each,
 //!   and the gateway's status must say `napping` before the next request.
+//! - `echo`: a TCP echo server (the stream benchmark's backend), until killed.
+//! - `splice`: against a TCP echo server (directly, or through a splice): `throughput` keeps C
+//!   connections writing 64 KiB blocks and reading them back, and counts echoed bytes per
+//!   second; `connect` runs C loops of connect, 16 bytes there and back, close, and counts
+//!   connections per second.
 #![allow(clippy::unwrap_used, unreachable_pub)] // A benchmark or example: a failed unwrap is a failed run.
 
 use std::collections::HashMap;
@@ -131,6 +138,8 @@ fn main() {
             "herd" => herd(&args).await,
             "sse" => sse(&args).await,
             "cold" => cold(&args).await,
+            "echo" => echo(&args).await,
+            "splice" => splice(&args).await,
             other => fail(&format!("unknown subcommand {other:?}")),
         }
     });
@@ -947,4 +956,94 @@ async fn cold(args: &Args) -> Result<Value, Error> {
         "ready_to_served_ms": summary(&ready_to_served),
         "engine_calls_per_wake": starts_per_wake,
     }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams: an echo backend and a splice load
+// ---------------------------------------------------------------------------------------------
+
+async fn echo(args: &Args) -> Result<Value, Error> {
+    let listener = tokio::net::TcpListener::bind(args.address("listen")).await?;
+    eprintln!("loadgen echo: listening on {}", listener.local_addr()?);
+    loop {
+        let (mut connection, _) = listener.accept().await?;
+        let _ = connection.set_nodelay(true);
+        tokio::spawn(async move {
+            let (mut read, mut write) = connection.split();
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+            let _ = write.shutdown().await;
+        });
+    }
+}
+
+async fn splice(args: &Args) -> Result<Value, Error> {
+    let target = args.address("target");
+    let seconds: f64 = args.number("seconds", 2.0);
+    let connections: usize = args.number("connections", 8);
+    let mode = args.required("mode").to_string();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let mode = mode.clone();
+        workers.push(tokio::spawn(async move {
+            match mode.as_str() {
+                "throughput" => echo_throughput(target, deadline).await,
+                _ => connect_rate(target, deadline).await,
+            }
+        }));
+    }
+    let mut total = 0u64;
+    for worker in workers {
+        total += worker.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(match mode.as_str() {
+        "throughput" => json!({ "mode": mode, "bytes": total, "seconds": elapsed,
+                                "mib_per_s": total as f64 / elapsed / 1048576.0 }),
+        _ => json!({ "mode": mode, "connections": total, "seconds": elapsed,
+                     "per_s": total as f64 / elapsed }),
+    })
+}
+
+/// Writes 64 KiB blocks and reads them back until `deadline`; returns the bytes echoed.
+async fn echo_throughput(target: SocketAddr, deadline: Instant) -> Result<u64, Error> {
+    let socket = TcpStream::connect(target).await?;
+    socket.set_nodelay(true)?;
+    let (mut read, mut write) = socket.into_split();
+    let block = vec![7u8; 64 * 1024];
+    let writer = tokio::spawn(async move {
+        while Instant::now() < deadline {
+            write.write_all(&block).await?;
+        }
+        write.shutdown().await?;
+        Ok::<(), std::io::Error>(())
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut echoed = 0u64;
+    loop {
+        let n = read.read(&mut buffer).await?;
+        if n == 0 {
+            break;
+        }
+        if Instant::now() < deadline {
+            echoed += n as u64;
+        }
+    }
+    writer.await??;
+    Ok(echoed)
+}
+
+/// Connect, 16 bytes there and back, close, until `deadline`; returns how many.
+async fn connect_rate(target: SocketAddr, deadline: Instant) -> Result<u64, Error> {
+    let mut done = 0u64;
+    let mut back = [0u8; 16];
+    while Instant::now() < deadline {
+        let mut socket = TcpStream::connect(target).await?;
+        socket.set_nodelay(true)?;
+        socket.write_all(b"0123456789abcdef").await?;
+        socket.read_exact(&mut back).await?;
+        done += 1;
+    }
+    Ok(done)
 }

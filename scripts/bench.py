@@ -10,6 +10,8 @@ library only. Stages (each can be picked with --only):
   herd       10,000 concurrent requests on a sleeping route (real Docker)
   cold       cold-start tax over >= 20 wakes, stop/start and pause/unpause
   sse        10,000 subscribers of one route's events; time for `ready` to reach them all
+  streams    TCP splice throughput and connection rate: a ready stream route vs the echo backend
+             directly vs the same splice without the gate (examples/bare_splice.rs); interleaved
 
 Everything it creates (containers labelled idlewatcher-test=1 and idlewatcher-bench=RUN,
 processes, temp dirs) is removed at the end, on failure and on Ctrl-C too. The figures go into
@@ -36,7 +38,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ["gate", "footprint", "warm", "herd", "cold", "sse"]
+STAGES = ["gate", "footprint", "warm", "herd", "cold", "sse", "streams"]
 LABEL = "idlewatcher-test=1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -801,6 +803,60 @@ http {{
     def stage_sse(self, gateway):
         return self.many_clients(gateway, "sse", self.opts.subscribers)
 
+    def stage_streams(self):
+        """A ready TCP stream route in front of a host echo server (`loadgen echo`; the route's
+        container only carries the backend's state), against the echo server directly and the
+        same splice without the gate (`bare_splice`), interleaved round by round."""
+        container = f"{self.prefix}-streams"
+        self.create(container)
+        run(["docker", "start", container], timeout=60)
+        echo_port, gw_port, stream_port, bare_port = free_port(), free_port(), free_port(), free_port()
+        echo, echo_log = self.spawn("echo", [self.bin("loadgen"), "echo", "--listen", f"127.0.0.1:{echo_port}"])
+        wait_listening(echo_port, echo, 30, "loadgen echo", echo_log)
+        routes = (f"    - {{ name: splice, docker: {{ container: {container} }}, idle_timeout: 1h, "
+                  f"streams: [{{ listen: \"127.0.0.1:{stream_port}\", upstream: \"127.0.0.1:{echo_port}\" }}] }}\n")
+        config = self.gateway_config("gateway-streams", f"127.0.0.1:{gw_port}", routes)
+        gateway, _, _ = self.start_gateway("gateway-streams", config, gw_port)
+        wait_listening(stream_port, gateway, 30, "idlewatcher stream")
+        server_conf = os.path.join(self.tmp, "bare-splice.yaml")
+        with open(server_conf, "w") as f:
+            f.write(SERVER_KEYS)
+        bare, bare_log = self.spawn("bare-splice", [self.bin("bare_splice"), "-c", server_conf,
+                                                    "--listen", f"127.0.0.1:{bare_port}",
+                                                    "--upstream", f"127.0.0.1:{echo_port}"])
+        wait_listening(bare_port, bare, 30, "bare_splice", bare_log)
+        targets = {"direct": echo_port, "idlewatcher": stream_port, "bare_splice": bare_port}
+        # A first connection wakes nothing (the container runs) but resolves and probes: warm up.
+        self.loadgen("splice", "--target", f"127.0.0.1:{stream_port}", "--mode", "connect",
+                     "--seconds", 0.5, "--connections", 1)
+        rounds = {mode: {name: [] for name in targets} for mode in ["throughput", "connect"]}
+        for r in range(self.opts.stream_rounds):
+            for mode, connections in [("throughput", 8), ("connect", 4)]:
+                for name, port in targets.items():
+                    res = self.loadgen("splice", "--target", f"127.0.0.1:{port}", "--mode", mode,
+                                       "--seconds", self.opts.stream_seconds, "--connections", connections)
+                    value = res["mib_per_s"] if mode == "throughput" else res["per_s"]
+                    rounds[mode][name].append(value)
+                    log(f"round {r + 1}/{self.opts.stream_rounds} {mode} {name}: {value:.0f}")
+        out = {"rounds": self.opts.stream_rounds, "seconds": self.opts.stream_seconds}
+        for mode, by_target in rounds.items():
+            med = {name: statistics.median(values) for name, values in by_target.items()}
+            out[mode] = {
+                "median": med,
+                "per_round": by_target,
+                "idlewatcher_vs_direct": med["idlewatcher"] / med["direct"],
+                "idlewatcher_vs_bare_splice": med["idlewatcher"] / med["bare_splice"],
+                "ci95_idlewatcher_vs_bare_splice": bootstrap_ratio_ci(by_target["idlewatcher"],
+                                                                       by_target["bare_splice"]),
+            }
+        out["commands"] = {
+            "throughput": "loadgen splice --target 127.0.0.1:PORT --mode throughput --seconds S --connections 8",
+            "connect": "loadgen splice --target 127.0.0.1:PORT --mode connect --seconds S --connections 4",
+        }
+        for proc in (bare, gateway, echo):
+            self.stop(proc)
+        return out
+
     # -- the whole run ----------------------------------------------------------------------
     def timed(self, name, fn, *args):
         t0 = time.time()
@@ -828,7 +884,7 @@ http {{
             result = self.timed("gate", self.stage_gate)
             if result:
                 stages["gate"] = result
-        docker_stages = only & {"footprint", "warm", "herd", "cold", "sse"}
+        docker_stages = only & {"footprint", "warm", "herd", "cold", "sse", "streams"}
         if docker_stages:
             self.build_image()
             upstream_port, _ = self.static_upstream()
@@ -864,6 +920,10 @@ http {{
                     if result:
                         stages[name] = result
                     self.stop(gateway[0])
+        if "streams" in only:
+            result = self.timed("streams", self.stage_streams)
+            if result:
+                stages["streams"] = result
         self.results["machine"]["loadavg_end"] = loadavg()
 
 
@@ -887,6 +947,8 @@ def main():
     parser.add_argument("--listen-delay", default="0.25", help="seconds the cold-start and SSE backends take to listen")
     parser.add_argument("--wakes", type=int, default=20)
     parser.add_argument("--subscribers", type=int, default=10_000)
+    parser.add_argument("--stream-rounds", type=int, default=5, help="interleaved rounds of the streams stage")
+    parser.add_argument("--stream-seconds", type=float, default=2, help="seconds per streams measurement")
     parser.add_argument("--keep-going", action="store_true", help="run the other stages after one fails")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     opts = parser.parse_args()

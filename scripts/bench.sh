@@ -13,8 +13,8 @@ done
 docker info >/dev/null 2>&1 || { echo "bench: the Docker engine is not reachable" >&2; exit 1; }
 
 started=$(date +%s)
-echo "bench: building (release): the gateway, examples/bare_proxy, examples/loadgen, benches/gate" >&2
-$CARGO build --release --bin idlewatcher --example bare_proxy --example loadgen
+echo "bench: building (release): the gateway, examples/bare_proxy, examples/bare_splice, examples/loadgen, benches/gate" >&2
+$CARGO build --release --bin idlewatcher --example bare_proxy --example bare_splice --example loadgen
 $CARGO bench --bench gate --no-run
 target_dir=$($CARGO metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::backend::{BackendSettings, Upstream, UpstreamTarget, Watcher};
 use crate::config::{
     BackendConfig, ConfigError, DependencyCondition, GatewayConfig, HealthCheck, RouteConfig,
+    StreamProtocol,
 };
 use crate::idle::{IdleClock, IdleTimers, Sleeper};
 use crate::metrics::Metrics;
@@ -16,6 +17,7 @@ use crate::providers::{
     BackendObserver, FamilyKind, Provider, ProviderError, ProviderFamily, FAMILIES,
 };
 use crate::routes::{Route, RoutePolicy, RouteTable};
+use crate::stream::StreamRoute;
 
 /// Why the gateway could not be assembled from a (valid) configuration.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,17 @@ pub enum StartError {
     /// The admin API's token file could not be used.
     #[error("admin: {0}")]
     AdminToken(#[from] crate::admin::TokenError),
+    /// A UDP stream's listen address could not be bound (taken, or not an address of this host).
+    #[error("route {route:?}: cannot listen on udp {address}: {source}")]
+    StreamBind {
+        /// The route.
+        route: String,
+        /// The stream's listen address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A dependency cycle (the configuration check rules them out; kept as a guard).
     #[error("route {route:?}: dependency cycle")]
     DependencyCycle {
@@ -118,6 +131,8 @@ pub(crate) struct Assembly {
     pub(crate) timers: IdleTimers,
     pub(crate) families: Vec<Arc<dyn ProviderFamily>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Every route's streams, in file order.
+    pub(crate) streams: Vec<StreamRoute>,
 }
 
 impl Assembly {
@@ -152,7 +167,13 @@ impl Assembly {
         link_dependents(config, &built.by_backend);
         let metrics = Metrics::new()?;
         let mut routes = Vec::with_capacity(config.routes.len());
-        for (route, upstream) in config.routes.iter().zip(&plan.route_upstreams) {
+        let mut streams = Vec::new();
+        for ((route, upstream), stream_upstreams) in config
+            .routes
+            .iter()
+            .zip(&plan.route_upstreams)
+            .zip(&plan.stream_upstreams)
+        {
             let watcher = Arc::clone(&built.by_backend[&route.backend]);
             // A backend's wakes and sleeps are counted under the first route that fronts it.
             if watcher.metrics().is_none() {
@@ -169,8 +190,25 @@ impl Assembly {
             .with_policy(RoutePolicy {
                 show_details: route.show_details,
                 ignore_user_agents: route.ignore_user_agents.clone(),
-            });
-            routes.push((Arc::new(entry), route.hosts.clone()));
+            })
+            .with_streams(
+                route
+                    .streams
+                    .iter()
+                    .map(|stream| format!("{} {}", stream.protocol.as_str(), stream.listen))
+                    .collect(),
+            );
+            let entry = Arc::new(entry);
+            for (stream, upstream) in route.streams.iter().zip(stream_upstreams) {
+                streams.push(StreamRoute {
+                    route: Arc::clone(&entry),
+                    upstream: Arc::clone(upstream),
+                    listen: stream.listen,
+                    protocol: stream.protocol,
+                    settings: route.stream_settings.clone(),
+                });
+            }
+            routes.push((entry, route.hosts.clone()));
         }
         for (backend, watcher) in &built.by_backend {
             let observer: Arc<dyn BackendObserver> = watcher.clone();
@@ -190,6 +228,7 @@ impl Assembly {
             routes: RouteTable::new(routes),
             families,
             metrics,
+            streams,
         })
     }
 }
@@ -274,6 +313,8 @@ struct Plan<'a> {
     route_index: HashMap<&'a str, usize>,
     /// Each route's upstream, created first so a backend's watcher can probe all of them.
     route_upstreams: Vec<Arc<Upstream>>,
+    /// Each route's streams' upstreams, in the order of its `streams`.
+    stream_upstreams: Vec<Vec<Arc<Upstream>>>,
     /// Backend → the upstreams of every route that fronts it (its watcher probes them all).
     upstreams: HashMap<&'a BackendConfig, Vec<Arc<Upstream>>>,
 }
@@ -319,26 +360,55 @@ impl<'a> Plan<'a> {
                 )
             })
             .collect();
+        let stream_upstreams = config.routes.iter().map(stream_upstreams).collect();
         let mut plan = Plan {
             config,
             providers,
             route_index,
             route_upstreams,
+            stream_upstreams,
             upstreams: HashMap::new(),
         };
         for (index, route) in config.routes.iter().enumerate() {
+            let sharing = plan.upstreams.entry(&route.backend).or_default();
+            sharing.extend(plan.stream_upstreams[index].iter().cloned());
             if route.hosts.is_empty() && route.port.is_none() && route.upstream.is_none() {
-                // Dependency-only, no port: nothing to resolve or probe.
-                plan.upstreams.entry(&route.backend).or_default();
+                // No hosts and no port (dependency-only, or streams only): nothing else to
+                // resolve or probe.
                 continue;
             }
-            plan.upstreams
-                .entry(&route.backend)
-                .or_default()
-                .push(Arc::clone(&plan.route_upstreams[index]));
+            sharing.push(Arc::clone(&plan.route_upstreams[index]));
         }
         plan
     }
+}
+
+/// A route's streams' upstreams: a TCP stream is probed with a connection (or, with
+/// `health: { docker: true }`, left to the container's health check); a UDP stream cannot be
+/// probed, and is ready `ready_after` after the backend runs (if set).
+fn stream_upstreams(route: &RouteConfig) -> Vec<Arc<Upstream>> {
+    let health = match route.health {
+        HealthCheck::Docker => HealthCheck::Docker,
+        _ => HealthCheck::Tcp,
+    };
+    route
+        .streams
+        .iter()
+        .map(|stream| {
+            let target = match (&stream.upstream, stream.port) {
+                (Some(fixed), _) => UpstreamTarget::Fixed(fixed.clone()),
+                (None, port) => UpstreamTarget::BackendPort(port.unwrap_or(stream.listen.port())),
+            };
+            Arc::new(match stream.protocol {
+                StreamProtocol::Tcp => Upstream::new(target, health.clone()),
+                StreamProtocol::Udp => Upstream::unprobed(
+                    target,
+                    health.clone(),
+                    route.stream_settings.ready_after.unwrap_or_default(),
+                ),
+            })
+        })
+        .collect()
 }
 
 /// The watchers built so far.

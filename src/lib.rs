@@ -55,6 +55,7 @@
 //! | [`wait`] | waiting through a wake, for any protocol |
 //! | [`metrics`] | Prometheus metrics of wakes, sleeps and refused requests |
 //! | [`http`] | the HTTP front: gate, early hold, loading page, event stream, bundled proxy |
+//! | [`stream`] | the TCP and UDP fronts: hold unread, wake, splice or replay |
 //! | [`admin`] | the admin listener: `/metrics`, the routes, wake and sleep by hand |
 //! | [`assemble`] | configuration → running parts |
 //! | this file | the public facade, [`IdleWatcher`] |
@@ -68,6 +69,7 @@ pub mod idle;
 pub mod metrics;
 pub mod providers;
 pub mod routes;
+pub mod stream;
 pub mod wait;
 
 use std::sync::Arc;
@@ -76,17 +78,18 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::{background_service, BackgroundService};
-use pingora::services::listening::Service;
 use pingora::services::ServiceWithDependents;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::admin::{AdminApi, AdminToken};
 use crate::assemble::Assembly;
 use crate::backend::Watcher;
+use crate::config::StreamProtocol;
 use crate::idle::{IdleClock, IdleTicker};
 use crate::metrics::Metrics;
 use crate::providers::ProviderFamily;
 use crate::routes::LiveRoutes;
+use crate::stream::{TcpFront, UdpFront};
 
 pub use crate::assemble::{check, StartError};
 pub use crate::http::{GateContext, IdleGate, UnknownHost};
@@ -113,6 +116,23 @@ impl IdleWatcher {
         unknown_host: UnknownHost,
     ) -> Result<Self, StartError> {
         let assembled = Assembly::build(config).await?;
+        // The stream fronts and the admin listener: services of their own beside the background.
+        let mut services: Vec<Box<dyn ServiceWithDependents>> = Vec::new();
+        for stream in assembled.streams {
+            match stream.protocol {
+                StreamProtocol::Tcp => services.push(Box::new(TcpFront::service(stream))),
+                StreamProtocol::Udp => {
+                    let (route, address) = (stream.route.name.clone(), stream.listen);
+                    let front =
+                        UdpFront::bind(stream).map_err(|source| StartError::StreamBind {
+                            route,
+                            address,
+                            source,
+                        })?;
+                    services.push(front.service());
+                }
+            }
+        }
         let clock = assembled.clock;
         let routes = Arc::new(LiveRoutes::new(assembled.routes));
         let admin = match &config.admin {
@@ -126,6 +146,9 @@ impl IdleWatcher {
             }
             None => None,
         };
+        if let Some(admin) = admin {
+            services.push(Box::new(admin));
+        }
         let gate = Arc::new(IdleGate::new(
             routes,
             &config.path_prefix,
@@ -140,7 +163,7 @@ impl IdleWatcher {
             background: Mutex::new(Some(Background {
                 ticker: IdleTicker::new(assembled.timers, config.max_concurrent_stops),
                 families: assembled.families,
-                admin,
+                services,
             })),
         })
     }
@@ -190,29 +213,31 @@ impl IdleWatcher {
     }
 
     /// The background work to add to the Pingora `Server` (`server.add_boxed_service(..)`): the
-    /// idle clock with its stopper, each provider family's event source, and the admin
-    /// listener when the configuration has one. Returns nothing the second time (there is one
-    /// of each per gateway).
+    /// idle clock with its stopper, each provider family's event source, the routes' stream
+    /// fronts (a listening service per TCP stream, a background service per UDP stream, whose
+    /// socket is already bound) and the admin listener when the configuration has one. Returns
+    /// nothing the second time (there is one of each per gateway).
     pub fn background_services(&self) -> Vec<Box<dyn ServiceWithDependents>> {
-        let Some(mut background) = self.background.lock().take() else {
-            return Vec::new();
-        };
-        let admin = background.admin.take();
-        let mut services: Vec<Box<dyn ServiceWithDependents>> =
-            vec![Box::new(background_service("idlewatcher", background))];
-        if let Some(admin) = admin {
-            services.push(Box::new(admin));
+        match self.background.lock().take() {
+            Some(mut background) => {
+                let others = std::mem::take(&mut background.services);
+                let mut services: Vec<Box<dyn ServiceWithDependents>> =
+                    vec![Box::new(background_service("idlewatcher", background))];
+                services.extend(others);
+                services
+            }
+            None => Vec::new(),
         }
-        services
     }
 }
 
 /// The ticker and the families' event sources, run together on one background task (and the
-/// admin listener, handed out beside it).
+/// other services, handed out beside it).
 struct Background {
     ticker: IdleTicker,
     families: Vec<Arc<dyn ProviderFamily>>,
-    admin: Option<Service<AdminApi>>,
+    /// The stream fronts and the admin listener, handed out as services of their own.
+    services: Vec<Box<dyn ServiceWithDependents>>,
 }
 
 #[async_trait]

@@ -126,10 +126,12 @@ impl Metrics {
         }
     }
 
-    /// Counts a request refused on `route` for `reason` (off the ready path: the route was not
-    /// ready, so the request waited or was turned away).
-    pub fn rejected(&self, route: &str, reason: &str) {
-        self.rejected.with_label_values(&[route, reason]).inc();
+    /// Counts `count` requests refused on `route` for `reason` (off the ready path: the route
+    /// was not ready, so the request waited or was turned away).
+    pub fn rejected(&self, route: &str, reason: &str, count: u64) {
+        self.rejected
+            .with_label_values(&[route, reason])
+            .inc_by(count);
     }
 }
 
@@ -197,7 +199,7 @@ mod tests {
         );
         app.wake_finished("timeout", &[(WakePhase::Total, Duration::from_secs(60))]);
         app.slept(true);
-        metrics.rejected("app", "full");
+        metrics.rejected("app", "full", 1);
         let text = text(&metrics);
         assert!(text.contains("idlewatcher_wakes_total{result=\"ok\",route=\"app\"} 1"));
         assert!(text.contains("idlewatcher_wakes_total{result=\"timeout\",route=\"app\"} 1"));

@@ -33,6 +33,8 @@ pub struct Route {
     pub max_waiters: usize,
     /// What visitors may see and which clients may wake the backend.
     pub policy: RoutePolicy,
+    /// The route's stream listeners, as `tcp 0.0.0.0:25565` (for listings).
+    pub streams: Vec<String>,
     waiters: AtomicUsize,
 }
 
@@ -78,6 +80,7 @@ impl Route {
             no_loading_page,
             max_waiters,
             policy: RoutePolicy::default(),
+            streams: Vec::new(),
             waiters: AtomicUsize::new(0),
         }
     }
@@ -85,6 +88,20 @@ impl Route {
     /// The same route with `policy` (what visitors see, who may wake it).
     pub fn with_policy(mut self, policy: RoutePolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Counts `count` requests (connections, datagrams) this route refused or dropped while not
+    /// ready, for `reason` (`idlewatcher_requests_rejected_total`). Never on the ready path.
+    pub fn count_rejected(&self, reason: &str, count: u64) {
+        if let Some(metrics) = self.watcher.metrics() {
+            metrics.metrics().rejected(&self.name, reason, count);
+        }
+    }
+
+    /// The same route with its stream listeners described (`tcp 0.0.0.0:25565`).
+    pub fn with_streams(mut self, streams: Vec<String>) -> Self {
+        self.streams = streams;
         self
     }
 

@@ -966,6 +966,79 @@ idlewatcher:
     },
 ];
 
+/// Bad `streams:` (issue 11): each error names the route, the key and the line.
+const STREAM_CASES: &[Case] = &[
+    Case {
+        name: "stream listen address used twice",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  routes:
+    - name: a
+      docker: { container: a }
+      streams: [{ listen: "127.0.0.1:5432", port: 5432 }]
+    - name: b
+      docker: { container: b }
+      streams:
+        - { listen: "0.0.0.0:5432", port: 5432 }
+"#,
+        expect: &[
+            r#"line 11, column 21: route "b": key "streams.listen": tcp address 0.0.0.0:5432 clashes with 127.0.0.1:5432, already used by route "a""#,
+        ],
+    },
+    Case {
+        name: "stream listen address of the HTTP listener",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  routes:
+    - name: a
+      docker: { container: a }
+      streams: [{ listen: "@LISTEN@", port: 80 }]
+"#,
+        expect: &[
+            r#"line 7, column 27: route "a": key "streams.listen": tcp address "#,
+            "the HTTP listen address (idlewatcher.listen)",
+        ],
+    },
+    Case {
+        name: "stream ports out of range",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  routes:
+    - name: a
+      docker: { container: a }
+      streams:
+        - { listen: "127.0.0.1:0", port: 70000 }
+"#,
+        expect: &[
+            r#"line 8, column 21: route "a": key "streams.listen": invalid address "127.0.0.1:0": the port must be in 1..=65535"#,
+            r#"line 8, column 42: route "a": key "streams.port": expected an integer in 1..=65535"#,
+        ],
+    },
+    Case {
+        name: "udp stream without a readiness rule",
+        yaml: r#"
+idlewatcher:
+  listen: ["@LISTEN@"]
+  routes:
+    - name: dns
+      docker: { container: dns }
+      streams:
+        - { listen: "127.0.0.1:5353", port: 53, protocol: udp }
+"#,
+        expect: &[
+            r#"line 8, column 21: route "dns": key "ready_after": a UDP stream cannot be probed: set ready_after"#,
+        ],
+    },
+];
+
+#[test]
+fn every_bad_stream_config_is_rejected_naming_route_key_and_line() {
+    reject_every_case(STREAM_CASES, true);
+}
+
 #[test]
 fn every_bad_proxmox_config_is_rejected_naming_its_key_and_never_listens() {
     reject_every_case(PROXMOX_CASES, true);

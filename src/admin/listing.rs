@@ -10,6 +10,7 @@ use crate::routes::{Route, RouteTable};
 pub(super) struct RouteEntry<'a> {
     name: &'a str,
     hosts: &'a [String],
+    streams: &'a [String],
     backend: &'a str,
     state: &'static str,
     since: String,
@@ -45,6 +46,7 @@ pub(super) fn entry<'a>(route: &'a Route, hosts: &'a [String]) -> RouteEntry<'a>
     RouteEntry {
         name: &route.name,
         hosts,
+        streams: &route.streams,
         backend: watcher.backend(),
         state: state.as_str(),
         since: humantime::format_rfc3339_seconds(since).to_string(),

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
@@ -28,6 +29,11 @@ pub struct Upstream {
     /// Whether `health` was configured; if not (the built-in default), a backend with its own
     /// health check (a Docker `HEALTHCHECK`) must pass that too before it is ready.
     pub explicit_health: bool,
+    /// Whether the wake probes this address (a UDP stream's cannot be: the wake resolves it and
+    /// relies on the other upstreams, the backend's own health check, or `ready_after`).
+    pub probed: bool,
+    /// How long after the backend runs it counts as ready, at the earliest (`ready_after`).
+    pub ready_after: Duration,
     address: ArcSwapOption<SocketAddr>,
 }
 
@@ -38,7 +44,19 @@ impl Upstream {
             target,
             health,
             explicit_health: true,
+            probed: true,
+            ready_after: Duration::ZERO,
             address: ArcSwapOption::empty(),
+        }
+    }
+
+    /// An upstream the wake resolves but never probes (a UDP stream's), ready at the earliest
+    /// `ready_after` after the backend runs.
+    pub fn unprobed(target: UpstreamTarget, health: HealthCheck, ready_after: Duration) -> Self {
+        Self {
+            probed: false,
+            ready_after,
+            ..Self::new(target, health)
         }
     }
 

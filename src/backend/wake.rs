@@ -164,6 +164,7 @@ impl Watcher {
         };
         phases.push((WakePhase::Start, start_began.elapsed()));
         let ready_began = Instant::now();
+        let up_at = Instant::now();
         {
             let mut control = self.control.lock();
             if control.generation == generation && self.state() == State::Starting {
@@ -210,14 +211,23 @@ impl Watcher {
         let all_default = self
             .upstreams
             .iter()
+            .filter(|upstream| upstream.probed)
             .all(|upstream| !upstream.explicit_health);
         if wants_docker || all_default {
             // `docker: true`, or no probe configured: the backend's own HEALTHCHECK (if it has
             // one; with `docker: true` it must) decides readiness.
             self.wait_healthy(wants_docker).await?;
         }
+        // What cannot be probed (UDP) is ready `ready_after` after the backend runs.
+        let ready_after = self
+            .upstreams
+            .iter()
+            .map(|upstream| upstream.ready_after)
+            .max()
+            .unwrap_or_default();
+        tokio::time::sleep_until((up_at + ready_after).into()).await;
         for (upstream, address) in self.upstreams.iter().zip(addresses) {
-            if !docker_only && upstream.health != HealthCheck::Docker {
+            if upstream.probed && !docker_only && upstream.health != HealthCheck::Docker {
                 self.probe_until_ready(address, &upstream.health, last_probe)
                     .await?;
             }

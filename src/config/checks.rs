@@ -6,21 +6,25 @@
 //! problem is located at the value that causes it (the duplicate host, the unknown dependency).
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 
 use super::error::ConfigError;
 use super::fields::closest;
-use super::model::BackendConfig;
+use super::model::{BackendConfig, StreamProtocol};
 use super::route::RouteDraft;
 use super::yaml::Position;
 
 /// Runs every cross-route check on `drafts` (in file order); `by_name` maps each route name to the
-/// first route that has it.
+/// first route that has it; `taken` are the gateway's own TCP listen addresses (HTTP, admin), each
+/// with what it is.
 pub(crate) fn check_routes(
     drafts: &[RouteDraft],
     by_name: &HashMap<String, usize>,
+    taken: &[(String, &str)],
     errors: &mut Vec<ConfigError>,
 ) {
     check_hosts(drafts, errors);
+    check_stream_listeners(drafts, taken, errors);
     check_dependencies(drafts, by_name, errors);
     check_shared_backends(drafts, errors);
 }
@@ -60,6 +64,63 @@ fn check_hosts(drafts: &[RouteDraft], errors: &mut Vec<ConfigError>) {
                 )),
                 None => {
                     owner.insert(host, i);
+                }
+            }
+        }
+    }
+}
+
+/// Whether two sockets of the same protocol could not both be bound: same port, and the same
+/// address or a wildcard (`0.0.0.0`, `[::]`) on either side.
+fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Stream listen addresses are unique per protocol across all routes (TCP and UDP may share one,
+/// as DNS does), and a TCP stream never takes one of the gateway's own listen addresses.
+fn check_stream_listeners(
+    drafts: &[RouteDraft],
+    taken: &[(String, &str)],
+    errors: &mut Vec<ConfigError>,
+) {
+    let gateway: Vec<(SocketAddr, &str)> = taken
+        .iter()
+        .filter_map(|(addr, what)| Some((addr.parse().ok()?, *what)))
+        .collect();
+    let mut seen: Vec<(StreamProtocol, SocketAddr, usize)> = Vec::new();
+    for (i, draft) in drafts.iter().enumerate() {
+        for (stream, at) in &draft.streams {
+            let (protocol, listen) = (stream.protocol, stream.listen);
+            let earlier = seen
+                .iter()
+                .find(|(p, addr, _)| *p == protocol && overlaps(addr, &listen));
+            if let Some((_, addr, j)) = earlier {
+                let owner = if *j == i {
+                    "this route".to_string()
+                } else {
+                    format!("route \"{}\"", drafts[*j].label)
+                };
+                errors.push(route_error(
+                    &draft.label,
+                    "streams.listen",
+                    format!(
+                        "{} address {listen} clashes with {addr}, already used by {owner}",
+                        protocol.as_str()
+                    ),
+                    *at,
+                ));
+            } else {
+                seen.push((protocol, listen, i));
+            }
+            if protocol == StreamProtocol::Tcp {
+                if let Some((addr, what)) = gateway.iter().find(|(addr, _)| overlaps(addr, &listen))
+                {
+                    errors.push(route_error(
+                        &draft.label,
+                        "streams.listen",
+                        format!("tcp address {listen} clashes with {addr}, the {what}"),
+                        *at,
+                    ));
                 }
             }
         }

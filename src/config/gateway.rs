@@ -111,7 +111,18 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
             ..
         }) => {
             let mut errors = Vec::new();
-            let routes = parse_routes(items, &defaults, &mut errors);
+            // Addresses a TCP stream may not take: the public HTTP ones and the admin listener.
+            let mut taken: Vec<(String, &str)> = listen
+                .iter()
+                .map(|addr| (addr.clone(), "HTTP listen address (idlewatcher.listen)"))
+                .collect();
+            if let Some(admin) = &admin {
+                taken.push((
+                    admin.listen.clone(),
+                    "admin listen address (idlewatcher.admin.listen)",
+                ));
+            }
+            let routes = parse_routes(items, &defaults, &taken, &mut errors);
             for error in errors {
                 f.push(error);
             }
@@ -147,6 +158,7 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
 fn parse_routes(
     items: Vec<Node>,
     defaults: &RouteDefaults,
+    taken: &[(String, &str)],
     errors: &mut Vec<ConfigError>,
 ) -> Option<Vec<RouteConfig>> {
     // Labels first: a route is named by its name, or by its index when the name is missing or
@@ -190,7 +202,7 @@ fn parse_routes(
         .map(|(name, i)| (name, draft_index[i]))
         .collect();
 
-    check_routes(&drafts, &by_name, errors);
+    check_routes(&drafts, &by_name, taken, errors);
     let all_read = drafts.len() == draft_index.len();
     let routes: Option<Vec<RouteConfig>> = drafts.into_iter().map(RouteDraft::build).collect();
     routes.filter(|_| all_read)

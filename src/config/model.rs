@@ -5,6 +5,7 @@
 //! file is read never touches what it means.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,6 +56,18 @@ pub struct AdminConfig {
     /// A file holding the bearer token `/api/*` requires (`token_file`); `None` = no token
     /// (allowed on loopback only).
     pub token_file: Option<PathBuf>,
+}
+
+impl GatewayConfig {
+    /// Every address a route's stream listens on, with its protocol, in file order: what must be
+    /// free at start-up besides `listen`.
+    pub fn stream_listen_addresses(&self) -> Vec<(StreamProtocol, SocketAddr)> {
+        self.routes
+            .iter()
+            .flat_map(|route| &route.streams)
+            .map(|stream| (stream.protocol, stream.listen))
+            .collect()
+    }
 }
 
 /// The `proxmox:` section: how to reach and trust one PVE cluster. Its `Debug` never shows the
@@ -160,6 +173,10 @@ pub struct RouteConfig {
     pub max_waiters: usize,
     /// First pause before a failed wake may be retried; doubles per failure (`retry_backoff`).
     pub retry_backoff: Duration,
+    /// Raw TCP and UDP fronts of the same backend (`streams`).
+    pub streams: Vec<StreamConfig>,
+    /// How the route's streams wait and buffer (`ready_after`, `udp_*`).
+    pub stream_settings: StreamSettings,
     /// Where the route and its keys were written, for problems found after parsing (a sleep
     /// method its provider family lacks). Not part of the route's meaning.
     pub written: Written,
@@ -189,6 +206,67 @@ impl Written {
             .iter()
             .find(|(k, _)| k == key)
             .map_or(self.at, |(_, at)| *at)
+    }
+}
+
+/// One raw stream of a route (`streams:` item): connections or datagrams on `listen` wake the
+/// route's backend and are then forwarded to it, unread until it is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// Where the gateway listens (`listen`).
+    pub listen: SocketAddr,
+    /// TCP or UDP (`protocol`, default TCP).
+    pub protocol: StreamProtocol,
+    /// The backend's port (`port`): traffic goes to the backend's address and this port.
+    pub port: Option<u16>,
+    /// A fixed `host:port` instead (`upstream`).
+    pub upstream: Option<String>,
+}
+
+/// The transport of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamProtocol {
+    /// Connections, spliced both ways once the backend is ready.
+    Tcp,
+    /// Datagrams, per client session, buffered while the backend wakes.
+    Udp,
+}
+
+impl StreamProtocol {
+    /// `tcp` or `udp`, as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamProtocol::Tcp => "tcp",
+            StreamProtocol::Udp => "udp",
+        }
+    }
+}
+
+/// How a route's streams wait for the backend and what a UDP stream keeps meanwhile. UDP cannot
+/// be probed, so a UDP-only backend needs another rule to know it is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Ready this long after the backend runs (and passes its own health check, if it has one)
+    /// (`ready_after`); required for a UDP stream when nothing else tells readiness.
+    pub ready_after: Option<Duration>,
+    /// A UDP client's session (its upstream socket) ends after this long without a datagram
+    /// either way (`udp_session_idle`), default 60 s.
+    pub udp_session_idle: Duration,
+    /// Most datagrams kept while the backend wakes, per stream (`udp_buffer_datagrams`),
+    /// default 1,024; more are dropped and counted.
+    pub udp_buffer_datagrams: usize,
+    /// Most bytes kept while the backend wakes, per stream (`udp_buffer_bytes`), default 1 MiB.
+    pub udp_buffer_bytes: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            ready_after: None,
+            udp_session_idle: Duration::from_secs(60),
+            udp_buffer_datagrams: 1024,
+            udp_buffer_bytes: 1024 * 1024,
+        }
     }
 }
 

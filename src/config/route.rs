@@ -10,13 +10,16 @@ use std::time::Duration;
 
 use super::error::ConfigError;
 use super::fields::Fields;
-use super::model::{BackendConfig, Dependency, HealthCheck, RouteConfig, StopMethod, Written};
+use super::model::{
+    BackendConfig, Dependency, HealthCheck, RouteConfig, StopMethod, StreamConfig, StreamProtocol,
+    StreamSettings, Written,
+};
 use super::values::{
     abs_path, boolean, condition_name, count, dependency, duration, host, integer, non_empty,
-    positive_duration, statuses, stop_method, stop_method_name, stop_signal, upstream,
-    user_agent_part,
+    positive_duration, statuses, stop_method, stop_method_name, stop_signal, stream_listen,
+    stream_protocol, upstream, user_agent_part,
 };
-use super::yaml::{Node, Position};
+use super::yaml::{Node, Position, Value};
 
 /// Keys a route inherits from `defaults`.
 pub(crate) const INHERIT_KEYS: &[&str] = &[
@@ -31,6 +34,9 @@ pub(crate) const INHERIT_KEYS: &[&str] = &[
     "no_loading_page",
     "show_details",
     "ignore_user_agents",
+    "udp_session_idle",
+    "udp_buffer_datagrams",
+    "udp_buffer_bytes",
 ];
 /// Keys only a route may set.
 pub(crate) const ROUTE_KEYS: &[&str] = &[
@@ -42,7 +48,11 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "upstream",
     "start_endpoint",
     "depends_on",
+    "streams",
+    "ready_after",
 ];
+/// Keys of one item of `streams`.
+const STREAM_KEYS: &[&str] = &["listen", "protocol", "port", "upstream"];
 const HEALTH_KEYS: &[&str] = &["path", "statuses", "tcp", "docker"];
 
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -69,6 +79,9 @@ pub struct RouteDefaults {
     no_loading_page: Option<bool>,
     show_details: Option<bool>,
     ignore_user_agents: Option<Vec<String>>,
+    udp_session_idle: Option<Duration>,
+    udp_buffer_datagrams: Option<usize>,
+    udp_buffer_bytes: Option<usize>,
 }
 
 impl RouteDefaults {
@@ -88,6 +101,9 @@ impl RouteDefaults {
             ignore_user_agents: f
                 .list("ignore_user_agents", user_agent_part, None)
                 .map(|parts| parts.into_iter().map(|(part, _)| part).collect()),
+            udp_session_idle: f.get("udp_session_idle", positive_duration),
+            udp_buffer_datagrams: f.get("udp_buffer_datagrams", count(1)),
+            udp_buffer_bytes: f.get("udp_buffer_bytes", count(1)),
         }
     }
 
@@ -133,6 +149,24 @@ impl RouteDefaults {
                 .ignore_user_agents
                 .or_else(|| defaults.ignore_user_agents.clone())
                 .unwrap_or_default(),
+            streams: {
+                let built_in = StreamSettings::default();
+                StreamSettings {
+                    ready_after: None,
+                    udp_session_idle: self
+                        .udp_session_idle
+                        .or(defaults.udp_session_idle)
+                        .unwrap_or(built_in.udp_session_idle),
+                    udp_buffer_datagrams: self
+                        .udp_buffer_datagrams
+                        .or(defaults.udp_buffer_datagrams)
+                        .unwrap_or(built_in.udp_buffer_datagrams),
+                    udp_buffer_bytes: self
+                        .udp_buffer_bytes
+                        .or(defaults.udp_buffer_bytes)
+                        .unwrap_or(built_in.udp_buffer_bytes),
+                }
+            },
         }
     }
 }
@@ -151,6 +185,8 @@ struct Settings {
     no_loading_page: bool,
     show_details: bool,
     ignore_user_agents: Vec<String>,
+    /// `ready_after` is the route's own, set after resolving.
+    streams: StreamSettings,
 }
 
 /// The probe a route gets when nothing says otherwise: `GET /`, any status below 500.
@@ -242,6 +278,8 @@ pub(crate) struct RouteDraft {
     target: Option<(Option<u16>, Option<String>)>,
     start_endpoint: Option<String>,
     pub depends_on: Vec<(Dependency, Position)>,
+    /// The streams, each with where its `listen` was written.
+    pub streams: Vec<(StreamConfig, Position)>,
     settings: Settings,
     /// Where the route's mapping starts.
     at: Position,
@@ -287,7 +325,7 @@ fn route_fields(
     name: Option<String>,
     defaults: &RouteDefaults,
 ) -> RouteDraft {
-    // No hosts: a dependency-only backend, woken only by its dependents.
+    // No hosts (and no streams): a dependency-only backend, woken only by its dependents.
     let hosts = if f.has("hosts") {
         f.list("hosts", host, Some("must list at least one host name"))
     } else {
@@ -326,7 +364,11 @@ fn route_fields(
     };
     let start_endpoint = f.get("start_endpoint", abs_path);
     let depends_on = f.list("depends_on", dependency, None).unwrap_or_default();
-    let settings = RouteDefaults::parse(f).resolve(defaults);
+    let streams = streams(f, &label);
+    let ready_after = f.get("ready_after", positive_duration);
+    let mut settings = RouteDefaults::parse(f).resolve(defaults);
+    settings.streams.ready_after = ready_after;
+    check_udp_readiness(f, hosts.is_some(), target.as_ref(), &streams, &settings);
     RouteDraft {
         label,
         name,
@@ -335,10 +377,128 @@ fn route_fields(
         target,
         start_endpoint,
         depends_on,
+        streams,
         settings,
         at: f.position(),
         written: f.taken().to_vec(),
     }
+}
+
+/// The `streams` list: each item a mapping with `listen`, `protocol` (default tcp), and exactly
+/// one of `port` and `upstream`. Every problem is reported; the good items are returned with
+/// where their `listen` was written.
+fn streams(f: &mut Fields, label: &str) -> Vec<(StreamConfig, Position)> {
+    let Some(value) = f.raw("streams") else {
+        return Vec::new();
+    };
+    let at = value.position();
+    let items = match value.value {
+        Value::Sequence(items) => items,
+        other => {
+            f.error_at(
+                "streams",
+                at,
+                format!("expected a list of streams, got {}", other.describe()),
+            );
+            return Vec::new();
+        }
+    };
+    if items.is_empty() {
+        f.error_at(
+            "streams",
+            at,
+            "must list at least one stream (or leave streams out)",
+        );
+    }
+    let mut streams = Vec::with_capacity(items.len());
+    for item in items {
+        let mut s = match Fields::new(item, Some(label.to_string()), "streams", STREAM_KEYS) {
+            Ok(s) => s,
+            Err(error) => {
+                f.push(error);
+                continue;
+            }
+        };
+        let listen_at = s.value_position("listen").unwrap_or_else(|| s.position());
+        let listen = s.required("listen", stream_listen);
+        let protocol = s
+            .get("protocol", stream_protocol)
+            .unwrap_or(StreamProtocol::Tcp);
+        let target = match (s.has("port"), s.has("upstream")) {
+            (false, false) => {
+                s.missing_because(
+                    "port",
+                    "required key is missing: set port (the backend's port) or upstream (host:port)",
+                );
+                None
+            }
+            (true, true) => {
+                let at = s.key_position("upstream");
+                s.error_at(
+                    "upstream",
+                    at,
+                    "port and upstream are both set; use one of them",
+                );
+                s.raw("port");
+                s.raw("upstream");
+                None
+            }
+            _ => {
+                let port = s.get("port", integer(1, 65535)).map(|p| p as u16);
+                let upstream = s.get("upstream", upstream);
+                (port.is_some() || upstream.is_some()).then_some((port, upstream))
+            }
+        };
+        f.absorb(s);
+        if let (Some(listen), Some((port, upstream))) = (listen, target) {
+            let stream = StreamConfig {
+                listen,
+                protocol,
+                port,
+                upstream,
+            };
+            streams.push((stream, listen_at));
+        }
+    }
+    streams
+}
+
+/// UDP cannot be probed: a route with a UDP stream needs something else that says its backend
+/// is ready — a probe (its hosts, a TCP stream, or `port` with `health`), the container's own
+/// health check (`health: { docker: true }`), or `ready_after`.
+fn check_udp_readiness(
+    f: &mut Fields,
+    has_hosts: bool,
+    target: Option<&(Option<u16>, Option<String>)>,
+    streams: &[(StreamConfig, Position)],
+    settings: &Settings,
+) {
+    let Some((_, udp_at)) = streams
+        .iter()
+        .find(|(stream, _)| stream.protocol == StreamProtocol::Udp)
+    else {
+        return;
+    };
+    let has_tcp = streams
+        .iter()
+        .any(|(stream, _)| stream.protocol == StreamProtocol::Tcp);
+    let probed_port = settings.health_set
+        && target.is_some_and(|(port, upstream)| port.is_some() || upstream.is_some());
+    if has_hosts
+        || has_tcp
+        || probed_port
+        || settings.health == HealthCheck::Docker
+        || settings.streams.ready_after.is_some()
+    {
+        return;
+    }
+    f.error_at(
+        "ready_after",
+        *udp_at,
+        "a UDP stream cannot be probed: set ready_after (e.g. 2s after the backend runs), \
+         health: { docker: true } (its HEALTHCHECK decides), or give the route a probe \
+         (hosts, a tcp stream, or port with health)",
+    );
 }
 
 /// Exactly one of `docker: { container }` and `proxmox: { node, vmid }`.
@@ -402,6 +562,8 @@ impl RouteDraft {
             stop_timeout: s.stop_timeout,
             max_waiters: s.max_waiters,
             retry_backoff: s.retry_backoff,
+            streams: self.streams.into_iter().map(|(stream, _)| stream).collect(),
+            stream_settings: s.streams,
             written: Written {
                 at: self.at,
                 keys: self.written,

@@ -169,6 +169,8 @@ fn full_config_resolves_every_key() {
         stop_timeout: Duration::from_secs(30),
         max_waiters: 50,
         retry_backoff: Duration::from_secs(2),
+        streams: Vec::new(),
+        stream_settings: StreamSettings::default(),
         written: Written::default(),
     };
     let whoami = RouteConfig {
@@ -199,6 +201,8 @@ fn full_config_resolves_every_key() {
         stop_timeout: Duration::from_secs(15),
         max_waiters: 7,
         retry_backoff: Duration::from_millis(250),
+        streams: Vec::new(),
+        stream_settings: StreamSettings::default(),
         written: Written::default(),
     };
     assert_eq!(g.routes, vec![db, whoami]);
@@ -1638,4 +1642,73 @@ fn show_details_and_ignored_user_agents_are_inherited_and_lowercased() {
     has(&e, Some("a"), "ignore_user_agents", "must not be empty");
     let e = errors(&one("show_details: yes"));
     has(&e, Some("a"), "show_details", "");
+}
+
+#[test]
+fn streams_parse_with_their_defaults_and_are_listed_for_the_start_up_checks() {
+    let text = "idlewatcher:\n  defaults:\n    udp_buffer_datagrams: 64\n  routes:\n    - name: db\n      docker: { container: db }\n      streams:\n        - { listen: \"0.0.0.0:5432\", port: 5432 }\n        - { listen: \"0.0.0.0:5353\", upstream: \"10.0.0.2:53\", protocol: udp }\n        - { listen: \"0.0.0.0:5432\", port: 5432, protocol: udp }\n      ready_after: 2s\n      udp_session_idle: 30s\n";
+    let config = parse(text).unwrap_or_else(|e| panic!("{e}"));
+    let db = &config.gateway.routes[0];
+    assert!(db.hosts.is_empty(), "streams only, no hosts");
+    assert_eq!(db.streams.len(), 3);
+    assert_eq!(
+        db.streams[0].protocol,
+        StreamProtocol::Tcp,
+        "tcp by default"
+    );
+    assert_eq!(db.streams[0].port, Some(5432));
+    assert_eq!(db.streams[1].upstream.as_deref(), Some("10.0.0.2:53"));
+    assert_eq!(
+        db.stream_settings,
+        StreamSettings {
+            ready_after: Some(Duration::from_secs(2)),
+            udp_session_idle: Duration::from_secs(30),
+            udp_buffer_datagrams: 64,
+            udp_buffer_bytes: 1024 * 1024,
+        }
+    );
+    let listed: Vec<String> = config
+        .gateway
+        .stream_listen_addresses()
+        .into_iter()
+        .map(|(protocol, addr)| format!("{} {addr}", protocol.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        ["tcp 0.0.0.0:5432", "udp 0.0.0.0:5353", "udp 0.0.0.0:5432"],
+        "TCP and UDP may share an address"
+    );
+}
+
+#[test]
+fn a_udp_stream_is_ready_by_a_probe_a_health_check_or_ready_after() {
+    let route = |extra: &str| {
+        format!(
+            "idlewatcher:\n  routes:\n    - name: dns\n      docker: {{ container: dns }}\n      streams: [{{ listen: \"127.0.0.1:5353\", port: 53, protocol: udp }}]\n{extra}"
+        )
+    };
+    for ok in [
+        "      ready_after: 1s\n",
+        "      health: { docker: true }\n",
+        "      port: 8080\n      health: { tcp: true }\n",
+        "      hosts: [dns.test]\n      port: 80\n",
+    ] {
+        parse(&route(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    let errors = errors(&route(""));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key, "ready_after");
+    assert_eq!(errors[0].line, Some(5));
+}
+
+#[test]
+fn a_tcp_stream_may_not_take_the_admin_listen_address() {
+    let text = "idlewatcher:\n  admin: { listen: \"127.0.0.1:9090\" }\n  routes:\n    - name: a\n      docker: { container: a }\n      streams: [{ listen: \"0.0.0.0:9090\", port: 80 }]\n";
+    let e = errors(text);
+    has(
+        &e,
+        Some("a"),
+        "streams.listen",
+        "the admin listen address (idlewatcher.admin.listen)",
+    );
 }

@@ -8,7 +8,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use super::fields::Problem;
-use super::model::{Dependency, DependencyCondition, StopMethod};
+use super::model::{Dependency, DependencyCondition, StopMethod, StreamProtocol};
 use super::yaml::{Node, Value};
 
 /// Where the internal endpoints live unless `path_prefix` says otherwise (also the example given
@@ -127,6 +127,31 @@ pub(crate) fn socket_addr(node: Node) -> Result<String, String> {
         .parse::<SocketAddr>()
         .map(|addr| addr.to_string())
         .map_err(|_| format!("invalid address \"{text}\" (expected ip:port, e.g. 0.0.0.0:8080)"))
+}
+
+/// `ip:port` a stream listens on: an address that can be bound, port 1–65535.
+pub(crate) fn stream_listen(node: Node) -> Result<SocketAddr, String> {
+    let text = string(node)?;
+    match text.trim().parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(addr),
+        Ok(_) => Err(format!(
+            "invalid address \"{text}\": the port must be in 1..=65535"
+        )),
+        Err(_) => Err(format!(
+            "invalid address \"{text}\" (expected ip:port, e.g. 0.0.0.0:5432)"
+        )),
+    }
+}
+
+/// `tcp` or `udp`.
+pub(crate) fn stream_protocol(node: Node) -> Result<StreamProtocol, String> {
+    match string(node)?.as_str() {
+        "tcp" => Ok(StreamProtocol::Tcp),
+        "udp" => Ok(StreamProtocol::Udp),
+        other => Err(format!(
+            "unknown protocol \"{other}\" (expected tcp or udp)"
+        )),
+    }
 }
 
 /// The prefix of the internal endpoints: absolute, URL-safe, not `/` alone, ending in `/`.

@@ -200,7 +200,7 @@ async fn wake_failed(
     failure: &WakeFailure,
     what: &str,
 ) -> Result<()> {
-    count_rejected(route, failure.reason());
+    route.count_rejected(failure.reason(), 1);
     let detail = if route.policy.show_details {
         format!("{} could not be {what}: {failure}", route.name)
     } else {
@@ -212,13 +212,6 @@ async fn wake_failed(
     };
     let retry = Some(failure.retry_after_secs());
     respond::problem(session, 503, Some(&route.name), &detail, retry).await
-}
-
-/// Counts a request `route` refused while not ready (`idlewatcher_requests_rejected_total`).
-fn count_rejected(route: &Route, reason: &str) {
-    if let Some(metrics) = route.watcher.metrics() {
-        metrics.metrics().rejected(&route.name, reason);
-    }
 }
 
 /// What to do with a Host no route claims.
@@ -419,12 +412,12 @@ impl IdleGate {
                 respond::send(session, 204, &[("cache-control", "no-store")], Bytes::new()).await?;
             }
             Asleep::Forbidden(endpoint) => {
-                count_rejected(route, "forbidden_path");
+                route.count_rejected("forbidden_path", 1);
                 let detail = format!("{} is asleep and only {endpoint} may wake it", route.name);
                 respond::problem(session, 403, Some(&route.name), &detail, None).await?;
             }
             Asleep::IgnoredAgent => {
-                count_rejected(route, "ignored_user_agent");
+                route.count_rejected("ignored_user_agent", 1);
                 let detail = format!(
                     "{} is asleep, and requests from this client do not wake it",
                     route.name
@@ -486,7 +479,7 @@ impl IdleGate {
         let shutdown = self.clock.shutdown_signal();
         match wait::hold_until_admitted(route, shutdown, client_left).await {
             HoldOutcome::Full => {
-                count_rejected(route, "too_many_waiters");
+                route.count_rejected("too_many_waiters", 1);
                 let detail = format!(
                     "{} is waking up and already holds {} requests; retry shortly",
                     route.name, route.max_waiters

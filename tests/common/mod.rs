@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`image`] | the `FROM scratch` busybox test image |
 //! | [`container`] | throw-away test containers: unique names, the label, cleanup |
+//! | [`echo`] | a static TCP/UDP echo server compiled by the test, in a test container |
 //! | [`engine`] | the `docker` CLI, the engine's events, a severable path to the engine |
 //! | [`gateway`] | running the `idlewatcher` binary |
 //! | [`http`] | raw HTTP/1.1, answer checks, bodies, Server-Sent Events |
@@ -20,6 +21,7 @@
 
 pub mod browser;
 pub mod container;
+pub mod echo;
 pub mod engine;
 pub mod gateway;
 pub mod http;
