@@ -21,7 +21,7 @@
 //! - **outside changes** ([`BackendObserver::observe`]): a backend started by hand is adopted
 //!   (probed, then ready, with no start call of ours); stopped by hand → napping; removed → error.
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -94,6 +94,8 @@ pub struct Watcher {
     pub(super) warm_until: AtomicU32,
     pub(super) idle: Arc<IdleClock>,
     pub(super) this: Weak<Watcher>,
+    /// A status re-check is under way (see `recheck.rs`): one at a time.
+    pub(super) rechecking: AtomicBool,
 }
 
 impl Watcher {
@@ -142,6 +144,7 @@ impl Watcher {
             warm_until: AtomicU32::new(0),
             idle,
             this: this.clone(),
+            rechecking: AtomicBool::new(false),
         })
     }
 
