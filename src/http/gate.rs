@@ -156,16 +156,19 @@ impl GateContext {
     /// `fail_to_connect`). Nothing was sent yet, so any request may try again: a few times,
     /// with the same jittered backoff. Returns whether it set the error retryable.
     ///
-    /// A backend that was ready before this request (not in the slow start) should accept at
-    /// once: its retries share [`READY_RETRY_BUDGET`], and the first failure asks its
-    /// provider for its status ([`Watcher::recheck`]), so a backend stopped behind our back,
-    /// its event lost, is noticed by this request rather than never.
+    /// Every failure asks the backend's provider for its status ([`Watcher::recheck`]), so a
+    /// backend stopped behind our back, its event lost, is noticed by this request rather than
+    /// never; once it is known not to be ready, nothing is retried. A backend that was ready
+    /// before this request (not in the slow start) should accept at once: its retries share
+    /// [`READY_RETRY_BUDGET`].
     pub fn should_retry_connect(&mut self, error: &mut pingora::Error) -> bool {
         let mut eligible = self.retries < retry::MAX_RETRIES;
+        if let Some(route) = &self.route {
+            route.watcher.recheck();
+            // Found stopped meanwhile: no use trying again.
+            eligible &= route.watcher.is_ready();
+        }
         if !self.slow_start {
-            if let Some(route) = &self.route {
-                route.watcher.recheck();
-            }
             let since = *self.failing_since.get_or_insert_with(Instant::now);
             eligible &= since.elapsed() + MIN_CONNECT_TIMEOUT < READY_RETRY_BUDGET;
         }
