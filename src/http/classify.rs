@@ -110,6 +110,29 @@ pub fn parse_head(bytes: &[u8]) -> Head<'_> {
     })
 }
 
+/// The request of `head` as `http` parts (method, target, headers; no body), what the gate's
+/// decisions look at. `raw` is the head's bytes (`&bytes[..head.len]`). `None` if a part is not
+/// valid for the `http` crate (the request then goes to Pingora, which decides).
+pub fn request_parts(head: &ParsedHead<'_>, raw: &[u8]) -> Option<http::request::Parts> {
+    let uri: http::Uri = head.target.parse().ok()?;
+    let mut parts = http::Request::builder()
+        .method(head.method)
+        .uri(uri)
+        .body(())
+        .ok()?
+        .into_parts()
+        .0;
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    parsed.parse(raw).ok()?;
+    for header in parsed.headers.iter() {
+        let name = http::HeaderName::from_bytes(header.name.as_bytes()).ok()?;
+        let value = http::HeaderValue::from_bytes(header.value).ok()?;
+        parts.headers.append(name, value);
+    }
+    Some(parts)
+}
+
 /// Why Pingora would refuse `request` before any filter runs, if it would: `CONNECT`, an
 /// authority that is ambiguous or differs from `Host` (Pingora's own check, called here),
 /// conflicting or invalid `Content-Length`s, `Transfer-Encoding` on HTTP/1.0, or a final

@@ -176,22 +176,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
         if route.watcher.is_ready() || gate.is_internal(uri.path()) {
             return None;
         }
-        let mut parts = http::Request::builder()
-            .method(request.method)
-            .uri(uri)
-            .body(())
-            .ok()?
-            .into_parts()
-            .0;
-        // What `when_asleep` looks at: the method, the path and the browser's headers.
-        let mut headers = [httparse::EMPTY_HEADER; classify::MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        parsed.parse(head).ok()?;
-        for header in parsed.headers.iter() {
-            let name = http::HeaderName::from_bytes(header.name.as_bytes()).ok()?;
-            let value = http::HeaderValue::from_bytes(header.value).ok()?;
-            parts.headers.append(name, value);
-        }
+        // Only for a sleeping route: what `when_asleep` looks at.
+        let parts = classify::request_parts(request, head)?;
         if !matches!(gate.when_asleep(route, &parts), Asleep::Hold) {
             return None;
         }
