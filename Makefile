@@ -8,7 +8,7 @@ TEST_DEPS   := cmake busybox-static chromium chromium-driver file
 DEMO_DEPS   := cmake busybox-static file
 BENCH_DEPS  := cmake busybox-static wrk nginx-light file python3 procps valgrind
 
-.PHONY: run test lint demo bench build deps-build deps-test deps-demo deps-bench clean-test-containers
+.PHONY: run test lint demo bench build fuzz-smoke deps-build deps-test deps-demo deps-bench deps-fuzz clean-test-containers
 
 # The shipped config fronts the demo container (created stopped when missing).
 run: deps-demo
@@ -25,6 +25,16 @@ test: deps-test lint
 	$(CARGO) test --release --lib --bins --tests --examples -- --test-threads=2
 	$(CARGO) test --release --benches
 	$(CARGO) test --release --doc
+	$(MAKE) fuzz-smoke
+
+# Each fuzz target for FUZZ_SECONDS (nightly, cargo-fuzz; no sanitizer, so that the build is the
+# plain one with coverage; its own target dir fuzz/target, built once). Long runs: ARCHITECTURE.md.
+FUZZ_TARGETS ?= config head classify
+FUZZ_SECONDS ?= 5
+fuzz-smoke: deps-fuzz
+	@for target in $(FUZZ_TARGETS); do \
+		$(CARGO) +nightly fuzz run --sanitizer none $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 lint: deps-build
 	$(CARGO) fmt --all -- --check
@@ -50,6 +60,9 @@ deps-demo:
 
 deps-bench:
 	@scripts/ensure-packages.sh $(BENCH_DEPS)
+
+deps-fuzz: deps-build
+	@$(CARGO) +nightly fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 
 # Leftovers of interrupted test runs (every test container carries this label).
 clean-test-containers:

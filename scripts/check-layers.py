@@ -18,7 +18,7 @@ import re
 import sys
 
 # Lowest first. A module may import from the ones before it, never after.
-LAYERS = ["config", "providers", "idle", "metrics", "backend", "routes", "wait", "http", "stream", "admin", "assemble", "lib"]
+LAYERS = ["config", "listen", "providers", "idle", "metrics", "backend", "routes", "wait", "http", "stream", "admin", "assemble", "lib"]
 
 ROOT = os.environ.get("SRC") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 PATH = re.compile(r"crate::((?:[A-Za-z_][A-Za-z0-9_]*)(?:::[A-Za-z_][A-Za-z0-9_]*)*)")

@@ -48,6 +48,7 @@
 //! | module | concept |
 //! |---|---|
 //! | [`config`] | the YAML file, validated all at once |
+//! | [`listen`] | start-up check that every listen address can be bound |
 //! | [`providers`] | provider families (Docker…): drive a backend, watch outside changes |
 //! | [`idle`] | the idle clock, its timers and timing wheel |
 //! | [`backend`] | one backend's state, singleflight wake, sleep, readiness, slow start, events |
@@ -66,6 +67,7 @@ pub mod backend;
 pub mod config;
 pub mod http;
 pub mod idle;
+pub mod listen;
 pub mod metrics;
 pub mod providers;
 pub mod routes;
@@ -149,12 +151,10 @@ impl IdleWatcher {
         if let Some(admin) = admin {
             services.push(Box::new(admin));
         }
-        let gate = Arc::new(IdleGate::new(
-            routes,
-            &config.path_prefix,
-            Arc::clone(&clock),
-            unknown_host,
-        ));
+        let gate = Arc::new(
+            IdleGate::new(routes, &config.path_prefix, Arc::clone(&clock), unknown_host)
+                .with_client_limits(config.clients.clone()),
+        );
         Ok(Self {
             gate,
             watchers: assembled.watchers,

@@ -8,7 +8,7 @@ use pingora::server::Server;
 use tracing_subscriber::EnvFilter;
 
 use idlewatcher::http::IdleProxy;
-use idlewatcher::{config, IdleWatcher};
+use idlewatcher::{config, listen, IdleWatcher};
 
 /// The configuration used when `-c` is not given.
 const DEFAULT_CONFIG: &str = "conf/idlewatcher.yaml";
@@ -49,6 +49,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // An address in use is an error now, not Pingora's endless retry (unless taking over the
+    // sockets of a running instance, which holds them by design).
+    if !opt.upgrade {
+        let gateway = &config.gateway;
+        let mut addresses: Vec<(listen::Transport, String)> = gateway
+            .listen
+            .iter()
+            .chain(gateway.admin.as_ref().map(|admin| &admin.listen))
+            .map(|address| (listen::Transport::Tcp, address.clone()))
+            .collect();
+        for (protocol, address) in gateway.stream_listen_addresses() {
+            let transport = match protocol {
+                config::StreamProtocol::Tcp => listen::Transport::Tcp,
+                config::StreamProtocol::Udp => listen::Transport::Udp,
+            };
+            addresses.push((transport, address.to_string()));
+        }
+        let in_use = listen::check_free(
+            addresses
+                .iter()
+                .map(|(transport, address)| (*transport, address.as_str())),
+        );
+        if !in_use.is_empty() {
+            for error in &in_use {
+                eprintln!("idlewatcher: {error}");
+            }
+            return ExitCode::FAILURE;
+        }
+    }
     opt.conf = None; // Already read: Pingora must not parse our file again.
     server_conf.merge_with_opt(&opt);
 

@@ -9,6 +9,7 @@
 //! | `wake.rs` | the wake: dependencies, provider start, addresses, probes |
 //! | `sleep.rs` | putting the backend to sleep; the idle clock's view ([`Sleeper`](crate::idle::Sleeper)) |
 //! | `outside.rs` | changes made outside idlewatcher ([`BackendObserver`](crate::providers::BackendObserver)) |
+//! | `recheck.rs` | a status re-check when a "ready" backend stops answering (lost events) |
 //! | [`state`], [`upstream`], [`error`] | the state and status, where requests go, why a wake failed |
 //! | [`readiness`], [`release`], [`events`] | probes, slow start, wake events |
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod events;
 mod outside;
 pub mod readiness;
+mod recheck;
 pub mod release;
 mod sleep;
 pub mod state;

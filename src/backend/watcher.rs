@@ -21,7 +21,7 @@
 //! - **outside changes** ([`BackendObserver::observe`]): a backend started by hand is adopted
 //!   (probed, then ready, with no start call of ours); stopped by hand → napping; removed → error.
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -98,6 +98,8 @@ pub struct Watcher {
     /// a test or by an embedder, counts nothing).
     pub(super) metrics: OnceLock<BackendMetrics>,
     pub(super) this: Weak<Watcher>,
+    /// A status re-check is under way (see `recheck.rs`): one at a time.
+    pub(super) rechecking: AtomicBool,
 }
 
 impl Watcher {
@@ -147,6 +149,7 @@ impl Watcher {
             idle,
             metrics: OnceLock::new(),
             this: this.clone(),
+            rechecking: AtomicBool::new(false),
         })
     }
 

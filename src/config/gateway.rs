@@ -11,13 +11,14 @@ use super::checks::check_routes;
 use super::error::ConfigError;
 use super::fields::Fields;
 use super::model::{
-    AdminConfig, BackendConfig, GatewayConfig, ProxmoxConfig, PveTrust, RouteConfig, StopMethod,
+    AdminConfig, BackendConfig, ClientLimits, GatewayConfig, ProxmoxConfig, PveTrust, RouteConfig,
+    StopMethod,
     TokenSecret,
 };
 use super::route::{draft_route, peek_name, RouteDefaults, RouteDraft, INHERIT_KEYS, ROUTE_KEYS};
 use super::values::{
-    boolean, count, docker_host, existing_file, non_empty, path_prefix, pve_token_id, pve_url,
-    sha256_fingerprint, socket_addr, tick, DEFAULT_PATH_PREFIX,
+    boolean, count, docker_host, existing_file, integer, non_empty, path_prefix, positive_duration,
+    pve_token_id, pve_url, sha256_fingerprint, socket_addr, tick, DEFAULT_PATH_PREFIX,
 };
 use super::yaml::{Node, Value};
 
@@ -30,6 +31,7 @@ pub(crate) const GATEWAY_KEYS: &[&str] = &[
     "proxmox",
     "tick",
     "max_concurrent_stops",
+    "clients",
     "defaults",
     "routes",
 ];
@@ -44,6 +46,19 @@ const PROXMOX_KEYS: &[&str] = &[
     "fingerprint",
     "insecure",
     "poll",
+];
+
+/// Keys of the `clients:` section (see [`ClientLimits`]).
+const CLIENT_KEYS: &[&str] = &[
+    "header_timeout",
+    "keepalive_timeout",
+    "body_timeout",
+    "min_body_rate",
+    "h2_idle_timeout",
+    "max_connections_per_ip",
+    "max_held_per_ip",
+    "max_event_streams_per_ip",
+    "max_event_streams_per_route",
 ];
 
 /// Default interval of the bulk Proxmox status poll.
@@ -95,6 +110,13 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
     let max_concurrent_stops = f
         .get("max_concurrent_stops", count(1))
         .unwrap_or(DEFAULT_MAX_CONCURRENT_STOPS);
+    let clients = f
+        .sub("clients", CLIENT_KEYS)
+        .map_or_else(ClientLimits::default, |mut c| {
+            let clients = parse_clients(&mut c);
+            f.absorb(c);
+            clients
+        });
     let defaults = match f.sub("defaults", INHERIT_KEYS) {
         Some(d) => {
             let mut d = d.hint(&[ROUTE_KEYS], "only a route may set it");
@@ -149,6 +171,7 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
         proxmox,
         tick,
         max_concurrent_stops,
+        clients,
         routes: routes?,
     })
 }
@@ -235,6 +258,47 @@ fn parse_admin(a: &mut Fields, public: &[String]) -> Option<AdminConfig> {
         );
     }
     Some(AdminConfig { listen, token_file })
+}
+
+/// The `clients:` section `c`: every key optional, defaults from [`ClientLimits::default`].
+fn parse_clients(c: &mut Fields) -> ClientLimits {
+    let defaults = ClientLimits::default();
+    let seconds = |node: Node| {
+        let d = positive_duration(node)?;
+        if d.as_secs() == 0 {
+            return Err("must be at least 1s".to_string());
+        }
+        Ok(d)
+    };
+    ClientLimits {
+        header_timeout: c
+            .get("header_timeout", positive_duration)
+            .unwrap_or(defaults.header_timeout),
+        keepalive_timeout: c
+            .get("keepalive_timeout", seconds)
+            .unwrap_or(defaults.keepalive_timeout),
+        body_timeout: c
+            .get("body_timeout", positive_duration)
+            .unwrap_or(defaults.body_timeout),
+        min_body_rate: c
+            .get("min_body_rate", integer(0, u64::MAX))
+            .unwrap_or(defaults.min_body_rate),
+        h2_idle_timeout: c
+            .get("h2_idle_timeout", positive_duration)
+            .unwrap_or(defaults.h2_idle_timeout),
+        max_connections_per_ip: c
+            .get("max_connections_per_ip", count(0))
+            .unwrap_or(defaults.max_connections_per_ip),
+        max_held_per_ip: c
+            .get("max_held_per_ip", count(0))
+            .unwrap_or(defaults.max_held_per_ip),
+        max_event_streams_per_ip: c
+            .get("max_event_streams_per_ip", count(1))
+            .unwrap_or(defaults.max_event_streams_per_ip),
+        max_event_streams_per_route: c
+            .get("max_event_streams_per_route", count(1))
+            .unwrap_or(defaults.max_event_streams_per_route),
+    }
 }
 
 /// The `proxmox:` section `p`: one cluster, one token, exactly one way to trust its certificate.

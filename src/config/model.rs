@@ -44,6 +44,8 @@ pub struct GatewayConfig {
     pub tick: Duration,
     /// How many backends may be stopping at once (`max_concurrent_stops`), default 8.
     pub max_concurrent_stops: usize,
+    /// Deadlines and per-client caps for HTTP clients (`clients:`).
+    pub clients: ClientLimits,
     /// The routes, in file order, with `defaults` applied.
     pub routes: Vec<RouteConfig>,
 }
@@ -67,6 +69,58 @@ impl GatewayConfig {
             .flat_map(|route| &route.streams)
             .map(|stream| (stream.protocol, stream.listen))
             .collect()
+    }
+}
+
+/// The `clients:` section: what a single HTTP client may cost the gateway. nginx-like defaults
+/// (`client_header_timeout`, `keepalive_timeout`, `client_body_timeout`): a client that sends
+/// nothing, half a head or a trickle never keeps a socket, a waiter place or a backend forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// `header_timeout`, default 30 s: the whole request head must arrive within it, counted
+    /// from the connection's first moment (the early hold and h2c detection included), or from
+    /// the first byte of a later request on a kept-alive connection.
+    pub header_timeout: Duration,
+    /// `keepalive_timeout`, default 60 s: how long an idle HTTP/1 connection waits for its next
+    /// request.
+    pub keepalive_timeout: Duration,
+    /// `body_timeout`, default 60 s: the longest pause between two reads of a request body
+    /// (then 408).
+    pub body_timeout: Duration,
+    /// `min_body_rate`, bytes per second, default 1024 (0: off): once a body has been read for
+    /// `body_timeout`, its average rate must stay at least this (then 408), so a trickled upload
+    /// does not keep a backend awake.
+    pub min_body_rate: u64,
+    /// `h2_idle_timeout`, default 180 s: an HTTP/2 connection without streams for this long is
+    /// closed.
+    pub h2_idle_timeout: Duration,
+    /// `max_connections_per_ip`, default 0 (no cap): open connections one client address may
+    /// have; more are closed at once.
+    pub max_connections_per_ip: usize,
+    /// `max_held_per_ip`, default 0 (no cap): requests one client address may have held through
+    /// wakes at once; more get 503.
+    pub max_held_per_ip: usize,
+    /// `max_event_streams_per_ip`, default 16: open `{prefix}events` streams per client address
+    /// (then 429).
+    pub max_event_streams_per_ip: usize,
+    /// `max_event_streams_per_route`, default 1024: open `{prefix}events` streams per route
+    /// (then 503).
+    pub max_event_streams_per_route: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            min_body_rate: 1024,
+            h2_idle_timeout: Duration::from_secs(180),
+            max_connections_per_ip: 0,
+            max_held_per_ip: 0,
+            max_event_streams_per_ip: 16,
+            max_event_streams_per_route: 1024,
+        }
     }
 }
 

@@ -1712,3 +1712,76 @@ fn a_tcp_stream_may_not_take_the_admin_listen_address() {
         "the admin listen address (idlewatcher.admin.listen)",
     );
 }
+
+#[test]
+fn host_names_beyond_dns_limits_are_errors_with_their_line() {
+    let long_label = "a".repeat(64);
+    let long_name = format!("{}.test", vec!["b".repeat(50); 5].join("."));
+    let ok_label = "c".repeat(63);
+    let e = errors(&routes(&format!(
+        "- name: a\n  hosts:\n    - {long_label}.test\n    - {long_name}\n    - {ok_label}.test\n  docker: {{ container: a }}\n  port: 80\n"
+    )));
+    has(&e, Some("a"), "hosts", "is 64 characters long, at most 63");
+    has(&e, Some("a"), "hosts", "259 characters long, at most 253");
+    assert_eq!(e.iter().filter(|e| e.key == "hosts").count(), 2, "{e:?}");
+    assert!(e.iter().all(|e| e.line.is_some()), "{e:?}");
+}
+
+#[test]
+fn the_clients_section_has_nginx_like_defaults_and_checked_keys() {
+    let config = valid(&routes(&route("a", "")));
+    assert_eq!(config.gateway.clients, ClientLimits::default());
+    assert_eq!(
+        config.gateway.clients.header_timeout,
+        Duration::from_secs(30)
+    );
+
+    let config = valid(
+        "idlewatcher:\n  clients:\n    header_timeout: 2s\n    keepalive_timeout: 5s\n    body_timeout: 500ms\n    min_body_rate: 0\n    h2_idle_timeout: 1m\n    max_connections_per_ip: 100\n    max_held_per_ip: 10\n    max_event_streams_per_ip: 2\n    max_event_streams_per_route: 3\n",
+    );
+    let clients = &config.gateway.clients;
+    assert_eq!(clients.header_timeout, Duration::from_secs(2));
+    assert_eq!(clients.keepalive_timeout, Duration::from_secs(5));
+    assert_eq!(clients.body_timeout, Duration::from_millis(500));
+    assert_eq!(clients.min_body_rate, 0);
+    assert_eq!(clients.h2_idle_timeout, Duration::from_secs(60));
+    assert_eq!(clients.max_connections_per_ip, 100);
+    assert_eq!(clients.max_held_per_ip, 10);
+    assert_eq!(clients.max_event_streams_per_ip, 2);
+    assert_eq!(clients.max_event_streams_per_route, 3);
+
+    let e = errors(
+        "idlewatcher:\n  clients:\n    header_timeout: 0s\n    keepalive_timeout: 200ms\n    max_held_per_ip: -1\n    max_event_streams_per_ip: 0\n    head_timeout: 3s\n",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.clients.header_timeout",
+        "greater than 0",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.clients.keepalive_timeout",
+        "at least 1s",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.clients.max_held_per_ip",
+        "expected an integer",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.clients.max_event_streams_per_ip",
+        "expected an integer",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.clients.head_timeout",
+        "header_timeout",
+    );
+    assert!(e.iter().all(|e| e.line.is_some()), "{e:?}");
+}

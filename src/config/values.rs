@@ -320,6 +320,11 @@ fn status_ranges(item: Node) -> Result<Vec<(u16, u16)>, String> {
     Ok(ranges)
 }
 
+/// The longest host name DNS allows (without a trailing dot).
+const MAX_HOST_LEN: usize = 253;
+/// The longest label (dot-separated part) of a host name.
+const MAX_LABEL_LEN: usize = 63;
+
 /// A host name as matched against `Host`: lowercased; no scheme, port, path or whitespace.
 pub(crate) fn host(node: Node) -> Result<String, String> {
     let text = string(node)?;
@@ -355,6 +360,20 @@ pub(crate) fn host(node: Node) -> Result<String, String> {
         .find(|c| !(c.is_ascii_alphanumeric() || "-._".contains(*c)))
     {
         return bad(&format!("invalid character {c:?}"));
+    }
+    // DNS limits (RFC 1035): a longer name can never be matched by a real client.
+    let name = text.strip_suffix('.').unwrap_or(&text);
+    if name.len() > MAX_HOST_LEN {
+        return bad(&format!(
+            "{} characters long, at most {MAX_HOST_LEN} allowed",
+            name.len()
+        ));
+    }
+    if let Some(label) = name.split('.').find(|label| label.len() > MAX_LABEL_LEN) {
+        return bad(&format!(
+            "the label \"{label}\" is {} characters long, at most {MAX_LABEL_LEN} allowed",
+            label.len()
+        ));
     }
     Ok(text.to_ascii_lowercase())
 }

@@ -24,17 +24,35 @@
 //! request on a kept-alive connection — goes to the wrapped application at once, bytes put
 //! back, and the gate holds it in `request_filter` if it must (`hold_until_admitted` serves
 //! both). The early hold changes what a held request costs, never what it is answered.
+//!
+//! Being first to see every connection, it also enforces the client deadlines and caps
+//! ([`Clients`](crate::http::clients::Clients)): a connection beyond `max_connections_per_ip` is
+//! closed at once; the first head must be whole within `header_timeout` (h2c detection
+//! included: a connection is HTTP/1 at the first byte that differs from the HTTP/2 preface);
+//! HTTP/1 sessions are run here (keep-alive idle timeout, body read timeout, pipelining on,
+//! each later head within its own deadline, see [`deadline`](crate::http::deadline)); a held
+//! connection is watched for its client leaving whatever it carries
+//! ([`departure`](crate::http::departure)); requests Pingora would refuse are never held
+//! ([`classify`](crate::http::classify)).
 
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
 
+use crate::http::classify::{self, Preface};
+use crate::http::clients::PerIpPlace;
+use crate::http::deadline::within_head_deadline;
+use crate::http::departure;
 use crate::http::gate::{Asleep, IdleGate};
 use crate::http::handover::{self, Handover};
 use crate::routes::Route;
@@ -43,8 +61,6 @@ use crate::wait::{hold_until_admitted, HoldOutcome};
 /// The largest request head held early, in bytes (Pingora's own first head buffer); larger
 /// heads go to Pingora and, if they must wait, wait in `request_filter`.
 const FIRST_READ: usize = 4096;
-/// Headers parsed in a request head (more: the connection goes to Pingora, which takes more).
-const MAX_HEADERS: usize = 64;
 /// How long an admission waits for the gate to claim it. The gate claims it within
 /// microseconds, while the route warms up; past this, a request that took another path (its
 /// warm-up ended meanwhile) no longer keeps a window place or the backend awake.
@@ -97,9 +113,6 @@ impl<A> EarlyHold<A> {
 struct ToHold {
     /// The route it matched, kept for the whole hold (a newer table does not change it).
     route: Arc<Route>,
-    /// Nothing but the head was read and no body follows: a read can watch for the client
-    /// leaving without taking anything from the request.
-    watch_client: bool,
 }
 
 /// What the first bytes of a connection call for.
@@ -117,98 +130,126 @@ struct HeldConnection {
     stream: Box<TcpStream>,
     head: Vec<u8>,
     to_hold: ToHold,
+    client: Option<IpAddr>,
 }
 
-impl<A> EarlyHold<A> {
+/// What a new connection turned out to be.
+enum First {
+    /// Its first request is to be held.
+    Hold(HeldConnection),
+    /// HTTP/1, bytes put back: served here.
+    Http1(Stream),
+    /// Anything else (TLS, HTTP/2 prior knowledge), bytes put back: the wrapped application's.
+    Other(Stream),
+    /// The client left, sent nothing usable in time, or the head deadline passed.
+    Gone,
+}
+
+/// The client's address, if the stream is a TCP connection.
+fn client_ip(stream: &Stream) -> Option<IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    digest.peer_addr()?.as_inet().map(|address| address.ip())
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
     /// What to do with a connection whose first bytes are `bytes`.
     fn classify(&self, bytes: &[u8]) -> Head {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(bytes) {
-            Ok(httparse::Status::Complete(head_len)) => self
-                .would_hold(&request, head_len == bytes.len())
+        match classify::parse_head(bytes) {
+            classify::Head::Complete(head) => self
+                .would_hold(&head, &bytes[..head.len])
                 .map_or(Head::Pass, Head::Hold),
-            Ok(httparse::Status::Partial) => Head::Incomplete,
-            Err(_) => Head::Pass,
+            classify::Head::Incomplete => Head::Incomplete,
+            classify::Head::Unparsed => Head::Pass,
         }
     }
 
-    /// Whether the gate would hold `request`; `alone`: nothing follows its head yet.
-    fn would_hold(&self, request: &httparse::Request<'_, '_>, alone: bool) -> Option<ToHold> {
-        let target = request.path?;
-        let host = request
-            .headers
-            .iter()
-            .find(|header| header.name.eq_ignore_ascii_case("host"))
-            .map(|header| header.value);
-        let uri: http::Uri = target.parse().ok()?;
+    /// Whether the gate would hold `request`. Never a request Pingora refuses: it is answered
+    /// at once (400, 405) and wakes nothing.
+    fn would_hold(&self, request: &classify::ParsedHead<'_>, head: &[u8]) -> Option<ToHold> {
+        if request.refused.is_some() {
+            return None;
+        }
+        let uri: http::Uri = request.target.parse().ok()?;
         let gate = &self.gate;
         let routes = gate.routes().load();
-        let route = routes.by_host_bytes(uri.host().map(str::as_bytes).or(host)?)?;
+        let route = routes.by_host_bytes(uri.host().map(str::as_bytes).or(request.host)?)?;
         if route.watcher.is_ready() || gate.is_internal(uri.path()) {
             return None;
         }
-        let mut parts = http::Request::builder()
-            .method(request.method?)
-            .uri(uri)
-            .body(())
-            .ok()?
-            .into_parts()
-            .0;
-        let mut bodiless = true;
-        for header in request.headers.iter() {
-            let name = http::HeaderName::from_bytes(header.name.as_bytes()).ok()?;
-            let value = http::HeaderValue::from_bytes(header.value).ok()?;
-            if name == http::header::TRANSFER_ENCODING
-                || (name == http::header::CONTENT_LENGTH && value != "0")
-            {
-                bodiless = false;
-            }
-            parts.headers.append(name, value);
-        }
+        // Only for a sleeping route: what `when_asleep` looks at.
+        let parts = classify::request_parts(request, head)?;
         if !matches!(gate.when_asleep(route, &parts), Asleep::Hold) {
             return None;
         }
         Some(ToHold {
             route: Arc::clone(route),
-            watch_client: bodiless && alone,
         })
     }
 
-    /// Reads the first request of a new connection. `Ok`: the connection is to be held;
-    /// `Err`: it goes on at once (bytes put back), or `Err(None)` if the client left.
-    async fn first_request(&self, stream: Stream) -> Result<HeldConnection, Option<Stream>> {
+    /// Whether the wrapped application speaks h2c (then the HTTP/2 preface is looked for).
+    fn h2c(&self) -> bool {
+        self.app.server_options().is_some_and(|options| options.h2c)
+    }
+
+    /// Reads the first request of a new connection, until `deadline`.
+    async fn first_request(&self, stream: Stream, deadline: Instant) -> First {
         if !stream.as_any().is::<TcpStream>() {
-            return Err(Some(stream));
+            return First::Other(stream);
         }
+        let client = client_ip(&stream);
         let Ok(mut stream) = stream.into_any().downcast::<TcpStream>() else {
-            return Err(None); // Unreachable: the type was checked above.
+            return First::Gone; // Unreachable: the type was checked above.
         };
-        // The first byte alone, so that no buffer is held while a client says nothing yet.
-        let mut first = [0u8; 1];
-        if !matches!(stream.read(&mut first).await, Ok(1)) {
-            return Err(None);
-        }
-        let mut head = Vec::with_capacity(FIRST_READ);
-        head.push(first[0]);
-        // The rest of the head (a head split across segments takes several reads).
-        loop {
-            if !matches!(stream.read_buf(&mut head).await, Ok(1..)) {
-                return Err(None);
+        let read = async {
+            // The first byte alone, so that no buffer is held while a client says nothing yet.
+            let mut first = [0u8; 1];
+            if !matches!(stream.read(&mut first).await, Ok(1)) {
+                return None;
             }
-            match self.classify(&head) {
-                Head::Incomplete if head.len() < FIRST_READ => continue,
-                Head::Hold(to_hold) => {
-                    head.shrink_to_fit();
-                    return Ok(HeldConnection {
-                        stream,
-                        head,
-                        to_hold,
-                    });
+            let mut head = Vec::with_capacity(FIRST_READ);
+            head.push(first[0]);
+            let mut h2c = self.h2c();
+            // The rest of the head (a head split across segments takes several reads).
+            loop {
+                if h2c {
+                    match classify::h2c_preface(&head) {
+                        Preface::Http2 => return Some((head, None)),
+                        Preface::Partial => {}
+                        Preface::Http1 => h2c = false,
+                    }
                 }
-                Head::Incomplete | Head::Pass => {
-                    stream.rewind(&head);
-                    return Err(Some(stream));
+                if !h2c {
+                    match self.classify(&head) {
+                        Head::Incomplete if head.len() < FIRST_READ => {}
+                        Head::Hold(to_hold) => return Some((head, Some(to_hold))),
+                        Head::Incomplete | Head::Pass => return Some((head, None)),
+                    }
+                }
+                if !matches!(stream.read_buf(&mut head).await, Ok(1..)) {
+                    return None;
+                }
+            }
+        };
+        let Ok(Some((mut head, to_hold))) = tokio::time::timeout_at(deadline, read).await else {
+            return First::Gone;
+        };
+        match to_hold {
+            Some(to_hold) => {
+                head.shrink_to_fit();
+                First::Hold(HeldConnection {
+                    stream,
+                    head,
+                    to_hold,
+                    client,
+                })
+            }
+            None => {
+                let http2 = classify::h2c_preface(&head) == Preface::Http2 && self.h2c();
+                stream.rewind(&head);
+                if http2 {
+                    First::Other(stream)
+                } else {
+                    First::Http1(stream)
                 }
             }
         }
@@ -220,48 +261,96 @@ impl<A> EarlyHold<A> {
     async fn hold(&self, connection: HeldConnection) -> Option<(Stream, Option<Handover>)> {
         let HeldConnection {
             mut stream,
-            mut head,
+            head,
             to_hold,
+            client,
         } = connection;
-        let client_left = async {
-            if to_hold.watch_client {
-                let mut byte = [0u8; 1];
-                match stream.read(&mut byte).await {
-                    // More from the client: keep it, stop watching.
-                    Ok(1) => head.push(byte[0]),
-                    // End of stream or error: gone.
-                    _ => return,
+        let handover = match self.gate.clients().held.take(client) {
+            // Too many held for this client: the gate answers that.
+            None => None,
+            Some(_place) => {
+                // Whatever the connection carries (a body, a next request), its end is noticed
+                // without reading it: a client that left frees its place and is never
+                // forwarded.
+                let client_left = departure::client_left(stream.as_raw_fd());
+                let shutdown = self.gate.shutdown_signal();
+                match hold_until_admitted(&to_hold.route, shutdown, client_left).await {
+                    // Too many held: the gate answers that.
+                    HoldOutcome::Full => None,
+                    HoldOutcome::Admitted(admission) => Some(Handover::Admitted(admission)),
+                    HoldOutcome::Failed(failure) => Some(Handover::Failed(failure)),
+                    HoldOutcome::ClientLeft(()) => return None,
                 }
             }
-            std::future::pending().await
-        };
-        let shutdown = self.gate.shutdown_signal();
-        let handover = match hold_until_admitted(&to_hold.route, shutdown, client_left).await {
-            // Too many held: the gate answers that.
-            HoldOutcome::Full => None,
-            HoldOutcome::Admitted(admission) => Some(Handover::Admitted(admission)),
-            HoldOutcome::Failed(failure) => Some(Handover::Failed(failure)),
-            HoldOutcome::ClientLeft(()) => return None,
         };
         stream.rewind(&head);
         Some((stream, handover))
     }
-}
 
-impl<A: ServerApp + Send + Sync + 'static> EarlyHold<A> {
+    /// Serves an HTTP/1 connection as Pingora would (its own loop, in `HttpServerApp`'s
+    /// `process_new`), with the client deadlines: the keep-alive idle timeout, the body read
+    /// timeout, each head within its deadline (the first by `first_deadline`), pipelined
+    /// requests answered in order.
+    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch, first_deadline: Instant) {
+        let limits = &self.gate.clients().limits;
+        let mut session = ServerSession::new_http1(stream);
+        self.configure(&mut session, shutdown);
+        let mut deadline = first_deadline;
+        loop {
+            let served =
+                within_head_deadline(deadline, self.app.process_new_http(session, shutdown)).await;
+            let Some(Some(reused)) = served else {
+                return;
+            };
+            let (stream, settings) = reused.consume();
+            session = ServerSession::new_http1(stream);
+            match settings {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => self.configure(&mut session, shutdown),
+            }
+            session.set_read_timeout(Some(limits.body_timeout));
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            }
+            deadline = Instant::now() + limits.keepalive_timeout + limits.header_timeout;
+        }
+    }
+
+    /// A new HTTP/1 session's settings: what Pingora sets, with our deadlines.
+    fn configure(&self, session: &mut ServerSession, shutdown: &ShutdownWatch) {
+        let limits = &self.gate.clients().limits;
+        if *shutdown.borrow() {
+            // Stop the client from reusing a connection of a gateway shutting down soon.
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(limits.keepalive_timeout.as_secs().max(1)));
+        }
+        session.set_keepalive_reuses_remaining(
+            self.app
+                .server_options()
+                .and_then(|options| options.keepalive_request_limit),
+        );
+        session.set_read_timeout(Some(limits.body_timeout));
+        // Pipelined requests are answered in order rather than dropped with the connection.
+        session.set_pipelining_enabled(true);
+    }
+
     /// The task of a held connection: hold, then serve it as the wrapped application would
     /// have, with the verdict in the task-local the gate reads.
-    async fn hold_then_serve(self: Arc<Self>, connection: HeldConnection, shutdown: ShutdownWatch) {
+    async fn hold_then_serve(
+        self: Arc<Self>,
+        connection: HeldConnection,
+        shutdown: ShutdownWatch,
+        place: PerIpPlace,
+    ) {
+        let _place = place;
         let route = Arc::clone(&connection.to_hold.route);
         let Some((stream, handover)) = self.hold(connection).await else {
             return;
         };
-        let served = async {
-            let mut reused = self.app.process_new(stream, &shutdown).await;
-            while let Some(stream) = reused {
-                reused = self.app.process_new(stream, &shutdown).await;
-            }
-        };
+        // The head is whole already: Pingora parses it at once.
+        let deadline = Instant::now() + self.gate.clients().limits.header_timeout;
+        let served = self.serve_http1(stream, &shutdown, deadline);
         let Some(handover) = handover else {
             return served.await;
         };
@@ -281,24 +370,32 @@ impl<A: ServerApp + Send + Sync + 'static> EarlyHold<A> {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for EarlyHold<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EarlyHold<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        match self.first_request(stream).await {
-            Err(stream) => self.app.process_new(stream?, shutdown).await,
-            Ok(held) => {
+        let deadline = Instant::now() + self.gate.clients().limits.header_timeout;
+        // Over the client's connection cap: closed at once, nothing read.
+        let place = self.gate.clients().connections.take(client_ip(&stream))?;
+        match self.first_request(stream, deadline).await {
+            First::Gone => None,
+            First::Other(stream) => self.app.process_new(stream, shutdown).await,
+            First::Http1(stream) => {
+                self.serve_http1(stream, shutdown, deadline).await;
+                None
+            }
+            First::Hold(held) => {
                 // A task of its own, a fraction of the size of the connection task Pingora
                 // spawned, which ends here.
-                tokio::spawn(Arc::clone(self).hold_then_serve(held, shutdown.clone()));
+                tokio::spawn(Arc::clone(self).hold_then_serve(held, shutdown.clone(), place));
                 None
             }
         }
     }
 
     async fn cleanup(&self) {
-        self.app.cleanup().await;
+        self.app.http_cleanup().await;
     }
 }

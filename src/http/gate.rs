@@ -34,9 +34,12 @@ use tokio::sync::watch;
 
 use crate::backend::events::WakeEventKind;
 use crate::backend::release::ReleaseTicket;
-use crate::backend::{InFlight, WakeFailure, Watcher};
+use crate::backend::{InFlight, State, WakeFailure, Watcher};
+use crate::config::ClientLimits;
+use crate::http::body::BodyRate;
+use crate::http::clients::Clients;
 use crate::http::handover::{self, Handover};
-use crate::http::{page, respond, retry, sse};
+use crate::http::{deadline, departure, page, respond, retry, sse};
 use crate::idle::IdleClock;
 use crate::routes::{LiveRoutes, Route};
 use crate::wait::{self, Admission, HoldOutcome};
@@ -46,6 +49,15 @@ const RETRY_AFTER_SECS: u64 = 2;
 /// Connecting to a backend that answered its readiness probe should be quick; a SYN lost to a
 /// full listen backlog is retried by the kernel after 1 s, so allow a few of those.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// One connection attempt to a backend that was already ready (not just woken): it answers at
+/// once, or it is gone (stopped behind our back, its address no longer routed).
+const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The retries of one request to an already-ready backend, counted from its first failed
+/// attempt: a backend that vanished is answered 502 within about [`READY_CONNECT_TIMEOUT`] and
+/// this, not after every retry's timeout.
+const READY_RETRY_BUDGET: Duration = Duration::from_secs(1);
+/// The shortest connection attempt within the budget.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// What the gate remembers about one request. Keep it in the gateway's per-request context
 /// (`ProxyHttp::CTX`): it holds the in-flight guard that keeps the backend awake until the
@@ -60,6 +72,10 @@ pub struct GateContext {
     release: Option<ReleaseTicket>,
     fresh_connection: bool,
     unacknowledged: Option<RawFd>,
+    /// When the first connection attempt failed (the retry budget of a ready backend counts
+    /// from it).
+    failing_since: Option<Instant>,
+    body: BodyRate,
 }
 
 impl GateContext {
@@ -140,8 +156,23 @@ impl GateContext {
     /// Decides whether a failed connection attempt is retried (call it from `ProxyHttp`'s
     /// `fail_to_connect`). Nothing was sent yet, so any request may try again: a few times,
     /// with the same jittered backoff. Returns whether it set the error retryable.
+    ///
+    /// Every failure asks the backend's provider for its status ([`Watcher::recheck`]), so a
+    /// backend stopped behind our back, its event lost, is noticed by this request rather than
+    /// never; once it is known not to be ready, nothing is retried. A backend that was ready
+    /// before this request (not in the slow start) should accept at once: its retries share
+    /// [`READY_RETRY_BUDGET`].
     pub fn should_retry_connect(&mut self, error: &mut pingora::Error) -> bool {
-        let eligible = self.retries < retry::MAX_RETRIES;
+        let mut eligible = self.retries < retry::MAX_RETRIES;
+        if let Some(route) = &self.route {
+            route.watcher.recheck();
+            // Found stopped meanwhile: no use trying again.
+            eligible &= route.watcher.is_ready();
+        }
+        if !self.slow_start {
+            let since = *self.failing_since.get_or_insert_with(Instant::now);
+            eligible &= since.elapsed() + MIN_CONNECT_TIMEOUT < READY_RETRY_BUDGET;
+        }
         if eligible {
             self.retries += 1;
             error.set_retry(true);
@@ -153,6 +184,27 @@ impl GateContext {
     /// per retry, with jitter so retried requests do not arrive together again.
     pub fn retry_delay(&self) -> Duration {
         retry::retry_delay(self.retries)
+    }
+
+    /// Counts a chunk of the request body (call it from `ProxyHttp::request_body_filter`):
+    /// `Err` (408) if the body comes slower than `min_body_rate` (see [`crate::http::body`]).
+    pub fn body_received(&mut self, len: usize, limits: &ClientLimits) -> Result<()> {
+        self.body.received(len, limits)
+    }
+
+    /// The connection timeout of the next attempt: generous in the slow start (a backend that
+    /// just woke may lose SYNs to a full backlog), short for a backend already ready, within
+    /// what is left of its [`READY_RETRY_BUDGET`].
+    fn connect_timeout(&self) -> Duration {
+        if self.slow_start {
+            return UPSTREAM_CONNECT_TIMEOUT;
+        }
+        match self.failing_since {
+            None => READY_CONNECT_TIMEOUT,
+            Some(since) => READY_RETRY_BUDGET
+                .saturating_sub(since.elapsed())
+                .clamp(MIN_CONNECT_TIMEOUT, READY_CONNECT_TIMEOUT),
+        }
     }
 }
 
@@ -251,6 +303,7 @@ pub struct IdleGate {
     prefix: Box<str>,
     clock: Arc<IdleClock>,
     unknown_host: UnknownHost,
+    clients: Arc<Clients>,
 }
 
 impl IdleGate {
@@ -266,7 +319,19 @@ impl IdleGate {
             prefix: prefix.into(),
             clock,
             unknown_host,
+            clients: Arc::new(Clients::default()),
         }
+    }
+
+    /// The same gate with the client deadlines and caps `limits` (the defaults otherwise).
+    pub fn with_client_limits(mut self, limits: ClientLimits) -> Self {
+        self.clients = Arc::new(Clients::new(limits));
+        self
+    }
+
+    /// The client deadlines and caps, with their counters (shared with the early hold).
+    pub fn clients(&self) -> &Clients {
+        &self.clients
     }
 
     /// The live route table.
@@ -282,6 +347,8 @@ impl IdleGate {
     /// Runs the gate. `Ok(true)`: an answer was written, the request is done. `Ok(false)`: let
     /// it through (its route is in `ctx`, see [`IdleGate::upstream`]).
     pub async fn check(&self, session: &mut Session, ctx: &mut GateContext) -> Result<bool> {
+        // Pingora has the whole head: the head deadline no longer applies.
+        deadline::head_read();
         let request = session.req_header();
         // HTTP/2's `:authority`, else `Host` (Pingora rejects an HTTP/1 absolute-form target
         // whose authority differs from `Host`).
@@ -363,7 +430,7 @@ impl IdleGate {
             )
         })?;
         let mut peer = HttpPeer::new(address, false, String::new());
-        peer.options.connection_timeout = Some(UPSTREAM_CONNECT_TIMEOUT);
+        peer.options.connection_timeout = Some(ctx.connect_timeout());
         Ok(Box::new(peer))
     }
 
@@ -463,11 +530,37 @@ impl IdleGate {
         ctx: &mut GateContext,
         route: &Route,
     ) -> Result<bool> {
-        // Without a body to stream, the connection can be watched for a client that leaves, so
-        // its place among the waiters is released at once (the wake itself goes on).
-        let watch_client = session.as_downstream_mut().is_body_empty();
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let Some(_place) = self.clients.held.take(client) else {
+            let detail = format!(
+                "{} is waking up and this client already has {} requests held; retry shortly",
+                route.name, self.clients.limits.max_held_per_ip
+            );
+            let retry = Some(RETRY_AFTER_SECS);
+            respond::problem(session, 503, Some(&route.name), &detail, retry).await?;
+            return Ok(true);
+        };
+        // An HTTP/1 connection is watched for its client leaving whatever it carries (its
+        // bytes stay unread); an HTTP/2 stream without a body for its reset. The place among
+        // the waiters is then released at once (the wake itself goes on).
+        let fd = match session.as_downstream().stream() {
+            Some(stream) if !session.as_downstream().is_http2() => Some(stream.id()),
+            _ => None,
+        };
+        let watch_client = fd.is_some() || session.as_downstream_mut().is_body_empty();
         let downstream = session.as_downstream_mut();
         let client_left = async {
+            if let Some(fd) = fd {
+                // The socket stays open while this request lives.
+                departure::client_left(fd).await;
+                return pingora::Error::explain(
+                    pingora::ErrorType::ConnectionClosed,
+                    "the client left while its request was held",
+                );
+            }
             if watch_client {
                 // An error means the client is gone; anything else: stop watching.
                 if let Err(error) = downstream.read_body_or_idle(true).await {
@@ -532,7 +625,31 @@ impl IdleGate {
                 )
                 .await
             }
-            Internal::Events => sse::stream(session, route, self.clock.shutdown_signal()).await,
+            Internal::Events => {
+                let client = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                let clients = &self.clients;
+                let Some(_client_place) = clients.event_streams.take(client) else {
+                    let detail = format!(
+                        "this client already follows {} event streams",
+                        clients.limits.max_event_streams_per_ip
+                    );
+                    let retry = Some(RETRY_AFTER_SECS);
+                    return respond::problem(session, 429, Some(&route.name), &detail, retry).await;
+                };
+                let name: Box<str> = route.name.as_str().into();
+                let Some(_route_place) = clients.route_event_streams.take(Some(name)) else {
+                    let detail = format!(
+                        "{} already has {} event stream subscribers",
+                        route.name, clients.limits.max_event_streams_per_route
+                    );
+                    let retry = Some(RETRY_AFTER_SECS);
+                    return respond::problem(session, 503, Some(&route.name), &detail, retry).await;
+                };
+                sse::stream(session, route, self.clock.shutdown_signal()).await
+            }
             Internal::Status => {
                 let body = self.status_json(route);
                 respond::send(

@@ -3,7 +3,12 @@
 //! | file | concern |
 //! |---|---|
 //! | [`gate`] | the decision per request in `request_filter` (route lookup, the hot path) |
-//! | [`early_hold`] | holding requests for sleeping routes before Pingora reads them |
+//! | [`early_hold`] | holding requests for sleeping routes before Pingora reads them; client deadlines |
+//! | [`body`] | request bodies that come too slowly (408) |
+//! | [`classify`] | a connection's first bytes: h2c preface, request head, what Pingora refuses |
+//! | [`clients`] | per-client deadlines and caps (connections, held requests, event streams) |
+//! | [`deadline`] | the head deadline of HTTP/1 sessions Pingora reads |
+//! | [`departure`] | noticing a held client left, without reading its bytes |
 //! | `handover` | the early hold's verdict, handed to the gate through the connection's task |
 //! | [`page`], [`sse`], [`respond`] | the loading page, the event stream, framed answers |
 //! | [`retry`] | fail-fast and retries into a backend that just woke |
@@ -11,6 +16,11 @@
 //!
 //! Waiting through a wake itself is not HTTP's: it is [`crate::wait`], shared with every front.
 
+pub mod body;
+pub mod classify;
+pub mod clients;
+pub mod deadline;
+pub mod departure;
 pub mod early_hold;
 pub mod gate;
 mod handover;

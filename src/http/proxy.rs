@@ -8,13 +8,14 @@ use pingora::apps::HttpServerOptions;
 use pingora::http::ResponseHeader;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::Digest;
-use pingora::proxy::{http_proxy, HttpProxy, ProxyHttp, Session};
+use pingora::proxy::{http_proxy, FailToProxy, HttpProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
 
-use crate::http::{EarlyHold, GateContext, IdleGate};
+use crate::http::body::failure_status;
+use crate::http::{respond, EarlyHold, GateContext, IdleGate};
 
 /// The listener's L4 read buffer, in bytes. Pingora's default is 64 KiB per connection, mostly
 /// to save read calls under TLS, which this gateway does not terminate; HTTP/1 request heads are
@@ -44,6 +45,7 @@ impl IdleProxy {
         let mut proxy = http_proxy(server, Self::new(Arc::clone(&gate)));
         let mut options = HttpServerOptions::default();
         options.h2c = true;
+        options.h2_idle_timeout = Some(gate.clients().limits.h2_idle_timeout);
         proxy.server_options = Some(options);
         let mut service = Service::new("idlewatcher".to_string(), EarlyHold::new(gate, proxy));
         for address in listen {
@@ -66,6 +68,44 @@ impl ProxyHttp for IdleProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut GateContext) -> Result<bool> {
         self.gate.check(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut GateContext,
+    ) -> Result<()> {
+        let len = body.as_ref().map_or(0, bytes::Bytes::len);
+        ctx.body_received(len, &self.gate.clients().limits)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        error: &Error,
+        ctx: &mut GateContext,
+    ) -> FailToProxy {
+        let code = failure_status(error);
+        if session.response_written().is_some() {
+            // Too late for an answer of our own; Pingora's does nothing either.
+            let _ = session.respond_error(code).await;
+        } else if code == 502 {
+            // The backend did not answer: say which, and that its state is being checked.
+            if let Some(route) = ctx.route() {
+                let detail = format!("{} could not be reached: {error}", route.name);
+                let _ = respond::problem(session, 502, Some(&route.name), &detail, None).await;
+            } else {
+                let _ = session.respond_error(502).await;
+            }
+        } else if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_peer(

@@ -3,8 +3,10 @@
 //! History first, then live, from the backend's [`EventLog`](crate::backend::events::EventLog); `retry:`
 //! once, `id:` on every event (resume with `Last-Event-ID` or `?last_event_id=`), a `: keepalive`
 //! comment every 15 s. The stream ends when the client leaves (noticed while idle, not only on the
-//! next write) or when the gateway shuts down. A client that stops reading only ever blocks its
-//! own task, and only until the write timeout.
+//! next write), when the gateway shuts down, or [`LINGER`] after it carried a `ready` or an
+//! `error` event (the page has what it waited for; it reconnects if it must). A client that
+//! stops reading only ever blocks its own task, and only until the write timeout. Subscribers
+//! are capped per client and per route by the gate (`clients:` in the configuration).
 
 use std::time::Duration;
 
@@ -14,10 +16,13 @@ use pingora::proxy::Session;
 use pingora::Result;
 use tokio::sync::watch;
 
+use crate::backend::events::WakeEventKind;
 use crate::routes::Route;
 
 /// Pause between keepalive comments (proxies and browsers drop silent streams).
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long a stream stays open after a `ready` or `error` event.
+pub const LINGER: Duration = Duration::from_secs(5);
 /// The reconnection delay suggested to browsers.
 const RETRY_MILLIS: u32 = 1000;
 /// A subscriber that accepts nothing for this long is dropped.
@@ -75,11 +80,16 @@ pub async fn stream(
     let mut newest = log.subscribe();
     let mut pending = Vec::new();
     let mut client_watch = true;
+    // Set once the stream carried a final event (`ready`, `error`), cleared by any later one.
+    let mut ends_at: Option<tokio::time::Instant> = None;
     loop {
         newest.borrow_and_update();
         log.since(last_id, &mut pending);
         if !pending.is_empty() {
             let mut chunk = String::new();
+            let last = pending.last().map(|event| event.kind);
+            ends_at = matches!(last, Some(WakeEventKind::Ready | WakeEventKind::Error))
+                .then(|| tokio::time::Instant::now() + LINGER);
             for event in pending.drain(..) {
                 chunk.push_str(&format!(
                     "id: {}\ndata: {}\n\n",
@@ -98,6 +108,7 @@ pub async fn stream(
         tokio::select! {
             changed = newest.changed() => if changed.is_err() { break },
             _ = shutdown.changed() => break,
+            () = sleep_until(ends_at) => break,
             _ = tokio::time::sleep(KEEPALIVE) => {
                 session
                     .write_response_body(Some(Bytes::from_static(b": keepalive\n\n")), false)
@@ -112,4 +123,12 @@ pub async fn stream(
         }
     }
     session.write_response_body(None, true).await
+}
+
+/// Completes at `deadline`; never without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }

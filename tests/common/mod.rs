@@ -8,6 +8,7 @@
 //! | [`engine`] | the `docker` CLI, the engine's events, a severable path to the engine |
 //! | [`gateway`] | running the `idlewatcher` binary |
 //! | [`http`] | raw HTTP/1.1, answer checks, bodies, Server-Sent Events |
+//! | [`muted_engine`] | a path to the engine whose event stream can be silenced |
 //! | [`pve`] | a fake Proxmox VE API over HTTPS (token auth, UPID tasks, PVE's error shapes) |
 //! | [`recorder`] | a `BackendObserver` that records events |
 //! | [`browser`] | headless Chromium |
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod gateway;
 pub mod http;
 pub mod image;
+pub mod muted_engine;
 pub mod pve;
 pub mod recorder;
 
