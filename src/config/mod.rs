@@ -45,8 +45,8 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    BackendConfig, Config, Dependency, DependencyCondition, GatewayConfig, HealthCheck,
-    ProxmoxConfig, PveTrust, RouteConfig, StopMethod, TokenSecret, Written,
+    BackendConfig, Config, Dependency, DependencyCondition, DockerEngine, GatewayConfig,
+    HealthCheck, ProxmoxConfig, PveTrust, RouteConfig, StopMethod, TokenSecret, Written,
 };
 pub use route::{parse_route, RouteDefaults};
 pub use yaml::Node;

@@ -129,7 +129,7 @@ fn full_config_resolves_every_key() {
     let g = &config.gateway;
     assert_eq!(g.listen, ["0.0.0.0:8080", "[::1]:9090"]);
     assert_eq!(g.path_prefix, "/_iw/");
-    assert_eq!(g.docker_host.as_deref(), Some("tcp://127.0.0.1:2375"));
+    assert_eq!(g.docker.host.as_deref(), Some("tcp://127.0.0.1:2375"));
     assert_eq!(g.tick, Duration::from_millis(500));
     assert_eq!(g.max_concurrent_stops, 4);
     let proxmox = g.proxmox.as_ref().expect("the proxmox section");
@@ -174,6 +174,10 @@ fn full_config_resolves_every_key() {
         hosts: vec!["whoami.localhost".into(), "who.localhost".into()],
         backend: BackendConfig::Docker {
             container: "whoami".into(),
+            engine: DockerEngine {
+                host: Some("tcp://127.0.0.1:2375".into()),
+                cert_path: None,
+            },
         },
         port: Some(80),
         upstream: None,
@@ -214,7 +218,7 @@ fn empty_section_gets_every_default_and_no_routes() {
     let g = &config.gateway;
     assert_eq!(g.listen, ["0.0.0.0:8080"]);
     assert_eq!(g.path_prefix, "/.idlewatcher/");
-    assert_eq!(g.docker_host, None);
+    assert_eq!(g.docker, DockerEngine::default());
     assert_eq!(g.tick, Duration::from_secs(1));
     assert_eq!(g.max_concurrent_stops, 8);
     assert!(g.routes.is_empty());
@@ -517,7 +521,7 @@ fn docker_host_schemes() {
         "https://h:2376",
     ] {
         let config = valid(&format!("idlewatcher:\n  docker: {{ host: \"{ok}\" }}\n"));
-        assert_eq!(config.gateway.docker_host.as_deref(), Some(ok));
+        assert_eq!(config.gateway.docker.host.as_deref(), Some(ok));
     }
     for bad in ["ftp://h", "/var/run/docker.sock", "unix://", "\"\""] {
         let e = errors(&format!("idlewatcher:\n  docker: {{ host: {bad} }}\n"));
@@ -1389,7 +1393,8 @@ fn a_route_built_from_plain_pairs_parses() {
     assert_eq!(
         route.backend,
         BackendConfig::Docker {
-            container: "whoami".into()
+            container: "whoami".into(),
+            engine: DockerEngine::default(),
         }
     );
     assert_eq!(route.port, Some(8080));
