@@ -198,6 +198,15 @@ pub(super) async fn negotiate(docker: &Docker, shown: &str) -> Result<(), Provid
     Ok(())
 }
 
+/// What went wrong talking to an engine, without the "connect to ENGINE" that
+/// [`EngineLink::check`]'s error already says.
+pub(super) fn reason_of(error: &ProviderError) -> String {
+    match error {
+        ProviderError::Api { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// An error with its causes (`client error (Connect): invalid peer certificate: UnknownIssuer`):
 /// the top of a transport error alone rarely says what went wrong.
 pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

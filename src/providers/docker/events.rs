@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::container::{inspect_ref, normalize_ref, status_of};
-use super::engine::{error_chain, negotiate, EngineLink};
+use super::engine::{error_chain, negotiate, reason_of, EngineLink};
 use crate::providers::{BackendEvent, BackendObserver, BackendStatus, ProviderError};
 
 /// First delay before reconnecting the event stream.
@@ -85,7 +85,7 @@ enum Disconnect {
 impl fmt::Display for Disconnect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Disconnect::Connect(e) => write!(f, "{e}"),
+            Disconnect::Connect(e) => f.write_str(&reason_of(e)),
             Disconnect::Stream(e) => write!(f, "stream error: {}", error_chain(e)),
             Disconnect::Ended => f.write_str("the engine closed the stream"),
             Disconnect::Resync(e) => write!(f, "resync failed: {e}"),

@@ -149,7 +149,7 @@ impl DockerFamily {
                 Ok(Ok(())) => engine.link.set_up(),
                 Ok(Err(error)) => {
                     tracing::warn!(engine = %shown, %error, "engine unreachable at start-up; retrying in the background");
-                    engine.link.set_down(error.to_string());
+                    engine.link.set_down(engine::reason_of(&error));
                 }
                 Err(_) => {
                     tracing::warn!(engine = %shown, waited = ?FIRST_CONTACT, "engine did not answer at start-up; retrying in the background");
