@@ -513,6 +513,55 @@ fn path_prefix_is_normalised_and_checked() {
 }
 
 #[test]
+fn docker_routes_run_on_their_own_engine_or_the_gateways() {
+    let config = valid(
+        "idlewatcher:\n  docker: { host: \"tcp://nas:2376\" }\n  routes:\n    - { name: a, hosts: [a.test], port: 80, docker: { container: web }, idle_timeout: 1m }\n    - { name: b, hosts: [b.test], port: 80, docker: { container: web, host: \"unix:///run/podman/podman.sock\" }, idle_timeout: 2m }\n",
+    );
+    let engines: Vec<_> = config
+        .gateway
+        .routes
+        .iter()
+        .map(|route| match &route.backend {
+            BackendConfig::Docker { engine, .. } => engine.host.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        engines,
+        [
+            Some("tcp://nas:2376".to_string()),
+            Some("unix:///run/podman/podman.sock".to_string())
+        ],
+        "the same name on two engines is two backends (so their idle_timeouts may differ)"
+    );
+    // The same engine written out is the same backend: the keys must agree.
+    let e = errors(
+        "idlewatcher:\n  docker: { host: \"tcp://nas:2376\" }\n  routes:\n    - { name: a, hosts: [a.test], port: 80, docker: { container: web }, idle_timeout: 1m }\n    - { name: b, hosts: [b.test], port: 80, docker: { container: web, host: \"tcp://nas:2376\" }, idle_timeout: 2m }\n",
+    );
+    has(&e, Some("b"), "idle_timeout", "");
+}
+
+#[test]
+fn docker_tls_is_for_tcp_engines_and_its_files_must_exist() {
+    let e = errors(
+        "idlewatcher:\n  docker: { host: \"unix:///x.sock\", tls: { cert_path: /nonexistent-certs } }\n",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.docker.tls.cert_path",
+        "/nonexistent-certs",
+    );
+    let e = errors("idlewatcher:\n  docker: { tls: {} }\n");
+    has(
+        &e,
+        None,
+        "idlewatcher.docker.tls.cert_path",
+        "required key is missing",
+    );
+}
+
+#[test]
 fn docker_host_schemes() {
     for ok in [
         "unix:///var/run/docker.sock",
