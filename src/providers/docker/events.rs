@@ -401,12 +401,14 @@ impl DockerEvents {
 }
 
 /// What an engine action means to a watcher, in Docker's spelling and Podman's (4.3 sends
-/// `died` and `remove` for Docker's `die` and `destroy`); `None` for the rest (`kill`,
+/// `died` and `remove` for Docker's `die` and `destroy`); `None` for the rest (`kill`, `stop`,
 /// `exec_start: …`, `health_status: …`).
 fn backend_event(action: &str) -> Option<BackendEvent> {
     Some(match action {
         "start" | "unpause" | "restart" => BackendEvent::Started,
-        "die" | "died" | "stop" | "pause" => BackendEvent::Stopped,
+        // Not `stop`: Docker and Podman's compatible API both send `die` for every stop, and
+        // one stop must be one `Stopped`.
+        "die" | "died" | "pause" => BackendEvent::Stopped,
         "destroy" | "remove" => BackendEvent::Removed,
         "create" => BackendEvent::Created,
         _ => return None,
@@ -506,7 +508,7 @@ mod tests {
         }
         assert_eq!(backend_event("died"), Some(Stopped));
         assert_eq!(backend_event("remove"), Some(Removed));
-        assert_eq!(backend_event("stop"), Some(Stopped));
+        assert_eq!(backend_event("stop"), None, "its `die` already said it");
         assert_eq!(backend_event("kill"), None);
         assert_eq!(backend_event("health_status: healthy"), None);
     }
