@@ -35,7 +35,10 @@ fn route_error(route: &str, key: &str, message: String, at: Position) -> ConfigE
 
 fn describe_backend(backend: &BackendConfig) -> String {
     match backend {
-        BackendConfig::Docker { container } => format!("docker container \"{container}\""),
+        BackendConfig::Docker { container, engine } => match &engine.host {
+            Some(host) => format!("docker container \"{container}\" on {host}"),
+            None => format!("docker container \"{container}\""),
+        },
         BackendConfig::Proxmox { node, vmid } => format!("proxmox guest {vmid} on node \"{node}\""),
     }
 }

@@ -11,13 +11,14 @@ use super::checks::check_routes;
 use super::error::ConfigError;
 use super::fields::Fields;
 use super::model::{
-    AdminConfig, BackendConfig, ClientLimits, GatewayConfig, ProxmoxConfig, PveTrust, RouteConfig,
-    StopMethod,
-    TokenSecret,
+    AdminConfig, BackendConfig, ClientLimits, DockerEngine, GatewayConfig, ProxmoxConfig, PveTrust,
+    RouteConfig, StopMethod, TokenSecret,
 };
-use super::route::{draft_route, peek_name, RouteDefaults, RouteDraft, INHERIT_KEYS, ROUTE_KEYS};
+use super::route::{
+    docker_engine, draft_route, peek_name, RouteDefaults, RouteDraft, INHERIT_KEYS, ROUTE_KEYS,
+};
 use super::values::{
-    boolean, count, docker_host, existing_file, integer, non_empty, path_prefix, positive_duration,
+    boolean, count, existing_file, integer, non_empty, path_prefix, positive_duration,
     pve_token_id, pve_url, sha256_fingerprint, socket_addr, tick, DEFAULT_PATH_PREFIX,
 };
 use super::yaml::{Node, Value};
@@ -95,11 +96,14 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
         f.absorb(a);
         admin
     });
-    let docker_host = f.sub("docker", &["host"]).and_then(|mut d| {
-        let host = d.get("host", docker_host);
-        f.absorb(d);
-        host
-    });
+    let docker = f
+        .sub("docker", &["host", "tls"])
+        .map(|mut d| {
+            let engine = docker_engine(&mut d);
+            f.absorb(d);
+            engine
+        })
+        .unwrap_or_default();
     let proxmox_written = f.has("proxmox");
     let proxmox = f.sub("proxmox", PROXMOX_KEYS).and_then(|mut p| {
         let proxmox = parse_proxmox(&mut p);
@@ -144,7 +148,7 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
                     "admin listen address (idlewatcher.admin.listen)",
                 ));
             }
-            let routes = parse_routes(items, &defaults, &taken, &mut errors);
+            let routes = parse_routes(items, &defaults, &taken, &docker, &mut errors);
             for error in errors {
                 f.push(error);
             }
@@ -167,7 +171,7 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
         listen,
         path_prefix,
         admin,
-        docker_host,
+        docker,
         proxmox,
         tick,
         max_concurrent_stops,
@@ -182,6 +186,7 @@ fn parse_routes(
     items: Vec<Node>,
     defaults: &RouteDefaults,
     taken: &[(String, &str)],
+    docker: &DockerEngine,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Vec<RouteConfig>> {
     // Labels first: a route is named by its name, or by its index when the name is missing or
@@ -216,7 +221,10 @@ fn parse_routes(
     let mut draft_index = Vec::with_capacity(items.len());
     for ((item, label), dup) in items.into_iter().zip(labels).zip(duplicate_of) {
         draft_index.push(drafts.len());
-        if let Some(draft) = draft_route(item, label, dup, defaults, errors) {
+        if let Some(mut draft) = draft_route(item, label, dup, defaults, errors) {
+            if let Some(backend) = &mut draft.backend {
+                inherit_engine(backend, docker);
+            }
             drafts.push(draft);
         }
     }
@@ -298,6 +306,21 @@ fn parse_clients(c: &mut Fields) -> ClientLimits {
         max_event_streams_per_route: c
             .get("max_event_streams_per_route", count(1))
             .unwrap_or(defaults.max_event_streams_per_route),
+    }
+}
+
+/// A Docker route that names no engine runs on the gateway's (`docker: { host, tls }`); one
+/// naming the gateway's host without `tls` takes the gateway's TLS material too. Resolved before
+/// the cross-route checks, so routes on the same engine and container share one backend.
+fn inherit_engine(backend: &mut BackendConfig, default: &DockerEngine) {
+    let BackendConfig::Docker { engine, .. } = backend else {
+        return;
+    };
+    if engine.host.is_none() || engine.host == default.host {
+        engine.host.clone_from(&default.host);
+        if engine.cert_path.is_none() {
+            engine.cert_path.clone_from(&default.cert_path);
+        }
     }
 }
 

@@ -46,8 +46,8 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminConfig, BackendConfig, ClientLimits, Config, Dependency, DependencyCondition,
-    GatewayConfig, HealthCheck, ProxmoxConfig, PveTrust, RouteConfig, StopMethod, StreamConfig,
-    StreamProtocol, StreamSettings, TokenSecret, Written,
+    DockerEngine, GatewayConfig, HealthCheck, ProxmoxConfig, PveTrust, RouteConfig, StopMethod,
+    StreamConfig, StreamProtocol, StreamSettings, TokenSecret, Written,
 };
 pub use route::{parse_route, RouteDefaults};
 pub use yaml::Node;

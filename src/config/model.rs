@@ -35,9 +35,9 @@ pub struct GatewayConfig {
     pub path_prefix: String,
     /// The admin listener (`admin:`): metrics and the operator's API; `None` = off.
     pub admin: Option<AdminConfig>,
-    /// How to reach the Docker engine (`docker.host`); `None` = `DOCKER_HOST`, else the platform
-    /// default.
-    pub docker_host: Option<String>,
+    /// The default Docker engine (`docker: { host, tls }`), for routes that name none; an empty
+    /// one means `DOCKER_HOST` (with `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`), else the local socket.
+    pub docker: DockerEngine,
     /// The Proxmox VE cluster (`proxmox:`), if routes use Proxmox guests.
     pub proxmox: Option<ProxmoxConfig>,
     /// Resolution of the idle clock (`tick`), default 1 s.
@@ -328,10 +328,13 @@ impl Default for StreamSettings {
 /// the same backend share one watcher.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BackendConfig {
-    /// A Docker container, by name or id.
+    /// A Docker container, by name or id, on one engine: the same name on two engines is two
+    /// backends.
     Docker {
         /// Name or id.
         container: String,
+        /// The engine it runs on (the route's own `host`/`tls`, else the gateway's).
+        engine: DockerEngine,
     },
     /// A Proxmox LXC guest.
     Proxmox {
@@ -340,6 +343,18 @@ pub enum BackendConfig {
         /// Guest id.
         vmid: u32,
     },
+}
+
+/// A Docker (or Podman-compatible) engine: where it listens and the client TLS material it
+/// wants. Routes on equal engines share one connection and one event stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct DockerEngine {
+    /// `unix:///path`, `tcp://host:port`, `http://host:port` or `https://host:port` (`host`);
+    /// `None` = `DOCKER_HOST`, else the local socket.
+    pub host: Option<String>,
+    /// The directory holding Docker's `ca.pem`, `cert.pem` and `key.pem` (`tls.cert_path`):
+    /// the engine is reached over TLS, trusting only that CA and showing that client certificate.
+    pub cert_path: Option<PathBuf>,
 }
 
 /// A dependency from `depends_on`, e.g. `db:service_healthy`: woken first, so a backend never

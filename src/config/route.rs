@@ -11,13 +11,13 @@ use std::time::Duration;
 use super::error::ConfigError;
 use super::fields::Fields;
 use super::model::{
-    BackendConfig, Dependency, HealthCheck, RouteConfig, StopMethod, StreamConfig, StreamProtocol,
-    StreamSettings, Written,
+    BackendConfig, Dependency, DockerEngine, HealthCheck, RouteConfig, StopMethod, StreamConfig,
+    StreamProtocol, StreamSettings, Written,
 };
 use super::values::{
-    abs_path, boolean, condition_name, count, dependency, duration, host, integer, non_empty,
-    positive_duration, statuses, stop_method, stop_method_name, stop_signal, stream_listen,
-    stream_protocol, upstream, user_agent_part,
+    abs_path, boolean, condition_name, count, dependency, docker_cert_path, docker_host, duration,
+    host, integer, non_empty, positive_duration, statuses, stop_method, stop_method_name,
+    stop_signal, stream_listen, stream_protocol, upstream, user_agent_part,
 };
 use super::yaml::{Node, Position, Value};
 
@@ -53,6 +53,10 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
 ];
 /// Keys of one item of `streams`.
 const STREAM_KEYS: &[&str] = &["listen", "protocol", "port", "upstream"];
+/// Keys of a route's `docker:` section.
+const DOCKER_ROUTE_KEYS: &[&str] = &["container", "host", "tls"];
+/// Keys of a `docker:` section's `tls:`.
+const DOCKER_TLS_KEYS: &[&str] = &["cert_path"];
 const HEALTH_KEYS: &[&str] = &["path", "statuses", "tcp", "docker"];
 
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -517,10 +521,11 @@ fn backend(f: &mut Fields) -> Option<BackendConfig> {
             "required key is missing: set docker: { container: NAME } or proxmox: { node: NAME, vmid: ID }",
         );
     }
-    let docker = f.sub("docker", &["container"]).and_then(|mut d| {
+    let docker = f.sub("docker", DOCKER_ROUTE_KEYS).and_then(|mut d| {
         let container = d.required("container", non_empty);
+        let engine = docker_engine(&mut d);
         f.absorb(d);
-        container.map(|container| BackendConfig::Docker { container })
+        container.map(|container| BackendConfig::Docker { container, engine })
     });
     let proxmox = f.sub("proxmox", &["node", "vmid"]).and_then(|mut p| {
         let node = p.required("node", non_empty);
@@ -535,6 +540,31 @@ fn backend(f: &mut Fields) -> Option<BackendConfig> {
         (Some(b), None) | (None, Some(b)) => Some(b),
         _ => None,
     }
+}
+
+/// The engine part of a `docker:` section (the gateway's or a route's): `host` and
+/// `tls: { cert_path }`. TLS only makes sense to a TCP engine, so it is refused beside a
+/// `unix://` or `http://` host.
+pub(crate) fn docker_engine(d: &mut Fields) -> DockerEngine {
+    let host = d.get("host", docker_host);
+    let tls_at = d.key_position("tls");
+    let cert_path = d.sub("tls", DOCKER_TLS_KEYS).and_then(|mut t| {
+        let path = t.required("cert_path", docker_cert_path);
+        d.absorb(t);
+        path
+    });
+    if let (Some(host), Some(_)) = (&host, &cert_path) {
+        if host.starts_with("unix://") || host.starts_with("http://") {
+            d.error_at(
+                "tls",
+                tls_at,
+                format!(
+                    "TLS applies to tcp:// and https:// engines; \"{host}\" is reached without it"
+                ),
+            );
+        }
+    }
+    DockerEngine { host, cert_path }
 }
 
 impl RouteDraft {

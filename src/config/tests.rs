@@ -129,7 +129,7 @@ fn full_config_resolves_every_key() {
     let g = &config.gateway;
     assert_eq!(g.listen, ["0.0.0.0:8080", "[::1]:9090"]);
     assert_eq!(g.path_prefix, "/_iw/");
-    assert_eq!(g.docker_host.as_deref(), Some("tcp://127.0.0.1:2375"));
+    assert_eq!(g.docker.host.as_deref(), Some("tcp://127.0.0.1:2375"));
     assert_eq!(g.tick, Duration::from_millis(500));
     assert_eq!(g.max_concurrent_stops, 4);
     let proxmox = g.proxmox.as_ref().expect("the proxmox section");
@@ -178,6 +178,10 @@ fn full_config_resolves_every_key() {
         hosts: vec!["whoami.localhost".into(), "who.localhost".into()],
         backend: BackendConfig::Docker {
             container: "whoami".into(),
+            engine: DockerEngine {
+                host: Some("tcp://127.0.0.1:2375".into()),
+                cert_path: None,
+            },
         },
         port: Some(80),
         upstream: None,
@@ -222,7 +226,7 @@ fn empty_section_gets_every_default_and_no_routes() {
     let g = &config.gateway;
     assert_eq!(g.listen, ["0.0.0.0:8080"]);
     assert_eq!(g.path_prefix, "/.idlewatcher/");
-    assert_eq!(g.docker_host, None);
+    assert_eq!(g.docker, DockerEngine::default());
     assert_eq!(g.tick, Duration::from_secs(1));
     assert_eq!(g.max_concurrent_stops, 8);
     assert!(g.routes.is_empty());
@@ -517,6 +521,55 @@ fn path_prefix_is_normalised_and_checked() {
 }
 
 #[test]
+fn docker_routes_run_on_their_own_engine_or_the_gateways() {
+    let config = valid(
+        "idlewatcher:\n  docker: { host: \"tcp://nas:2376\" }\n  routes:\n    - { name: a, hosts: [a.test], port: 80, docker: { container: web }, idle_timeout: 1m }\n    - { name: b, hosts: [b.test], port: 80, docker: { container: web, host: \"unix:///run/podman/podman.sock\" }, idle_timeout: 2m }\n",
+    );
+    let engines: Vec<_> = config
+        .gateway
+        .routes
+        .iter()
+        .map(|route| match &route.backend {
+            BackendConfig::Docker { engine, .. } => engine.host.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        engines,
+        [
+            Some("tcp://nas:2376".to_string()),
+            Some("unix:///run/podman/podman.sock".to_string())
+        ],
+        "the same name on two engines is two backends (so their idle_timeouts may differ)"
+    );
+    // The same engine written out is the same backend: the keys must agree.
+    let e = errors(
+        "idlewatcher:\n  docker: { host: \"tcp://nas:2376\" }\n  routes:\n    - { name: a, hosts: [a.test], port: 80, docker: { container: web }, idle_timeout: 1m }\n    - { name: b, hosts: [b.test], port: 80, docker: { container: web, host: \"tcp://nas:2376\" }, idle_timeout: 2m }\n",
+    );
+    has(&e, Some("b"), "idle_timeout", "");
+}
+
+#[test]
+fn docker_tls_is_for_tcp_engines_and_its_files_must_exist() {
+    let e = errors(
+        "idlewatcher:\n  docker: { host: \"unix:///x.sock\", tls: { cert_path: /nonexistent-certs } }\n",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.docker.tls.cert_path",
+        "/nonexistent-certs",
+    );
+    let e = errors("idlewatcher:\n  docker: { tls: {} }\n");
+    has(
+        &e,
+        None,
+        "idlewatcher.docker.tls.cert_path",
+        "required key is missing",
+    );
+}
+
+#[test]
 fn docker_host_schemes() {
     for ok in [
         "unix:///var/run/docker.sock",
@@ -525,7 +578,7 @@ fn docker_host_schemes() {
         "https://h:2376",
     ] {
         let config = valid(&format!("idlewatcher:\n  docker: {{ host: \"{ok}\" }}\n"));
-        assert_eq!(config.gateway.docker_host.as_deref(), Some(ok));
+        assert_eq!(config.gateway.docker.host.as_deref(), Some(ok));
     }
     for bad in ["ftp://h", "/var/run/docker.sock", "unix://", "\"\""] {
         let e = errors(&format!("idlewatcher:\n  docker: {{ host: {bad} }}\n"));
@@ -1397,7 +1450,8 @@ fn a_route_built_from_plain_pairs_parses() {
     assert_eq!(
         route.backend,
         BackendConfig::Docker {
-            container: "whoami".into()
+            container: "whoami".into(),
+            engine: DockerEngine::default(),
         }
     );
     assert_eq!(route.port, Some(8080));

@@ -196,6 +196,44 @@ pub(crate) fn docker_host(node: Node) -> Result<String, String> {
     Ok(host)
 }
 
+/// Docker's client TLS files, as `DOCKER_CERT_PATH` holds them.
+pub(crate) const DOCKER_TLS_FILES: [&str; 3] = ["ca.pem", "cert.pem", "key.pem"];
+
+/// A directory holding Docker's client TLS files (`ca.pem`, `cert.pem`, `key.pem`), each present
+/// and parsable as PEM (certificates; one private key), so `-t` finds a broken set before the
+/// engine is ever reached. The message names the file at fault.
+pub(crate) fn docker_cert_path(node: Node) -> Result<std::path::PathBuf, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::path::PathBuf::from(non_empty(node)?);
+    if !dir.is_dir() {
+        return Err(format!(
+            "\"{}\" is not a directory (expected one holding ca.pem, cert.pem and key.pem)",
+            dir.display()
+        ));
+    }
+    for name in DOCKER_TLS_FILES {
+        let file = dir.join(name);
+        let shown = file.display();
+        std::fs::metadata(&file).map_err(|e| format!("cannot read \"{shown}\": {e}"))?;
+        let problem = if name == "key.pem" {
+            PrivateKeyDer::from_pem_file(&file)
+                .err()
+                .map(|e| format!("no usable private key ({e})"))
+        } else {
+            match CertificateDer::pem_file_iter(&file).map(Iterator::collect::<Result<Vec<_>, _>>) {
+                Ok(Ok(certs)) if !certs.is_empty() => None,
+                Ok(Ok(_)) => Some("no PEM certificate in it".to_string()),
+                Ok(Err(e)) | Err(e) => Some(format!("not a PEM certificate ({e})")),
+            }
+        };
+        if let Some(problem) = problem {
+            return Err(format!("\"{shown}\": {problem}"));
+        }
+    }
+    Ok(dir)
+}
+
 /// An absolute URL path such as `/healthz`.
 pub(crate) fn abs_path(node: Node) -> Result<String, String> {
     let path = string(node)?;

@@ -102,6 +102,15 @@ pub enum ProviderError {
         /// The manager's own explanation.
         message: String,
     },
+    /// The manager itself (one of several Docker engines) cannot be reached right now: its
+    /// backends fail at once, naming it, and it is retried in the background.
+    #[error("{manager} is unreachable: {reason}")]
+    Unreachable {
+        /// The manager, as messages show it (`Docker engine at tcp://nas:2376`).
+        manager: String,
+        /// Why, as last seen (`connection refused`…).
+        reason: String,
+    },
     /// The backend is running but has no address the gateway can reach.
     #[error("{backend} has no reachable IP address (is it attached to a network?)")]
     NoAddress {

@@ -227,12 +227,15 @@ fn parse_event(line: &str, wanted: &str) -> Option<EngineEvent> {
 // ---------------------------------------------------------------------------------------------
 
 /// Where the engine listens, as the CLI would reach it.
-enum EngineAddr {
+pub enum EngineAddr {
+    /// A unix socket.
     Unix(std::path::PathBuf),
+    /// `host:port`.
     Tcp(String),
 }
 
-fn engine_addr() -> EngineAddr {
+/// Where the engine listens: `DOCKER_HOST`, else the default socket.
+pub fn engine_addr() -> EngineAddr {
     match std::env::var("DOCKER_HOST") {
         Ok(h) if h.starts_with("tcp://") || h.starts_with("http://") => EngineAddr::Tcp(
             h.trim_start_matches("tcp://")

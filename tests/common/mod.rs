@@ -9,6 +9,8 @@
 //! | [`gateway`] | running the `idlewatcher` binary |
 //! | [`http`] | raw HTTP/1.1, answer checks, bodies, Server-Sent Events |
 //! | [`muted_engine`] | a path to the engine whose event stream can be silenced |
+//! | [`podman`] | a private Podman engine (`podman system service` on its own socket and storage) |
+//! | [`tls_engine`] | a test PKI (CA, server and client certificates) and a TLS front for the engine |
 //! | [`pve`] | a fake Proxmox VE API over HTTPS (token auth, UPID tasks, PVE's error shapes) |
 //! | [`recorder`] | a `BackendObserver` that records events |
 //! | [`browser`] | headless Chromium |
@@ -28,8 +30,10 @@ pub mod gateway;
 pub mod http;
 pub mod image;
 pub mod muted_engine;
+pub mod podman;
 pub mod pve;
 pub mod recorder;
+pub mod tls_engine;
 
 /// Sends the library's `tracing` output to the test harness (shown for failed tests, or with
 /// `--nocapture`); level from `RUST_LOG`, default `info`. Safe to call from every test.

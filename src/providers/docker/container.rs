@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -24,6 +25,7 @@ use bollard::query_parameters::{
 use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 
+use super::engine::{error_chain, EngineLink};
 use crate::providers::{BackendHealth, BackendStatus, Provider, ProviderError};
 
 /// The first API version whose `stop` endpoint accepts a `signal` parameter.
@@ -60,6 +62,8 @@ pub struct DockerProvider {
     docker: Docker,
     container: String,
     describe: String,
+    /// Whether its engine answers (`None`: assumed to, the engine is the caller's business).
+    link: Option<Arc<EngineLink>>,
 }
 
 impl fmt::Debug for DockerProvider {
@@ -80,7 +84,29 @@ impl DockerProvider {
             docker,
             container,
             describe,
+            link: None,
         }
+    }
+
+    /// A provider for `container` on the engine `link` follows: failing at once while the
+    /// engine is down. `name_engine`: messages name the engine too (when there are several).
+    pub fn on_engine(
+        docker: Docker,
+        container: &str,
+        link: Arc<EngineLink>,
+        name_engine: bool,
+    ) -> Self {
+        let mut provider = Self::new(docker, container);
+        if name_engine {
+            provider.describe = format!("{} on {}", provider.describe, link.shown());
+        }
+        provider.link = Some(link);
+        provider
+    }
+
+    /// `Ok` unless the engine is known to be down (then the error naming it).
+    fn online(&self) -> Result<(), ProviderError> {
+        self.link.as_ref().map_or(Ok(()), |link| link.check())
     }
 
     /// Maps an engine failure to a [`ProviderError`] naming this container and the action.
@@ -221,6 +247,7 @@ impl Provider for DockerProvider {
     }
 
     async fn status(&self) -> Result<BackendStatus, ProviderError> {
+        self.online()?;
         Ok(match self.inspect().await? {
             Some(info) => status_of(&info),
             None => BackendStatus::Missing,
@@ -228,10 +255,12 @@ impl Provider for DockerProvider {
     }
 
     async fn health(&self) -> Result<Option<BackendHealth>, ProviderError> {
+        self.online()?;
         Ok(self.inspect().await?.as_ref().and_then(health_of))
     }
 
     async fn start(&self) -> Result<(), ProviderError> {
+        self.online()?;
         let options: Option<StartContainerOptions> = None;
         let err = match self.docker.start_container(&self.container, options).await {
             // 304 (already started) is a success for bollard too.
@@ -253,6 +282,7 @@ impl Provider for DockerProvider {
     }
 
     async fn stop(&self, signal: Option<&str>, timeout: Duration) -> Result<(), ProviderError> {
+        self.online()?;
         match signal {
             Some(signal) if !self.has_stop_signal() => self.emulated_stop(signal, timeout).await,
             _ => {
@@ -281,12 +311,14 @@ impl Provider for DockerProvider {
     }
 
     async fn kill(&self, signal: Option<&str>) -> Result<(), ProviderError> {
+        self.online()?;
         self.signal("kill", signal.unwrap_or("SIGKILL"))
             .await
             .map(|_| ())
     }
 
     async fn pause(&self) -> Result<(), ProviderError> {
+        self.online()?;
         let err = match self.docker.pause_container(&self.container).await {
             Ok(()) => return Ok(()),
             Err(e) if http_status(&e) == Some(404) => return Err(self.error("pause", e)),
@@ -306,6 +338,7 @@ impl Provider for DockerProvider {
     }
 
     async fn unpause(&self) -> Result<(), ProviderError> {
+        self.online()?;
         let err = match self.docker.unpause_container(&self.container).await {
             Ok(()) => return Ok(()),
             Err(e) if http_status(&e) == Some(404) => return Err(self.error("unpause", e)),
@@ -324,6 +357,7 @@ impl Provider for DockerProvider {
     }
 
     async fn address(&self) -> Result<IpAddr, ProviderError> {
+        self.online()?;
         let mut reference = self.container.clone();
         // `network_mode: container:<other>` shares the other container's stack: follow it, a few
         // hops at most (a loop would be a broken setup anyway).
@@ -406,7 +440,7 @@ fn map_error(action: &'static str, backend: &str, err: DockerError) -> ProviderE
         other => ProviderError::Api {
             action,
             backend: backend.to_string(),
-            message: other.to_string(),
+            message: error_chain(&other),
         },
     }
 }

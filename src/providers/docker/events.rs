@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::container::{inspect_ref, normalize_ref, status_of};
+use super::engine::{error_chain, negotiate, reason_of, EngineLink};
 use crate::providers::{BackendEvent, BackendObserver, BackendStatus, ProviderError};
 
 /// First delay before reconnecting the event stream.
@@ -32,8 +33,6 @@ const HEALTHY_PERIOD: Duration = Duration::from_secs(10);
 const SINCE_MARGIN: Duration = Duration::from_secs(1);
 /// Containers inspected at once during a resync.
 const RESYNC_CONCURRENCY: usize = 8;
-/// The engine actions that matter to a watcher.
-const ACTIONS: [&str; 6] = ["start", "unpause", "die", "pause", "destroy", "create"];
 
 /// One watched container and everyone watching it.
 struct Watched {
@@ -73,6 +72,8 @@ impl Watched {
 
 /// Why an event-stream session ended.
 enum Disconnect {
+    /// The engine did not answer (the version negotiation before subscribing failed).
+    Connect(ProviderError),
     /// The stream failed.
     Stream(DockerError),
     /// The engine closed the stream.
@@ -84,7 +85,8 @@ enum Disconnect {
 impl fmt::Display for Disconnect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Disconnect::Stream(e) => write!(f, "stream error: {e}"),
+            Disconnect::Connect(e) => f.write_str(&reason_of(e)),
+            Disconnect::Stream(e) => write!(f, "stream error: {}", error_chain(e)),
             Disconnect::Ended => f.write_str("the engine closed the stream"),
             Disconnect::Resync(e) => write!(f, "resync failed: {e}"),
         }
@@ -102,6 +104,8 @@ impl fmt::Display for Disconnect {
 #[derive(Clone)]
 pub struct DockerEvents {
     docker: Docker,
+    /// The engine's state, kept up to date by `run` (`None`: nobody asks).
+    link: Option<Arc<EngineLink>>,
     /// Watched containers by reference.
     watched: Arc<Mutex<HashMap<String, Watched>>>,
     /// Whether `run` is connected: a new watch then resyncs on its own.
@@ -124,9 +128,25 @@ impl DockerEvents {
     pub fn new(docker: Docker) -> Self {
         Self {
             docker,
+            link: None,
             watched: Arc::new(Mutex::new(HashMap::new())),
             running: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// An event source that also keeps `link` up to date: each (re)connection negotiates the API
+    /// version first and marks the engine up; every disconnection marks it down with the reason.
+    pub fn on_engine(docker: Docker, link: Arc<EngineLink>) -> Self {
+        let mut events = Self::new(docker);
+        events.link = Some(link);
+        events
+    }
+
+    /// How logs name the engine.
+    fn engine(&self) -> &str {
+        self.link
+            .as_ref()
+            .map_or("Docker engine", |link| link.shown())
     }
 
     /// Delivers the events of `container` (a name or an id, full or a prefix of at least 12
@@ -210,7 +230,7 @@ impl DockerEvents {
             }
             attempt += 1;
             if attempt > 1 {
-                tracing::info!(attempt, "reconnecting to the Docker event stream");
+                tracing::info!(engine = %self.engine(), attempt, "reconnecting to the Docker event stream");
             }
             let started = Instant::now();
             let reason = tokio::select! {
@@ -219,10 +239,14 @@ impl DockerEvents {
                 reason = self.session() => reason,
             };
             self.running.store(false, Ordering::Release);
+            if let Some(link) = &self.link {
+                link.set_down(reason.to_string());
+            }
             if started.elapsed() >= HEALTHY_PERIOD {
                 backoff = BACKOFF_INITIAL;
             }
             tracing::warn!(
+                engine = %self.engine(),
                 %reason,
                 retry_in = ?backoff,
                 "Docker event stream disconnected"
@@ -235,19 +259,21 @@ impl DockerEvents {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
         self.running.store(false, Ordering::Release);
-        tracing::info!("Docker event stream stopped");
+        tracing::info!(engine = %self.engine(), "Docker event stream stopped");
     }
 
     /// One subscription: open the stream, resync while buffering what arrives, then dispatch
     /// until the stream fails or ends.
     async fn session(&self) -> Disconnect {
-        let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
-            (
-                "event".to_string(),
-                ACTIONS.iter().map(|a| a.to_string()).collect(),
-            ),
-        ]);
+        if let Some(link) = &self.link {
+            if let Err(e) = negotiate(&self.docker, link.shown()).await {
+                return Disconnect::Connect(e);
+            }
+            link.set_up();
+        }
+        // By type only: engines spell actions differently (Podman 4.3 sends `died`, `remove`
+        // and ignores a filter on Docker's `die`, `destroy`), so actions are matched here.
+        let filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
         let options = EventsOptions {
             since: Some(since_timestamp(SystemTime::now(), SINCE_MARGIN)),
             until: None,
@@ -319,6 +345,7 @@ impl DockerEvents {
             }
         }
         tracing::info!(
+            engine = %self.engine(),
             containers = resynced,
             replayed = buffered.len(),
             "Docker event stream connected; watched containers resynced"
@@ -341,12 +368,8 @@ impl DockerEvents {
         let Some(action) = event.action.as_deref() else {
             return;
         };
-        let mapped = match action {
-            "start" | "unpause" => BackendEvent::Started,
-            "die" | "pause" => BackendEvent::Stopped,
-            "destroy" => BackendEvent::Removed,
-            "create" => BackendEvent::Created,
-            _ => return,
+        let Some(mapped) = backend_event(action) else {
+            return;
         };
         let actor = event.actor.as_ref();
         let id = actor.and_then(|a| a.id.as_deref()).unwrap_or("");
@@ -375,6 +398,21 @@ impl DockerEvents {
             watched.deliver(&mapped);
         }
     }
+}
+
+/// What an engine action means to a watcher, in Docker's spelling and Podman's (4.3 sends
+/// `died` and `remove` for Docker's `die` and `destroy`); `None` for the rest (`kill`, `stop`,
+/// `exec_start: …`, `health_status: …`).
+fn backend_event(action: &str) -> Option<BackendEvent> {
+    Some(match action {
+        "start" | "unpause" | "restart" => BackendEvent::Started,
+        // Not `stop`: Docker and Podman's compatible API both send `die` for every stop, and
+        // one stop must be one `Stopped`.
+        "die" | "died" | "pause" => BackendEvent::Stopped,
+        "destroy" | "remove" => BackendEvent::Removed,
+        "create" => BackendEvent::Created,
+        _ => return None,
+    })
 }
 
 /// Resolves when shutdown is requested: the value turned true, or the sender is gone (nobody can
@@ -460,6 +498,19 @@ mod tests {
         );
         assert_eq!(*also_by_name.0.lock().unwrap(), *by_name.0.lock().unwrap());
         assert_eq!(*by_id.0.lock().unwrap(), vec![Started, Stopped, Removed]);
+    }
+
+    #[test]
+    fn docker_and_podman_spellings_map_alike() {
+        use BackendEvent::*;
+        for (docker, podman) in [("die", "died"), ("destroy", "remove")] {
+            assert_eq!(backend_event(docker), backend_event(podman));
+        }
+        assert_eq!(backend_event("died"), Some(Stopped));
+        assert_eq!(backend_event("remove"), Some(Removed));
+        assert_eq!(backend_event("stop"), None, "its `die` already said it");
+        assert_eq!(backend_event("kill"), None);
+        assert_eq!(backend_event("health_status: healthy"), None);
     }
 
     #[test]
