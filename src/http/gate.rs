@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 use crate::backend::events::WakeEventKind;
 use crate::backend::release::ReleaseTicket;
-use crate::backend::{InFlight, State, WakeFailure, Watcher};
+use crate::backend::{InFlight, WakeFailure, Watcher};
 use crate::config::ClientLimits;
 use crate::http::body::BodyRate;
 use crate::http::clients::Clients;

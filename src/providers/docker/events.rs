@@ -285,6 +285,10 @@ impl DockerEvents {
         // events arriving meanwhile are kept and dispatched after the resync, in order. Watches
         // added from now on resync on their own.
         self.running.store(true, Ordering::Release);
+        // What happened before the resync began is in what it inspects: replaying it afterwards
+        // would undo the resync (a `start` of a container stopped since would adopt it, and the
+        // adoption start it again). Only events from this moment on are replayed.
+        let resync_began = unix_nanos(SystemTime::now());
         let references: Vec<String> = self.watched.lock().keys().cloned().collect();
         let docker = self.docker.clone();
         let resync = async move {
@@ -344,10 +348,13 @@ impl DockerEvents {
                 entry.deliver(&BackendEvent::Resync(status));
             }
         }
+        let received = buffered.len();
+        buffered.retain(|event| event.time_nano.is_none_or(|at| at >= resync_began));
         tracing::info!(
             engine = %self.engine(),
             containers = resynced,
             replayed = buffered.len(),
+            older = received - buffered.len(),
             "Docker event stream connected; watched containers resynced"
         );
         for event in buffered {
@@ -419,6 +426,12 @@ fn backend_event(action: &str) -> Option<BackendEvent> {
 /// ever ask any more, so the owner has gone away).
 async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// `at` in nanoseconds since the Unix epoch, as the engine's `timeNano`.
+fn unix_nanos(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// `since` for the events endpoint: `now - margin` as `seconds.nanoseconds`.
