@@ -172,7 +172,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
         let uri: http::Uri = request.target.parse().ok()?;
         let gate = &self.gate;
         let routes = gate.routes().load();
-        let route = routes.by_host_bytes(uri.host().map(str::as_bytes).or(request.host)?)?;
+        let route = routes.by_host_bytes(classify::routing_host(&uri, request.host)?)?;
         if route.watcher.is_ready() || gate.is_internal(uri.path()) {
             return None;
         }
