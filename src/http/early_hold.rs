@@ -67,8 +67,10 @@ const FIRST_READ: usize = 4096;
 const UNCLAIMED_AFTER: Duration = Duration::from_secs(1);
 
 /// Holds connections whose first request is for a sleeping route before the wrapped HTTP
-/// application (`HttpProxy`) builds a session for them. See the module docs; wrap the proxy
-/// whose `request_filter` calls [`IdleWatcher::gate`](crate::IdleWatcher::gate):
+/// application (`HttpProxy`) builds a session for them, and applies the client deadlines to
+/// every connection. See the module docs; wrap the proxy whose `request_filter` calls
+/// [`IdleWatcher::gate`](crate::IdleWatcher::gate) first thing for every request (the gate
+/// running is what ends a session's head deadline):
 ///
 /// ```no_run
 /// # use std::sync::Arc;
