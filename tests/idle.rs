@@ -18,23 +18,6 @@ const IDLE: Duration = Duration::from_secs(2);
 /// Engine round trips and polling, on top of the promise "asleep within idle_timeout + 2 ticks".
 const SLACK: Duration = Duration::from_millis(1500);
 
-/// Waits until the container's engine status is `wanted`; returns when it was seen.
-async fn wait_status(container: &TestContainer, wanted: &str, timeout: Duration) -> Instant {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = container.status().await;
-        if status == wanted {
-            return Instant::now();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} is {status}, not {wanted}, after {timeout:?}",
-            container.name
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Wakes the route with one request, then checks it sleeps by `idle_timeout + 2 ticks` after
 /// that request and not before `idle_timeout`; returns the measured delay.
 async fn sleeps_after_idle(
@@ -57,7 +40,7 @@ async fn sleeps_after_idle(
         "running",
         "asleep before idle_timeout"
     );
-    let seen = wait_status(container, asleep, IDLE + 2 * TICK + SLACK).await;
+    let seen = container.wait_status(asleep, IDLE + 2 * TICK + SLACK).await;
     seen - last_request
 }
 
@@ -140,7 +123,9 @@ async fn a_long_streamed_response_keeps_the_backend_awake() {
     let ended = Instant::now();
     tokio::time::sleep(IDLE - TICK / 2).await;
     assert_eq!(container.status().await, "running", "asleep too early");
-    let seen = wait_status(&container, "exited", IDLE + 2 * TICK + SLACK).await;
+    let seen = container
+        .wait_status("exited", IDLE + 2 * TICK + SLACK)
+        .await;
     println!(
         "MEASURE idle: stream end → asleep {:?} (idle_timeout 2s)",
         seen - ended
@@ -184,7 +169,9 @@ async fn an_open_websocket_keeps_the_backend_awake() {
     assert_eq!(&echo, b"ping\n");
     drop(socket);
     let closed = Instant::now();
-    let seen = wait_status(&container, "exited", IDLE + 2 * TICK + SLACK).await;
+    let seen = container
+        .wait_status("exited", IDLE + 2 * TICK + SLACK)
+        .await;
     println!(
         "MEASURE idle: websocket close → asleep {:?} (idle_timeout 2s)",
         seen - closed
@@ -248,7 +235,9 @@ async fn a_container_started_by_hand_is_idle_timed_too() {
         .wait_state("adopt.test", "ready", Duration::from_secs(10))
         .await;
     // No traffic at all: asleep about idle_timeout after it was adopted.
-    let seen = wait_status(&container, "exited", IDLE + 3 * TICK + SLACK).await;
+    let seen = container
+        .wait_status("exited", IDLE + 3 * TICK + SLACK)
+        .await;
     assert!(seen - started >= IDLE, "asleep before idle_timeout");
     assert_eq!(engine.count("start"), 1, "only the start made by hand");
     gateway

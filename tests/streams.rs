@@ -58,23 +58,6 @@ async fn gateway(name: &str, container: &TestContainer, streams: &str, extra: &[
     Gateway::start(&text).await
 }
 
-/// Waits until the container's engine status is `wanted`; returns when it was seen.
-async fn wait_status(container: &TestContainer, wanted: &str, timeout: Duration) -> Instant {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = container.status().await;
-        if status == wanted {
-            return Instant::now();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} is {status}, not {wanted}, after {timeout:?}",
-            container.name
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Sends `line` and reads it back whole; the connection is then half-closed by the client and
 /// must end (echoed FIN passed back).
 async fn echo_once(mut socket: TcpStream, line: &[u8]) -> Vec<u8> {
@@ -168,7 +151,7 @@ async fn an_open_silent_connection_keeps_the_backend_awake_and_it_sleeps_after_c
     let closed = Instant::now();
     tokio::time::sleep(idle - TICK).await;
     assert_eq!(echo.status().await, "running", "asleep before idle_timeout");
-    let asleep = wait_status(&echo, "exited", idle + 2 * TICK + SLACK).await;
+    let asleep = echo.wait_status("exited", idle + 2 * TICK + SLACK).await;
     println!(
         "MEASURE streams: TCP close → asleep {:?} (idle_timeout 2s, tick 1s)",
         asleep - closed
@@ -293,12 +276,9 @@ async fn udp_datagrams_sent_during_the_wake_come_back_in_order_and_overflow_is_c
     assert!(logs.contains("replayed=100 dropped=5"), "{logs}");
     // Sessions expire after udp_session_idle; only then can the backend go idle and sleep.
     let quiet = Instant::now();
-    let asleep = wait_status(
-        &echo,
-        "exited",
-        Duration::from_secs(2 + 2) + 3 * TICK + SLACK,
-    )
-    .await;
+    let asleep = echo
+        .wait_status("exited", Duration::from_secs(2 + 2) + 3 * TICK + SLACK)
+        .await;
     let logs = plain_logs(&gateway);
     assert_eq!(
         logs.matches("udp session expired").count(),
@@ -360,7 +340,7 @@ async fn sigterm_with_open_splices_and_buffered_datagrams_exits_without_hanging(
             .await
             .unwrap();
     }
-    wait_status(&slow, "running", Duration::from_secs(10)).await;
+    slow.wait_status("running", Duration::from_secs(10)).await;
     // The server keys of the test gateway: grace_period 0 s, graceful_shutdown_timeout 1 s.
     let took = gateway
         .terminate(Duration::from_secs(5))

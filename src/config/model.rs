@@ -100,10 +100,10 @@ pub struct ClientLimits {
     /// `max_held_per_ip`, default 0 (no cap): requests one client address may have held through
     /// wakes at once; more get 503.
     pub max_held_per_ip: usize,
-    /// `max_event_streams_per_ip`, default 16: open `{prefix}events` streams per client address
-    /// (then 429).
+    /// `max_event_streams_per_ip`, default 1024: open `{prefix}events` streams per client
+    /// address (then 429).
     pub max_event_streams_per_ip: usize,
-    /// `max_event_streams_per_route`, default 1024: open `{prefix}events` streams per route
+    /// `max_event_streams_per_route`, default 4096: open `{prefix}events` streams per route
     /// (then 503).
     pub max_event_streams_per_route: usize,
 }
@@ -118,8 +118,8 @@ impl Default for ClientLimits {
             h2_idle_timeout: Duration::from_secs(180),
             max_connections_per_ip: 0,
             max_held_per_ip: 0,
-            max_event_streams_per_ip: 16,
-            max_event_streams_per_route: 1024,
+            max_event_streams_per_ip: 1024,
+            max_event_streams_per_route: 4096,
         }
     }
 }

@@ -337,10 +337,36 @@ fn route_fields(
     };
 
     let backend = backend(f);
-    let target = match (f.has("port"), f.has("upstream")) {
-        // A dependency-only backend needs no port: with none, it is ready once started (or
-        // once its own health check passes), nothing is probed.
-        (false, false) if hosts.is_none() => Some((None, None)),
+    // A dependency-only backend needs no port: with none, it is ready once started (or once
+    // its own health check passes), nothing is probed.
+    let target = port_or_upstream(f, hosts.is_none());
+    let start_endpoint = f.get("start_endpoint", abs_path);
+    let depends_on = f.list("depends_on", dependency, None).unwrap_or_default();
+    let streams = streams(f, &label);
+    let ready_after = f.get("ready_after", positive_duration);
+    let mut settings = RouteDefaults::parse(f).resolve(defaults);
+    settings.streams.ready_after = ready_after;
+    check_udp_readiness(f, hosts.is_some(), target.as_ref(), &streams, &settings);
+    RouteDraft {
+        label,
+        name,
+        hosts: hosts.unwrap_or_default(),
+        backend,
+        target,
+        start_endpoint,
+        depends_on,
+        streams,
+        settings,
+        at: f.position(),
+        written: f.taken().to_vec(),
+    }
+}
+
+/// Exactly one of `port` (the backend's port) and `upstream` (a fixed `host:port`); neither is
+/// allowed only when `optional` (`Some((None, None))`). `None` when something is wrong (recorded).
+fn port_or_upstream(f: &mut Fields, optional: bool) -> Option<(Option<u16>, Option<String>)> {
+    match (f.has("port"), f.has("upstream")) {
+        (false, false) if optional => Some((None, None)),
         (false, false) => {
             f.raw("upstream");
             f.missing_because(
@@ -365,26 +391,6 @@ fn route_fields(
             let upstream = f.get("upstream", upstream);
             (port.is_some() || upstream.is_some()).then_some((port, upstream))
         }
-    };
-    let start_endpoint = f.get("start_endpoint", abs_path);
-    let depends_on = f.list("depends_on", dependency, None).unwrap_or_default();
-    let streams = streams(f, &label);
-    let ready_after = f.get("ready_after", positive_duration);
-    let mut settings = RouteDefaults::parse(f).resolve(defaults);
-    settings.streams.ready_after = ready_after;
-    check_udp_readiness(f, hosts.is_some(), target.as_ref(), &streams, &settings);
-    RouteDraft {
-        label,
-        name,
-        hosts: hosts.unwrap_or_default(),
-        backend,
-        target,
-        start_endpoint,
-        depends_on,
-        streams,
-        settings,
-        at: f.position(),
-        written: f.taken().to_vec(),
     }
 }
 
@@ -428,31 +434,7 @@ fn streams(f: &mut Fields, label: &str) -> Vec<(StreamConfig, Position)> {
         let protocol = s
             .get("protocol", stream_protocol)
             .unwrap_or(StreamProtocol::Tcp);
-        let target = match (s.has("port"), s.has("upstream")) {
-            (false, false) => {
-                s.missing_because(
-                    "port",
-                    "required key is missing: set port (the backend's port) or upstream (host:port)",
-                );
-                None
-            }
-            (true, true) => {
-                let at = s.key_position("upstream");
-                s.error_at(
-                    "upstream",
-                    at,
-                    "port and upstream are both set; use one of them",
-                );
-                s.raw("port");
-                s.raw("upstream");
-                None
-            }
-            _ => {
-                let port = s.get("port", integer(1, 65535)).map(|p| p as u16);
-                let upstream = s.get("upstream", upstream);
-                (port.is_some() || upstream.is_some()).then_some((port, upstream))
-            }
-        };
+        let target = port_or_upstream(&mut s, false);
         f.absorb(s);
         if let (Some(listen), Some((port, upstream))) = (listen, target) {
             let stream = StreamConfig {

@@ -110,6 +110,17 @@ pub fn parse_head(bytes: &[u8]) -> Head<'_> {
     })
 }
 
+/// The host a request is routed by: the authority of an absolute-form target
+/// (`GET http://host/path`, and HTTP/2's `:authority`, which Pingora gives a scheme), else the
+/// `Host` header. An authority-form target (`GET host:80`, meant for `CONNECT`) names no route:
+/// the client's `Host` does, as the backend will see it.
+pub fn routing_host<'a>(uri: &'a http::Uri, host: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    match (uri.scheme(), uri.host()) {
+        (Some(_), Some(authority)) => Some(authority.as_bytes()),
+        _ => host,
+    }
+}
+
 /// The request of `head` as `http` parts (method, target, headers; no body), what the gate's
 /// decisions look at. `raw` is the head's bytes (`&bytes[..head.len]`). `None` if a part is not
 /// valid for the `http` crate (the request then goes to Pingora, which decides).
@@ -246,6 +257,32 @@ mod tests {
         ] {
             assert!(refused(head).is_some(), "{head:?}");
         }
+    }
+
+    #[test]
+    fn only_an_absolute_form_target_routes_by_its_authority() {
+        // Found by the `classify` fuzz target: `GET 2 HTTP/1.1` parses as authority-form, and
+        // routing by it would pick another route than the Host the backend sees.
+        let uri: http::Uri = "2".parse().unwrap();
+        assert_eq!(routing_host(&uri, Some(b"a.test")), Some(&b"a.test"[..]));
+        let uri: http::Uri = "a.test:80".parse().unwrap();
+        assert_eq!(routing_host(&uri, Some(b"b.test")), Some(&b"b.test"[..]));
+        let uri: http::Uri = "http://a.test/x".parse().unwrap();
+        assert_eq!(routing_host(&uri, Some(b"a.test")), Some(&b"a.test"[..]));
+        assert_eq!(routing_host(&uri, None), Some(&b"a.test"[..]));
+        let uri: http::Uri = "/x".parse().unwrap();
+        assert_eq!(routing_host(&uri, None), None);
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_line_are_skipped() {
+        // Found by the `head` fuzz target (the invariant was wrong, not the parser): httparse,
+        // like Pingora, ignores CRLFs before a request line (RFC 9112 §2.2).
+        let Head::Complete(head) = parse_head(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n") else {
+            panic!("complete");
+        };
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.len, 29);
     }
 
     #[test]

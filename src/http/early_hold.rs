@@ -67,8 +67,10 @@ const FIRST_READ: usize = 4096;
 const UNCLAIMED_AFTER: Duration = Duration::from_secs(1);
 
 /// Holds connections whose first request is for a sleeping route before the wrapped HTTP
-/// application (`HttpProxy`) builds a session for them. See the module docs; wrap the proxy
-/// whose `request_filter` calls [`IdleWatcher::gate`](crate::IdleWatcher::gate):
+/// application (`HttpProxy`) builds a session for them, and applies the client deadlines to
+/// every connection. See the module docs; wrap the proxy whose `request_filter` calls
+/// [`IdleWatcher::gate`](crate::IdleWatcher::gate) first thing for every request (the gate
+/// running is what ends a session's head deadline):
 ///
 /// ```no_run
 /// # use std::sync::Arc;
@@ -172,7 +174,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
         let uri: http::Uri = request.target.parse().ok()?;
         let gate = &self.gate;
         let routes = gate.routes().load();
-        let route = routes.by_host_bytes(uri.host().map(str::as_bytes).or(request.host)?)?;
+        let route = routes.by_host_bytes(classify::routing_host(&uri, request.host)?)?;
         if route.watcher.is_ready() || gate.is_internal(uri.path()) {
             return None;
         }

@@ -39,7 +39,7 @@ use crate::config::ClientLimits;
 use crate::http::body::BodyRate;
 use crate::http::clients::Clients;
 use crate::http::handover::{self, Handover};
-use crate::http::{deadline, departure, page, respond, retry, sse};
+use crate::http::{classify, deadline, departure, page, respond, retry, sse};
 use crate::idle::IdleClock;
 use crate::routes::{LiveRoutes, Route};
 use crate::wait::{self, Admission, HoldOutcome};
@@ -350,12 +350,10 @@ impl IdleGate {
         // Pingora has the whole head: the head deadline no longer applies.
         deadline::head_read();
         let request = session.req_header();
-        // HTTP/2's `:authority`, else `Host` (Pingora rejects an HTTP/1 absolute-form target
-        // whose authority differs from `Host`).
-        let host = request.uri.host().map(str::as_bytes).or_else(|| {
-            let value = request.headers.get(http::header::HOST)?;
-            Some(value.as_bytes())
-        });
+        // HTTP/2's `:authority` or an absolute-form target's, else `Host` (Pingora rejects an
+        // HTTP/1 absolute-form target whose authority differs from `Host`).
+        let header = request.headers.get(http::header::HOST);
+        let host = classify::routing_host(&request.uri, header.map(|value| value.as_bytes()));
         let routes = self.routes.load();
         let Some(route) = host.and_then(|host| routes.by_host_bytes(host)) else {
             if self.unknown_host == UnknownHost::PassThrough {

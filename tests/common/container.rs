@@ -346,6 +346,24 @@ impl TestContainer {
             .unwrap_or_else(|| panic!("container {} has no IP address", self.name))
     }
 
+    /// Waits until the engine's status of the container is `wanted` (`running`, `exited`…),
+    /// polling every 50 ms; returns when it was seen. Panics after `timeout`.
+    pub async fn wait_status(&self, wanted: &str, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status().await;
+            if status == wanted {
+                return Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} is {status}, not {wanted}, after {timeout:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `http://IP:80` (no trailing slash).
     pub async fn base_url(&self) -> String {
         url_for(self.ip().await, HTTP_PORT)
