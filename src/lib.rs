@@ -152,8 +152,13 @@ impl IdleWatcher {
             services.push(Box::new(admin));
         }
         let gate = Arc::new(
-            IdleGate::new(routes, &config.path_prefix, Arc::clone(&clock), unknown_host)
-                .with_client_limits(config.clients.clone()),
+            IdleGate::new(
+                routes,
+                &config.path_prefix,
+                Arc::clone(&clock),
+                unknown_host,
+            )
+            .with_client_limits(config.clients.clone()),
         );
         Ok(Self {
             gate,

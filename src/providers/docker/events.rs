@@ -430,8 +430,9 @@ async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
 
 /// `at` in nanoseconds since the Unix epoch, as the engine's `timeNano`.
 fn unix_nanos(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |since| i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
+    })
 }
 
 /// `since` for the events endpoint: `now - margin` as `seconds.nanoseconds`.
