@@ -146,10 +146,6 @@ async fn metrics_show_one_wake_and_one_sleep() {
         ),
         Some(1.0)
     );
-    assert_eq!(
-        sample(&awake, "idlewatcher_in_flight", &[("route", "app")]),
-        Some(0.0)
-    );
     gateway.wait_state("app.test", "napping", WAIT).await;
 
     let after = admin.scrape().await;
@@ -194,6 +190,10 @@ async fn metrics_show_one_wake_and_one_sleep() {
     );
     assert_eq!(
         sample(&after, "idlewatcher_requests_held", &[("route", "app")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&after, "idlewatcher_in_flight", &[("route", "app")]),
         Some(0.0)
     );
 }

@@ -92,7 +92,7 @@ async fn a_failed_wake_shows_the_reason_and_retry_starts_a_new_wake() {
     let gateway = Gateway::start(&one_route(
         "pagefail",
         &container.name,
-        "      wake_timeout: 10s\n      retry_backoff: 1s\n",
+        "      wake_timeout: 10s\n      retry_backoff: 1s\n      show_details: true\n",
     ))
     .await;
     let browser = Browser::start().await;

@@ -15,7 +15,9 @@ use common::image::INDEX_BODY;
 use futures_util::StreamExt;
 
 /// The gateway section shared by these tests: a fine tick so idle timeouts of 1–2 s are precise.
-const HEAD: &str = "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  tick: 200ms\n  routes:\n";
+/// Details shown: these tests read the backends' names and errors in the public answers.
+const HEAD: &str =
+    "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  tick: 200ms\n  defaults: { show_details: true }\n  routes:\n";
 
 /// The engine's time of the first `action` event, in nanoseconds.
 fn first(counter: &EventCounter, action: &str) -> i64 {

@@ -374,7 +374,7 @@ async fn only_browser_navigations_get_the_loading_page() {
 async fn hostile_names_stay_text_in_the_page_and_the_events() {
     let hostile = r#"</title><script>alert("x")</script>'"#;
     let config = format!(
-        "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes:\n    - name: '{}'\n      hosts: [\"hostile.test\"]\n      docker: {{ container: idlewatcher-test-no-such-container }}\n      port: 80\n",
+        "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  routes:\n    - name: '{}'\n      hosts: [\"hostile.test\"]\n      docker: {{ container: idlewatcher-test-no-such-container }}\n      port: 80\n      show_details: true\n",
         hostile.replace('\'', "''")
     );
     let gateway = Gateway::start(&config).await;

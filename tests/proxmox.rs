@@ -73,7 +73,8 @@ fn route(vmid: u32, port: u16, extra: &str) -> String {
 
 fn config(fake: &FakePve, poll: &str, routes: &[String]) -> String {
     format!(
-        "idlewatcher:\n  listen: [\"@LISTEN@\"]\n{}  routes:\n{}",
+        // Details shown: these tests read guest names and PVE's errors in the public answers.
+        "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  defaults: {{ show_details: true }}\n{}  routes:\n{}",
         section(fake, poll),
         routes.concat()
     )

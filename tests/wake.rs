@@ -325,7 +325,7 @@ async fn a_backend_that_never_listens_fails_held_requests_in_time_then_backs_off
     let gateway = Gateway::start(&one_route(
         "deaf",
         &container.name,
-        "      wake_timeout: 3s\n      retry_backoff: 2s\n      stop_timeout: 2s\n",
+        "      wake_timeout: 3s\n      retry_backoff: 2s\n      stop_timeout: 2s\n      show_details: true\n",
     ))
     .await;
     let host = "deaf.test";
@@ -540,7 +540,7 @@ async fn started_stopped_removed_and_recreated_by_hand() {
     let gateway = Gateway::start(&one_route(
         "byhand",
         &container.name,
-        "      wake_timeout: 20s\n",
+        "      wake_timeout: 20s\n      show_details: true\n",
     ))
     .await;
     let host = "byhand.test";
