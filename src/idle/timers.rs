@@ -308,6 +308,9 @@ mod tests {
         let generation = app.wake().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         app.wait_ready(generation, deadline).await.unwrap();
+        // `service_started`: the app may be ready before the db's own wake has ended.
+        let db_generation = db.wake().unwrap();
+        db.wait_ready(db_generation, deadline).await.unwrap();
         assert_eq!(db.state(), State::Ready);
         for now in 1..=20 {
             assert!(
