@@ -77,8 +77,6 @@ async fn expect_engine_down(gateway: &Gateway, host: &str, engine: &str) -> (Dur
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "intermittent (about 1 run in 6): after the second engine is cut and restored, a hand \
-            stop is sometimes not seen; run with --ignored while the reconnection is fixed"]
 async fn two_engines_each_wake_their_own_container_and_fail_and_heal_alone() {
     let a = TestContainer::http("eng-a").await;
     let b = TestContainer::http("eng-b").await;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bollard::errors::Error as DockerError;
 use bollard::models::EventMessage;
@@ -16,6 +16,7 @@ use futures_util::{stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::clock::EngineClock;
 use super::container::{inspect_ref, normalize_ref, status_of};
 use super::engine::{error_chain, negotiate, reason_of, EngineLink};
 use crate::providers::{BackendEvent, BackendObserver, BackendStatus, ProviderError};
@@ -26,10 +27,8 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A stream that stayed up this long was healthy: the next failure starts the backoff afresh.
 const HEALTHY_PERIOD: Duration = Duration::from_secs(10);
-/// How far back `since` reaches on subscription, so events between the subscription reaching
-/// the engine and the resync are replayed rather than lost. Measured on this host's clock: an
-/// engine on another host whose clock is ahead by more than this could skip the few events of
-/// that window (the resync still reports the state right after).
+/// How far back `since` reaches on subscription (on the engine's clock), so events between the
+/// subscription reaching the engine and the resync are replayed rather than lost.
 const SINCE_MARGIN: Duration = Duration::from_secs(1);
 /// Containers inspected at once during a resync.
 const RESYNC_CONCURRENCY: usize = 8;
@@ -271,11 +270,12 @@ impl DockerEvents {
             }
             link.set_up();
         }
+        let clock = EngineClock::measure(&self.docker, self.engine()).await;
         // By type only: engines spell actions differently (Podman 4.3 sends `died`, `remove`
         // and ignores a filter on Docker's `die`, `destroy`), so actions are matched here.
         let filters = HashMap::from([("type".to_string(), vec!["container".to_string()])]);
         let options = EventsOptions {
-            since: Some(since_timestamp(SystemTime::now(), SINCE_MARGIN)),
+            since: Some(clock.since(SINCE_MARGIN)),
             until: None,
             filters: Some(filters),
         };
@@ -287,8 +287,11 @@ impl DockerEvents {
         self.running.store(true, Ordering::Release);
         // What happened before the resync began is in what it inspects: replaying it afterwards
         // would undo the resync (a `start` of a container stopped since would adopt it, and the
-        // adoption start it again). Only events from this moment on are replayed.
-        let resync_began = unix_nanos(SystemTime::now());
+        // adoption start it again). So for the whole session, whenever the engine sends them
+        // (its history may come after the resync ended), only events from this moment on count.
+        let fresh = Fresh {
+            since_nanos: clock.now_nanos(),
+        };
         let references: Vec<String> = self.watched.lock().keys().cloned().collect();
         let docker = self.docker.clone();
         let resync = async move {
@@ -349,7 +352,7 @@ impl DockerEvents {
             }
         }
         let received = buffered.len();
-        buffered.retain(|event| event.time_nano.is_none_or(|at| at >= resync_began));
+        buffered.retain(|event| fresh.admits(event));
         tracing::info!(
             engine = %self.engine(),
             containers = resynced,
@@ -363,7 +366,10 @@ impl DockerEvents {
 
         loop {
             match events.next().await {
-                Some(Ok(event)) => self.dispatch(&event),
+                Some(Ok(event)) if fresh.admits(&event) => self.dispatch(&event),
+                Some(Ok(event)) => {
+                    tracing::debug!(engine = %self.engine(), action = ?event.action, "an event from before the resync, dropped");
+                }
                 Some(Err(e)) => return Disconnect::Stream(e),
                 None => return Disconnect::Ended,
             }
@@ -428,21 +434,17 @@ async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// `at` in nanoseconds since the Unix epoch, as the engine's `timeNano`.
-fn unix_nanos(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
-    })
+/// Which events of one session count: those from the moment its resync began, on the engine's
+/// clock (the resync already reflects what happened before). An event without a time counts.
+#[derive(Debug, Clone, Copy)]
+struct Fresh {
+    since_nanos: i64,
 }
 
-/// `since` for the events endpoint: `now - margin` as `seconds.nanoseconds`.
-fn since_timestamp(now: SystemTime, margin: Duration) -> String {
-    let at = now
-        .checked_sub(margin)
-        .unwrap_or(now)
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:09}", at.as_secs(), at.subsec_nanos())
+impl Fresh {
+    fn admits(&self, event: &EventMessage) -> bool {
+        event.time_nano.is_none_or(|at| at >= self.since_nanos)
+    }
 }
 
 #[cfg(test)]
@@ -528,11 +530,18 @@ mod tests {
     }
 
     #[test]
-    fn since_format() {
-        let now = UNIX_EPOCH + Duration::new(1_000, 5);
-        assert_eq!(
-            since_timestamp(now, Duration::from_secs(1)),
-            "999.000000005"
+    fn only_events_from_the_resync_on_are_fresh() {
+        let fresh = Fresh { since_nanos: 1_000 };
+        let at = |time_nano| EventMessage {
+            time_nano,
+            ..event("start", "id", Some("web"))
+        };
+        assert!(!fresh.admits(&at(Some(999))));
+        assert!(fresh.admits(&at(Some(1_000))));
+        assert!(fresh.admits(&at(Some(1_001))));
+        assert!(
+            fresh.admits(&at(None)),
+            "an event without a time is not lost"
         );
     }
 }

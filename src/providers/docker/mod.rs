@@ -9,9 +9,11 @@
 //! * [`DockerProvider`] (`container.rs`) implements [`Provider`] for one container, named by
 //!   name or id exactly as the user configured it.
 //! * [`DockerEvents`] (`events.rs`) is the single event source of one engine; it also keeps the
-//!   engine's [`EngineLink`] up to date (down while the stream reconnects).
+//!   engine's [`EngineLink`] up to date (down while the stream reconnects); `clock.rs` reads
+//!   event times on the engine's clock, which may differ from this machine's.
 //! * [`FAMILY`] registers the family; [`DockerFamily`] is the connected family the gateway uses.
 
+mod clock;
 mod container;
 mod engine;
 mod events;
