@@ -12,6 +12,8 @@ library only. Stages (each can be picked with --only):
   sse        10,000 subscribers of one route's events; time for `ready` to reach them all
   streams    TCP splice throughput and connection rate: a ready stream route vs the echo backend
              directly vs the same splice without the gate (examples/bare_splice.rs); interleaved
+  scale      bytes per napping route at 1, 10,000 and 100,000 routes (no containers: their
+             engine is unreachable, so each route naps with no resync; the gateway's own cost)
 
 Everything it creates (containers labelled idlewatcher-test=1 and idlewatcher-bench=RUN,
 processes, temp dirs) is removed at the end, on failure and on Ctrl-C too. The figures go into
@@ -38,7 +40,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ["gate", "footprint", "warm", "herd", "cold", "sse", "streams"]
+STAGES = ["gate", "footprint", "warm", "herd", "cold", "sse", "streams", "scale"]
 LABEL = "idlewatcher-test=1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -803,6 +805,43 @@ http {{
     def stage_sse(self, gateway):
         return self.many_clients(gateway, "sse", self.opts.subscribers)
 
+    def stage_scale(self):
+        """RSS of a gateway with 1, 10,000 and 100,000 napping routes whose engine is unreachable
+        (`tcp://127.0.0.1:1`): what the gateway itself keeps per route, without the engine's
+        resync. Per route = (RSS(N) - RSS(1)) / (N - 1)."""
+        results = []
+        base = None
+        for count in self.opts.scale_routes:
+            port = free_port()
+            routes = "".join(
+                f"    - {{ name: r{i}, hosts: [r{i}.bench], docker: {{ container: scale-{i} }}, port: 80 }}\n"
+                for i in range(count)
+            )
+            config = self.gateway_config(
+                f"scale-{count}", f"127.0.0.1:{port}", routes,
+                '  docker: { host: "tcp://127.0.0.1:1" }\n'
+                "  defaults: { idle_timeout: 1h }\n",
+            )
+            t0 = time.time()
+            proc, _, _ = self.start_gateway(f"scale-{count}", config, port, wait_resync=False)
+            self.wait_state(port, f"r{count - 1}.bench", "napping", timeout=300)
+            ready_s = time.time() - t0
+            time.sleep(5)
+            stat = proc_stat(proc.pid)
+            self.stop(proc)
+            row = {"routes": count, "rss_kib": stat["rss_kib"], "peak_kib": stat["hwm_kib"],
+                   "listening_and_napping_s": ready_s}
+            if base is None:
+                base = stat["rss_kib"]
+            elif count > 1:
+                row["bytes_per_route"] = (stat["rss_kib"] - base) * 1024 / (count - 1)
+            results.append(row)
+            log(f"scale: {row}")
+        return {"rows": results,
+                "reproduce": "scripts/bench.sh --only scale --no-write (config: one line per route, "
+                             "`- { name: rN, hosts: [rN.bench], docker: { container: scale-N }, port: 80 }`, "
+                             "`docker: { host: \"tcp://127.0.0.1:1\" }`)"}
+
     def stage_streams(self):
         """A ready TCP stream route in front of a host echo server (`loadgen echo`; the route's
         container only carries the backend's state), against the echo server directly and the
@@ -920,6 +959,10 @@ http {{
                     if result:
                         stages[name] = result
                     self.stop(gateway[0])
+        if "scale" in only:
+            result = self.timed("scale", self.stage_scale)
+            if result:
+                stages["scale"] = result
         if "streams" in only:
             result = self.timed("streams", self.stage_streams)
             if result:
@@ -933,6 +976,8 @@ def main():
     parser.add_argument("--build-seconds", type=float, default=0, help="how long scripts/bench.sh spent building")
     parser.add_argument("--only", help="comma-separated stages: " + ",".join(STAGES))
     parser.add_argument("--routes", type=int, default=10_000, help="routes (and stopped containers) for footprint and warm path")
+    parser.add_argument("--scale-routes", type=lambda v: [int(x) for x in v.split(",")], default=[1, 10_000, 100_000],
+                        help="route counts of the scale stage, comma-separated, the first being the base")
     parser.add_argument("--create-budget", type=float, default=240, help="seconds allowed for creating the containers")
     parser.add_argument("--create-concurrency", type=int, default=16)
     parser.add_argument("--idle-seconds", type=float, default=60)

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::container::TestContainer;
 use common::engine::EventCounter;
+use common::eventually;
 use common::gateway::{free_port, Gateway};
 use common::image::INDEX_BODY;
 
@@ -84,8 +85,7 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 
 /// Waits until the route's state in `/api/routes` is `state`.
 async fn wait_api_state(admin: &Admin, token: Option<&str>, route: &str, state: &str) {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let reached = eventually(WAIT, Duration::from_millis(50), || async move {
         let routes: serde_json::Value = admin.get("/api/routes", token).await.json().await.unwrap();
         let found = routes
             .as_array()
@@ -95,13 +95,14 @@ async fn wait_api_state(admin: &Admin, token: Option<&str>, route: &str, state: 
             .cloned()
             .unwrap();
         if found["state"] == state {
-            return;
+            Ok(())
+        } else {
+            Err(found)
         }
-        assert!(
-            Instant::now() < deadline,
-            "{route} never became {state}: {found}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    })
+    .await;
+    if let Err(found) = reached {
+        panic!("{route} never became {state}: {found}");
     }
 }
 

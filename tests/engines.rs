@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::container::TestContainer;
 use common::engine::{EngineProxy, EventCounter};
+use common::eventually;
 use common::gateway::{write_config, Gateway, BINARY};
 use common::http::{expect_index, expect_problem, retry_after};
 use common::image::ensure_test_image;
@@ -42,15 +43,13 @@ fn route(name: &str, container: &str, engine: &str) -> String {
 /// GETs `host`'s `/` until it is the test page, or panics after `timeout` with the last answer.
 async fn until_served(gateway: &Gateway, host: &str, timeout: Duration) {
     let client = gateway.client();
-    let deadline = Instant::now() + timeout;
-    loop {
-        match expect_index(&client, &gateway.url(host, "/"), Duration::from_secs(10)).await {
-            Ok(()) => return,
-            Err(last) if Instant::now() > deadline => {
-                panic!("{host} never served: {last}\n{}", gateway.logs())
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
+    let url = gateway.url(host, "/");
+    let served = eventually(timeout, Duration::from_millis(100), || {
+        expect_index(&client, &url, Duration::from_secs(10))
+    })
+    .await;
+    if let Err(last) = served {
+        panic!("{host} never served: {last}\n{}", gateway.logs());
     }
 }
 

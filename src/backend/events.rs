@@ -1,8 +1,9 @@
 //! Wake events: what a backend's wake went through, kept for late subscribers and pushed live.
 //!
 //! Each [`Watcher`](crate::backend::Watcher) owns one [`EventLog`]: a small ring of the current
-//! wake's events plus a `watch` channel carrying the newest event id. A subscriber remembers the
-//! last id it sent and, whenever the channel changes, copies every newer event out of the ring.
+//! wake's events plus a [`Notify`] told of every new one. A subscriber remembers the last id it
+//! sent and, whenever it is told, copies every newer event out of the ring. (No `watch` channel:
+//! its shared state would cost every napping backend some 350 bytes for nothing.)
 //! One mechanism therefore serves the history, the live feed and `Last-Event-ID` resumption, and:
 //!
 //! - a slow subscriber never blocks the watcher or anybody else (it only ever holds the ring's
@@ -19,7 +20,8 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 /// How many events of one wake are kept. A wake has about six; the rest is headroom.
 const HISTORY_CAPACITY: usize = 64;
@@ -124,7 +126,7 @@ struct Ring {
 /// A backend's wake events: bounded history plus live notification.
 pub struct EventLog {
     ring: Mutex<Ring>,
-    newest: watch::Sender<u64>,
+    pushed: Notify,
 }
 
 impl Default for EventLog {
@@ -138,10 +140,10 @@ impl EventLog {
     pub fn new() -> Self {
         Self {
             ring: Mutex::new(Ring {
-                events: VecDeque::with_capacity(8),
+                events: VecDeque::new(),
                 next_id: 1,
             }),
-            newest: watch::Sender::new(0),
+            pushed: Notify::new(),
         }
     }
 
@@ -163,7 +165,7 @@ impl EventLog {
             }));
             id
         };
-        self.newest.send_replace(id);
+        self.pushed.notify_waiters();
         id
     }
 
@@ -183,9 +185,11 @@ impl EventLog {
         out.extend(ring.events.iter().skip(skip).cloned());
     }
 
-    /// A receiver that changes whenever an event is pushed.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.newest.subscribe()
+    /// Completes when an event is pushed after it was enabled: pin it and call
+    /// [`Notified::enable`] *before* reading with [`since`](Self::since), so an event pushed in
+    /// between is not missed.
+    pub fn pushed(&self) -> Notified<'_> {
+        self.pushed.notified()
     }
 }
 

@@ -169,7 +169,7 @@ impl Watcher {
             let mut control = self.control.lock();
             if control.generation == generation && self.state() == State::Starting {
                 control.backend_up = true;
-                self.status.send_modify(|status| status.backend_up = true);
+                self.changed.notify_waiters();
             }
         }
         self.events.push(

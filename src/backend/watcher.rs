@@ -13,8 +13,8 @@
 //!   later callers join it. The task is detached, so a client that disconnects never cancels it.
 //!   A failure reaches every waiter; the next wake is refused until a backoff passes (doubling per
 //!   consecutive failure) so a broken backend under traffic is not restarted in a tight loop.
-//! - **waiting** ([`Watcher::wait_ready`]): waiters watch a `watch` channel that the wake task
-//!   updates the moment readiness is seen; nobody polls a timer to notice it.
+//! - **waiting** ([`Watcher::wait_ready`]): waiters are told (a `Notify`) the moment the wake
+//!   task records readiness or failure, and read the state under the lock; nobody polls a timer.
 //! - **sleep** ([`Watcher::try_begin_stop`], [`Watcher::put_to_sleep`]): driven by the idle
 //!   clock. A request that arrives while the backend is stopping is held and wakes it again once
 //!   the stop has finished: never proxied to a dying backend, never lost.
@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::backend::events::{EventLog, WakeEventKind};
 use crate::backend::release::ReleaseWindow;
@@ -65,8 +65,9 @@ pub(super) struct Control {
     pub(super) consecutive_failures: u32,
     pub(super) retry_at: Option<Instant>,
     pub(super) wake_after_stop: bool,
-    /// The current wake's slow start for released requests.
-    pub(super) release: ReleaseWindow,
+    /// The current wake's slow start for released requests (made at its first use: a
+    /// backend that never woke has none).
+    pub(super) release: Option<ReleaseWindow>,
     /// The current wake started (or unpaused) the backend itself.
     pub(super) woke_it: bool,
     /// A failed wake's backend is being put back to sleep; no new wake until it is done.
@@ -88,7 +89,10 @@ pub struct Watcher {
     pub(super) upstreams: Vec<Arc<Upstream>>,
     pub(super) state: AtomicU8,
     pub(super) control: Mutex<Control>,
-    pub(super) status: watch::Sender<Status>,
+    /// Told whenever the state, the generation or `backend_up` changes (under `control`):
+    /// waiters read those under the lock, so the channel carries no value (a `watch` channel's
+    /// shared state costs a napping backend some 350 bytes; this costs nothing until waited on).
+    pub(super) changed: Notify,
     pub(super) events: EventLog,
     pub(super) last_seen: AtomicU32,
     pub(super) in_flight: AtomicU32,
@@ -131,17 +135,12 @@ impl Watcher {
                 consecutive_failures: 0,
                 retry_at: None,
                 wake_after_stop: false,
-                release: ReleaseWindow::default(),
+                release: None,
                 woke_it: false,
                 cleaning_up: false,
                 before_stop: (State::Napping, None),
             }),
-            status: watch::Sender::new(Status {
-                state: State::Napping,
-                generation: 0,
-                backend_up: false,
-                error: None,
-            }),
+            changed: Notify::new(),
             events: EventLog::new(),
             last_seen: AtomicU32::new(0),
             in_flight: AtomicU32::new(0),
@@ -321,16 +320,21 @@ impl Watcher {
     ) {
         self.state.store(state as u8, Ordering::SeqCst);
         control.since = SystemTime::now();
-        control.error = error.clone();
+        control.error = error;
         if state != State::Starting {
             control.backend_up = state == State::Ready;
         }
-        self.status.send_replace(Status {
-            state,
+        self.changed.notify_waiters();
+    }
+
+    /// The state with what waiters need to interpret it, read under the lock `control` is from.
+    fn status(&self, control: &Control) -> Status {
+        Status {
+            state: self.state(),
             generation: control.generation,
             backend_up: control.backend_up,
-            error,
-        });
+            error: control.error.clone(),
+        }
     }
 
     /// Starts a wake unless one is running or the backend is ready (singleflight). Returns the
@@ -369,7 +373,7 @@ impl Watcher {
         control.backend_up = false;
         control.woke_it = false;
         control.wake_after_stop = false;
-        control.release = ReleaseWindow::default();
+        control.release = Some(ReleaseWindow::default());
         let generation = control.generation;
         self.set_state(control, State::Starting, None);
         self.events.clear();
@@ -386,7 +390,11 @@ impl Watcher {
 
     /// The slow-start window through which requests held during the last wake are released.
     pub fn release_window(&self) -> ReleaseWindow {
-        self.control.lock().release.clone()
+        self.control
+            .lock()
+            .release
+            .get_or_insert_with(ReleaseWindow::default)
+            .clone()
     }
 
     /// The failure of a request whose own `wake_timeout` deadline passed.
@@ -423,18 +431,20 @@ impl Watcher {
         deadline: Instant,
         done: impl Fn(&Status) -> bool,
     ) -> Result<(), WakeFailure> {
-        let mut receiver = self.status.subscribe();
         loop {
+            // Listening before reading: a change between the read and the wait is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let wake_again = {
-                let status = receiver.borrow_and_update();
+                let status = self.status(&self.control.lock());
                 if done(&status) {
                     return Ok(());
                 }
                 match status.state {
                     State::Error if status.generation >= generation => {
-                        let error = status.error.clone();
                         return Err(WakeFailure::Failed(
-                            error.unwrap_or_else(|| Arc::new(WakeError::Unknown)),
+                            status.error.unwrap_or_else(|| Arc::new(WakeError::Unknown)),
                         ));
                     }
                     State::Error | State::Napping => true,
@@ -445,8 +455,10 @@ impl Watcher {
                 generation = self.wake()?;
                 continue;
             }
-            let changed = tokio::time::timeout_at(deadline.into(), receiver.changed()).await;
-            if !matches!(changed, Ok(Ok(()))) {
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
                 return Err(self.timed_out());
             }
         }

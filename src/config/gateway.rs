@@ -270,7 +270,6 @@ fn parse_admin(a: &mut Fields, public: &[String]) -> Option<AdminConfig> {
 
 /// The `clients:` section `c`: every key optional, defaults from [`ClientLimits::default`].
 fn parse_clients(c: &mut Fields) -> ClientLimits {
-    let defaults = ClientLimits::default();
     let seconds = |node: Node| {
         let d = positive_duration(node)?;
         if d.as_secs() == 0 {
@@ -278,35 +277,27 @@ fn parse_clients(c: &mut Fields) -> ClientLimits {
         }
         Ok(d)
     };
-    ClientLimits {
-        header_timeout: c
-            .get("header_timeout", positive_duration)
-            .unwrap_or(defaults.header_timeout),
-        keepalive_timeout: c
-            .get("keepalive_timeout", seconds)
-            .unwrap_or(defaults.keepalive_timeout),
-        body_timeout: c
-            .get("body_timeout", positive_duration)
-            .unwrap_or(defaults.body_timeout),
-        min_body_rate: c
-            .get("min_body_rate", integer(0, u64::MAX))
-            .unwrap_or(defaults.min_body_rate),
-        h2_idle_timeout: c
-            .get("h2_idle_timeout", positive_duration)
-            .unwrap_or(defaults.h2_idle_timeout),
-        max_connections_per_ip: c
-            .get("max_connections_per_ip", count(0))
-            .unwrap_or(defaults.max_connections_per_ip),
-        max_held_per_ip: c
-            .get("max_held_per_ip", count(0))
-            .unwrap_or(defaults.max_held_per_ip),
-        max_event_streams_per_ip: c
-            .get("max_event_streams_per_ip", count(1))
-            .unwrap_or(defaults.max_event_streams_per_ip),
-        max_event_streams_per_route: c
-            .get("max_event_streams_per_route", count(1))
-            .unwrap_or(defaults.max_event_streams_per_route),
+    let mut limits = ClientLimits::default();
+    // Each key present overrides its default; the field is named as the key.
+    macro_rules! override_with {
+        ($($key:ident: $parser:expr),* $(,)?) => {
+            $(if let Some(value) = c.get(stringify!($key), $parser) {
+                limits.$key = value;
+            })*
+        };
     }
+    override_with! {
+        header_timeout: positive_duration,
+        keepalive_timeout: seconds,
+        body_timeout: positive_duration,
+        min_body_rate: integer(0, u64::MAX),
+        h2_idle_timeout: positive_duration,
+        max_connections_per_ip: count(0),
+        max_held_per_ip: count(0),
+        max_event_streams_per_ip: count(1),
+        max_event_streams_per_route: count(1),
+    }
+    limits
 }
 
 /// A Docker route that names no engine runs on the gateway's (`docker: { host, tls }`); one

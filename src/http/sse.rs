@@ -77,13 +77,15 @@ pub async fn stream(
         .await?;
 
     let log = route.watcher.events();
-    let mut newest = log.subscribe();
     let mut pending = Vec::new();
     let mut client_watch = true;
     // Set once the stream carried a final event (`ready`, `error`), cleared by any later one.
     let mut ends_at: Option<tokio::time::Instant> = None;
     loop {
-        newest.borrow_and_update();
+        // Listening before reading: an event pushed in between is not missed.
+        let pushed = log.pushed();
+        tokio::pin!(pushed);
+        pushed.as_mut().enable();
         log.since(last_id, &mut pending);
         if !pending.is_empty() {
             let mut chunk = String::new();
@@ -106,7 +108,7 @@ pub async fn stream(
             break;
         }
         tokio::select! {
-            changed = newest.changed() => if changed.is_err() { break },
+            () = &mut pushed => {}
             _ = shutdown.changed() => break,
             () = sleep_until(ends_at) => break,
             _ = tokio::time::sleep(KEEPALIVE) => {

@@ -119,6 +119,18 @@ mod tests {
     use crate::providers::fake::{FakeEngine, FakeOp};
     use std::time::Duration;
 
+    /// The settings every watcher here runs with, sleeping after `idle_ticks`.
+    fn settings(idle_ticks: u32) -> BackendSettings {
+        BackendSettings {
+            idle_ticks,
+            wake_timeout: Duration::from_secs(5),
+            stop_method: StopMethod::Stop,
+            stop_signal: None,
+            stop_timeout: Duration::from_secs(1),
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+
     struct Fixture {
         clock: Arc<IdleClock>,
         timers: IdleTimers,
@@ -148,14 +160,7 @@ mod tests {
         let watcher = Watcher::new(
             0,
             Arc::new(engine.provider(BACKEND)),
-            BackendSettings {
-                idle_ticks,
-                wake_timeout: Duration::from_secs(5),
-                stop_method: StopMethod::Stop,
-                stop_signal: None,
-                stop_timeout: Duration::from_secs(1),
-                retry_backoff: Duration::from_millis(100),
-            },
+            settings(idle_ticks),
             Vec::new(),
             vec![upstream],
             clock.clone(),
@@ -282,14 +287,7 @@ mod tests {
             Watcher::new(
                 id,
                 Arc::new(engine.provider(name)),
-                BackendSettings {
-                    idle_ticks,
-                    wake_timeout: Duration::from_secs(5),
-                    stop_method: StopMethod::Stop,
-                    stop_signal: None,
-                    stop_timeout: Duration::from_secs(1),
-                    retry_backoff: Duration::from_millis(100),
-                },
+                settings(idle_ticks),
                 dependencies,
                 Vec::new(), // Nothing to probe: ready once started.
                 clock.clone(),

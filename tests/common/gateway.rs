@@ -166,19 +166,20 @@ impl Gateway {
 
     /// Polls the route's status until its `state` is `state`, or panics after `timeout`.
     pub async fn wait_state(&self, host: &str, state: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let reached = super::eventually(timeout, Duration::from_millis(25), || async move {
             let status = self.status(host).await;
             if status["state"] == state {
-                return;
+                Ok(())
+            } else {
+                Err(status)
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "route {host} never reached state {state}: last status {status}\n{}",
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        })
+        .await;
+        if let Err(status) = reached {
+            panic!(
+                "route {host} never reached state {state}: last status {status}\n{}",
+                self.logs()
+            );
         }
     }
 

@@ -45,3 +45,23 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Tries `attempt` every `every` until it succeeds, for at most `timeout`: its value, or its last
+/// error (to put in the caller's failure message). One poller for every "wait until" of the tests.
+pub async fn eventually<T, E, F>(
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(last) if std::time::Instant::now() >= deadline => return Err(last),
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}

@@ -300,8 +300,12 @@ impl DockerEvents {
                     let docker = docker.clone();
                     async move {
                         let describe = format!("docker container \"{reference}\"");
-                        let info = inspect_ref(&docker, &reference, &describe).await;
-                        (reference, info)
+                        // Only what the resync needs is kept: a whole inspect answer is
+                        // kilobytes, times every watched container at once.
+                        let seen = inspect_ref(&docker, &reference, &describe)
+                            .await
+                            .map(|info| info.map(|info| (info.id.clone(), status_of(&info))));
+                        (reference, seen)
                     }
                 })
                 .buffer_unordered(RESYNC_CONCURRENCY)
@@ -325,28 +329,20 @@ impl DockerEvents {
         let mut statuses = Vec::with_capacity(results.len());
         for (reference, result) in results {
             match result {
-                Ok(info) => statuses.push((reference, info)),
+                Ok(seen) => statuses.push((reference, seen)),
                 Err(e) => return Disconnect::Resync(e),
             }
         }
         let resynced = statuses.len();
         {
             let mut watched = self.watched.lock();
-            for (reference, info) in statuses {
+            for (reference, seen) in statuses {
                 // Unwatched meanwhile: nobody to tell.
                 let Some(entry) = watched.get_mut(&reference) else {
                     continue;
                 };
-                let status = match &info {
-                    Some(info) => {
-                        entry.learned_id = info.id.clone();
-                        status_of(info)
-                    }
-                    None => {
-                        entry.learned_id = None;
-                        BackendStatus::Missing
-                    }
-                };
+                let (learned_id, status) = seen.unwrap_or((None, BackendStatus::Missing));
+                entry.learned_id = learned_id;
                 tracing::debug!(container = %entry.reference, ?status, "resync");
                 entry.deliver(&BackendEvent::Resync(status));
             }
