@@ -764,7 +764,10 @@ http {{
         port = free_port()
         config = self.gateway_config(
             f"gateway-{name}", f"127.0.0.1:{port}", routes_yaml,
-            "  defaults: { idle_timeout: 1h, wake_timeout: 60s, max_waiters: 20000 }\n",
+            "  defaults: { idle_timeout: 1h, wake_timeout: 60s, max_waiters: 20000 }\n"
+            # Every load client connects from 127.0.0.1: the per-client and per-route caps on
+            # event streams (1,024 and 4,096 by default) would refuse most of the 10,000.
+            "  clients: { max_event_streams_per_ip: 20000, max_event_streams_per_route: 20000 }\n",
         )
         proc, log_path, _ = self.start_gateway(f"gateway-{name}", config, port)
         return proc, port, config

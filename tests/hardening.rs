@@ -392,11 +392,16 @@ async fn a_listen_address_in_use_fails_start_up_naming_it() {
 #[tokio::test]
 async fn connections_and_held_requests_are_capped_per_client_address() {
     let container = TestContainer::with_cmd("caps", &["sh", "-c", "sleep 3600"]).await;
-    let gateway = Gateway::start(&config(
-        &container.name,
-        "    max_connections_per_ip: 4\n    max_held_per_ip: 2\n",
-        "      wake_timeout: 20s\n",
-    ))
+    // A long head deadline: the fifth connection below must be closed by its cap, not by
+    // that deadline, and a loaded machine may take a while to do it.
+    let gateway = Gateway::start(
+        &config(
+            &container.name,
+            "    max_connections_per_ip: 4\n    max_held_per_ip: 2\n",
+            "      wake_timeout: 20s\n",
+        )
+        .replace("header_timeout: 2s", "header_timeout: 30s"),
+    )
     .await;
 
     // Two requests held (the backend never becomes ready), the third gets 503 at once.
@@ -418,7 +423,7 @@ async fn connections_and_held_requests_are_capped_per_client_address() {
     let _fourth = TcpStream::connect(gateway.address).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut fifth = TcpStream::connect(gateway.address).await.unwrap();
-    closed_within(&mut fifth, Duration::from_secs(1)).await;
+    closed_within(&mut fifth, Duration::from_secs(10)).await;
 
     // Another address (127.0.0.2 is loopback too) has its own places.
     let socket = TcpSocket::new_v4().unwrap();
@@ -430,4 +435,118 @@ async fn connections_and_held_requests_are_capped_per_client_address() {
         .unwrap();
     let (code, _) = common::http::read_one_response(&mut other).await;
     assert_eq!(code, 200);
+}
+
+/// Opens `/.idlewatcher/events` of `host` on a fresh connection: the answer's head and what
+/// followed it (a stream's `retry:` line, or a refusal's whole body), the connection kept open.
+async fn open_event_stream(gateway: &Gateway, host: &str) -> (String, TcpStream) {
+    let mut stream = TcpStream::connect(gateway.address).await.unwrap();
+    let request = format!(
+        "GET /.idlewatcher/events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let body = &text[end + 4..];
+                let length = text[..end].lines().find_map(|line| {
+                    line.strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                });
+                let whole = match length {
+                    Some(length) => body.len() >= length,
+                    None => body.contains("\n\n"),
+                };
+                if whole {
+                    break;
+                }
+            }
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("an answer within 10 s");
+    (String::from_utf8_lossy(&answer).into_owned(), stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_per_client_and_per_route_and_a_closed_one_frees_its_place() {
+    let container = TestContainer::http("sse-caps").await;
+    let gateway = Gateway::start(&format!(
+        "{}    - name: other\n      hosts: [other.test]\n      docker: {{ container: {} }}\n      port: 80\n",
+        config(
+            &container.name,
+            "    max_event_streams_per_ip: 3\n    max_event_streams_per_route: 2\n",
+            "",
+        ),
+        container.name,
+    ))
+    .await;
+
+    // Two on `app`: served (by the early hold, on the bare connection) as the gate would.
+    let (first, first_stream) = open_event_stream(&gateway, "app.test").await;
+    let (second, _second_stream) = open_event_stream(&gateway, "app.test").await;
+    for answer in [&first, &second] {
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let lower = answer.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-type: text/event-stream"),
+            "{answer}"
+        );
+        assert!(lower.contains("cache-control: no-store"), "{answer}");
+        assert!(answer.contains("retry: 1000"), "{answer}");
+        // Close-delimited: served on the bare connection, not through a Pingora session
+        // (which would frame it chunked).
+        assert!(lower.contains("connection: close"), "{answer}");
+        assert!(!lower.contains("transfer-encoding"), "{answer}");
+    }
+    // A third on `app`: the route's cap (503, problem+json, Retry-After).
+    let (third, _) = open_event_stream(&gateway, "app.test").await;
+    assert!(third.starts_with("HTTP/1.1 503"), "{third}");
+    assert!(
+        third.contains("already has 2 event stream subscribers"),
+        "{third}"
+    );
+    assert!(
+        third.to_ascii_lowercase().contains("retry-after"),
+        "{third}"
+    );
+    // One on `other`: the client's third stream, served.
+    let (other, _other_stream) = open_event_stream(&gateway, "other.test").await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    // A fourth from this client: its own cap (429).
+    let (fourth, _) = open_event_stream(&gateway, "other.test").await;
+    assert!(fourth.starts_with("HTTP/1.1 429"), "{fourth}");
+    assert!(
+        fourth.contains("already follows 3 event streams"),
+        "{fourth}"
+    );
+
+    // A subscriber that leaves frees both its places.
+    drop(first_stream);
+    let reopened = common::eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async {
+            let (answer, stream) = open_event_stream(&gateway, "app.test").await;
+            if answer.starts_with("HTTP/1.1 200") {
+                Ok(stream)
+            } else {
+                Err(answer)
+            }
+        },
+    )
+    .await;
+    assert!(
+        reopened.is_ok(),
+        "the place was not freed: {:?}",
+        reopened.err()
+    );
 }

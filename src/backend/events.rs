@@ -15,9 +15,10 @@
 //! cleared), so an id from an earlier wake still means "everything after that".
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::futures::Notified;
@@ -62,6 +63,17 @@ pub struct WakeEvent {
     pub timestamp: SystemTime,
     /// The failure reason, for `error` events.
     pub error: Option<String>,
+    /// The event's SSE frame, encoded once for every subscriber of the route that asked first
+    /// (a backend usually has one route): 10,000 open loading pages share one encoding.
+    frame: OnceLock<EncodedFrame>,
+}
+
+/// An SSE frame as encoded for one route and one privacy setting.
+#[derive(Debug, Clone)]
+struct EncodedFrame {
+    route: Box<str>,
+    details: bool,
+    bytes: Bytes,
 }
 
 #[derive(Serialize)]
@@ -116,6 +128,28 @@ impl WakeEvent {
         // Serializing a struct of strings cannot fail.
         serde_json::to_string(&wire).unwrap_or_default()
     }
+
+    /// The event as a Server-Sent Events frame (`id:` and `data:` lines) for `route`: encoded
+    /// once and shared (a cheap clone) for the route that asked first, encoded anew for another.
+    pub fn sse_frame(&self, route: &str, details: bool) -> Bytes {
+        let encode = || {
+            Bytes::from(format!(
+                "id: {}\ndata: {}\n\n",
+                self.id,
+                self.to_json(route, details)
+            ))
+        };
+        let cached = self.frame.get_or_init(|| EncodedFrame {
+            route: route.into(),
+            details,
+            bytes: encode(),
+        });
+        if &*cached.route == route && cached.details == details {
+            cached.bytes.clone()
+        } else {
+            encode()
+        }
+    }
 }
 
 struct Ring {
@@ -162,6 +196,7 @@ impl EventLog {
                 message,
                 timestamp: SystemTime::now(),
                 error,
+                frame: OnceLock::new(),
             }));
             id
         };
@@ -201,6 +236,35 @@ mod tests {
         let mut out = Vec::new();
         log.since(after, &mut out);
         out.iter().map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn a_frame_is_encoded_once_for_its_route_and_anew_for_another() {
+        let log = EventLog::new();
+        log.push(
+            WakeEventKind::Error,
+            "db failed".into(),
+            Some("boom".into()),
+        );
+        let mut events = Vec::new();
+        log.since(0, &mut events);
+        let event = &events[0];
+        let first = event.sse_frame("app", false);
+        let again = event.sse_frame("app", false);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "shared, not encoded again");
+        let text = std::str::from_utf8(&first).unwrap();
+        assert!(
+            text.starts_with(&format!("id: {}\ndata: {{", event.id)),
+            "{text}"
+        );
+        assert!(text.ends_with("}\n\n"), "{text}");
+        assert!(!text.contains("boom"), "details hidden: {text}");
+        let detailed = event.sse_frame("app", true);
+        assert!(std::str::from_utf8(&detailed).unwrap().contains("boom"));
+        let other = event.sse_frame("other", false);
+        assert!(std::str::from_utf8(&other)
+            .unwrap()
+            .contains("\"route\":\"other\""));
     }
 
     #[test]

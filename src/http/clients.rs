@@ -87,7 +87,44 @@ pub struct Clients {
     pub route_event_streams: Arc<PerKey<Box<str>>>,
 }
 
+/// The two places an event stream holds for its life: one of its client's, one of its
+/// route's.
+pub struct EventStreamPlaces {
+    _client: PerIpPlace,
+    _route: PerKeyPlace<Box<str>>,
+}
+
+/// Which cap refused an event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStreamRefusal {
+    /// The client follows `max_event_streams_per_ip` streams already (429).
+    Client,
+    /// The route has `max_event_streams_per_route` subscribers already (503).
+    Route,
+}
+
 impl Clients {
+    /// Takes the places of a new event stream of `client` on `route` (the gate's and the
+    /// early hold's streams count alike).
+    pub fn take_event_stream(
+        &self,
+        client: Option<IpAddr>,
+        route: &str,
+    ) -> Result<EventStreamPlaces, EventStreamRefusal> {
+        let client = self
+            .event_streams
+            .take(client)
+            .ok_or(EventStreamRefusal::Client)?;
+        let route = self
+            .route_event_streams
+            .take(Some(route.into()))
+            .ok_or(EventStreamRefusal::Route)?;
+        Ok(EventStreamPlaces {
+            _client: client,
+            _route: route,
+        })
+    }
+
     /// Counters for `limits`.
     pub fn new(limits: ClientLimits) -> Self {
         Self {

@@ -20,6 +20,9 @@
 //!    request through. A wake that fails or times out is handed over the same way, and the gate
 //!    answers its 503 at once.
 //!
+//! A first request that subscribes to a route's events (`GET {prefix}events`) is served here
+//! too, on the bare connection, for the same reason ([`early_events`](super::early_events)).
+//!
 //! Everything else — TLS, h2c, a head larger than 4 KiB, a ready route, a later
 //! request on a kept-alive connection — goes to the wrapped application at once, bytes put
 //! back, and the gate holds it in `request_filter` if it must (`hold_until_admitted` serves
@@ -53,8 +56,10 @@ use crate::http::classify::{self, Preface};
 use crate::http::clients::PerIpPlace;
 use crate::http::deadline::within_head_deadline;
 use crate::http::departure;
+use crate::http::early_events::{self, EventConnection};
 use crate::http::gate::{Asleep, IdleGate};
 use crate::http::handover::{self, Handover};
+use crate::http::sse;
 use crate::routes::Route;
 use crate::wait::{hold_until_admitted, HoldOutcome};
 
@@ -117,10 +122,24 @@ struct ToHold {
     route: Arc<Route>,
 }
 
+/// A first request that subscribes to a route's events: served here (see `early_events`).
+struct ToStream {
+    route: Arc<Route>,
+    last_id: u64,
+}
+
+/// What the early hold does with a first request rather than pass it on.
+enum Early {
+    /// Hold it.
+    Hold(ToHold),
+    /// Serve its event stream.
+    Events(ToStream),
+}
+
 /// What the first bytes of a connection call for.
 enum Head {
-    /// A request the gate would hold.
-    Hold(ToHold),
+    /// A request the early hold takes on.
+    Early(Early),
     /// Anything else: the wrapped application takes the connection at once.
     Pass,
     /// Not a whole request head yet.
@@ -139,6 +158,9 @@ struct HeldConnection {
 enum First {
     /// Its first request is to be held.
     Hold(HeldConnection),
+    /// Its first request subscribes to a route's events (its head bytes, to put back if a cap
+    /// sends it to the gate instead).
+    Events(EventConnection, Vec<u8>, Option<IpAddr>),
     /// HTTP/1, bytes put back: served here.
     Http1(Stream),
     /// Anything else (TLS, HTTP/2 prior knowledge), bytes put back: the wrapped application's.
@@ -157,12 +179,36 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
     /// What to do with a connection whose first bytes are `bytes`.
     fn classify(&self, bytes: &[u8]) -> Head {
         match classify::parse_head(bytes) {
-            classify::Head::Complete(head) => self
-                .would_hold(&head, &bytes[..head.len])
-                .map_or(Head::Pass, Head::Hold),
+            classify::Head::Complete(head) => {
+                let raw = &bytes[..head.len];
+                if let Some(events) = self.event_stream(&head, raw) {
+                    return Head::Early(Early::Events(events));
+                }
+                self.would_hold(&head, raw)
+                    .map_or(Head::Pass, |to_hold| Head::Early(Early::Hold(to_hold)))
+            }
             classify::Head::Incomplete => Head::Incomplete,
             classify::Head::Unparsed => Head::Pass,
         }
+    }
+
+    /// Whether `request` subscribes to a route's events (`GET {prefix}events` on its host, in
+    /// any state: a stream never wakes anything).
+    fn event_stream(&self, request: &classify::ParsedHead<'_>, head: &[u8]) -> Option<ToStream> {
+        if request.refused.is_some() || request.method != "GET" || request.has_body {
+            return None;
+        }
+        let uri: http::Uri = request.target.parse().ok()?;
+        if !self.gate.is_event_stream(uri.path()) {
+            return None;
+        }
+        let routes = self.gate.routes().load();
+        let route = routes.by_host_bytes(classify::routing_host(&uri, request.host)?)?;
+        let parts = classify::request_parts(request, head)?;
+        Some(ToStream {
+            route: Arc::clone(route),
+            last_id: sse::resume_point_of(&parts.headers, &parts.uri),
+        })
     }
 
     /// Whether the gate would hold `request`. Never a request Pingora refuses: it is answered
@@ -223,7 +269,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
                 if !h2c {
                     match self.classify(&head) {
                         Head::Incomplete if head.len() < FIRST_READ => {}
-                        Head::Hold(to_hold) => return Some((head, Some(to_hold))),
+                        Head::Early(early) => return Some((head, Some(early))),
                         Head::Incomplete | Head::Pass => return Some((head, None)),
                     }
                 }
@@ -232,11 +278,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
                 }
             }
         };
-        let Ok(Some((mut head, to_hold))) = tokio::time::timeout_at(deadline, read).await else {
+        let Ok(Some((mut head, early))) = tokio::time::timeout_at(deadline, read).await else {
             return First::Gone;
         };
-        match to_hold {
-            Some(to_hold) => {
+        match early {
+            Some(Early::Hold(to_hold)) => {
                 head.shrink_to_fit();
                 First::Hold(HeldConnection {
                     stream,
@@ -244,6 +290,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
                     to_hold,
                     client,
                 })
+            }
+            Some(Early::Events(ToStream { route, last_id })) => {
+                let connection = EventConnection {
+                    stream,
+                    route,
+                    last_id,
+                };
+                First::Events(connection, head, client)
             }
             None => {
                 let http2 = classify::h2c_preface(&head) == Preface::Http2 && self.h2c();
@@ -386,6 +440,27 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EarlyHold<A> {
             First::Other(stream) => self.app.process_new(stream, shutdown).await,
             First::Http1(stream) => {
                 self.serve_http1(stream, shutdown, deadline).await;
+                None
+            }
+            First::Events(connection, head, client) => {
+                let name = &connection.route.name;
+                match self.gate.clients().take_event_stream(client, name) {
+                    Ok(places) => {
+                        // Like a held request, a task of its own; Pingora's connection task
+                        // ends here.
+                        let shutdown = self.gate.shutdown_signal();
+                        tokio::spawn(async move {
+                            let _place = place;
+                            early_events::serve(connection, places, shutdown).await;
+                        });
+                    }
+                    Err(_) => {
+                        // Over a cap: the gate answers it (429 or 503).
+                        let mut stream = connection.stream;
+                        stream.rewind(&head);
+                        self.serve_http1(stream, shutdown, deadline).await;
+                    }
+                }
                 None
             }
             First::Hold(held) => {

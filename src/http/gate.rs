@@ -37,7 +37,7 @@ use crate::backend::release::ReleaseTicket;
 use crate::backend::{InFlight, WakeFailure, Watcher};
 use crate::config::ClientLimits;
 use crate::http::body::BodyRate;
-use crate::http::clients::Clients;
+use crate::http::clients::{Clients, EventStreamRefusal};
 use crate::http::handover::{self, Handover};
 use crate::http::{classify, deadline, departure, page, respond, retry, sse};
 use crate::idle::IdleClock;
@@ -461,6 +461,11 @@ impl IdleGate {
         self.internal(path).is_some()
     }
 
+    /// Whether `path` is the event stream endpoint (`{prefix}events`).
+    pub fn is_event_stream(&self, path: &str) -> bool {
+        matches!(self.internal(path), Some(Internal::Events))
+    }
+
     /// The internal endpoint `path` names, if any.
     fn internal(&self, path: &str) -> Option<Internal> {
         path.strip_prefix(&*self.prefix).and_then(Internal::parse)
@@ -629,22 +634,25 @@ impl IdleGate {
                     .and_then(|a| a.as_inet())
                     .map(|a| a.ip());
                 let clients = &self.clients;
-                let Some(_client_place) = clients.event_streams.take(client) else {
-                    let detail = format!(
-                        "this client already follows {} event streams",
-                        clients.limits.max_event_streams_per_ip
-                    );
-                    let retry = Some(RETRY_AFTER_SECS);
-                    return respond::problem(session, 429, Some(&route.name), &detail, retry).await;
-                };
-                let name: Box<str> = route.name.as_str().into();
-                let Some(_route_place) = clients.route_event_streams.take(Some(name)) else {
-                    let detail = format!(
-                        "{} already has {} event stream subscribers",
-                        route.name, clients.limits.max_event_streams_per_route
-                    );
-                    let retry = Some(RETRY_AFTER_SECS);
-                    return respond::problem(session, 503, Some(&route.name), &detail, retry).await;
+                let retry = Some(RETRY_AFTER_SECS);
+                let _places = match clients.take_event_stream(client, &route.name) {
+                    Ok(places) => places,
+                    Err(EventStreamRefusal::Client) => {
+                        let detail = format!(
+                            "this client already follows {} event streams",
+                            clients.limits.max_event_streams_per_ip
+                        );
+                        return respond::problem(session, 429, Some(&route.name), &detail, retry)
+                            .await;
+                    }
+                    Err(EventStreamRefusal::Route) => {
+                        let detail = format!(
+                            "{} already has {} event stream subscribers",
+                            route.name, clients.limits.max_event_streams_per_route
+                        );
+                        return respond::problem(session, 503, Some(&route.name), &detail, retry)
+                            .await;
+                    }
                 };
                 sse::stream(session, route, self.clock.shutdown_signal()).await
             }

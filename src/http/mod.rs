@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`gate`] | the decision per request in `request_filter` (route lookup, the hot path) |
 //! | [`early_hold`] | holding requests for sleeping routes before Pingora reads them; client deadlines |
+//! | `early_events` | event streams served below Pingora's session, by the early hold |
 //! | [`body`] | request bodies that come too slowly (408) |
 //! | [`classify`] | a connection's first bytes: h2c preface, request head, what Pingora refuses |
 //! | [`clients`] | per-client deadlines and caps (connections, held requests, event streams) |
@@ -21,6 +22,7 @@ pub mod classify;
 pub mod clients;
 pub mod deadline;
 pub mod departure;
+mod early_events;
 pub mod early_hold;
 pub mod gate;
 mod handover;
