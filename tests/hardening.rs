@@ -47,16 +47,13 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
     started.elapsed()
 }
 
-/// The first line of the gateway's answer to `request` sent on a fresh connection, and how long
-/// it took.
-async fn status_line(gateway: &Gateway, request: &[u8]) -> (String, Duration) {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(gateway.address).await.unwrap();
-    stream.write_all(request).await.unwrap();
+/// Reads from `stream` until `whole` says the answer read so far is complete, or the gateway
+/// closes; panics after 10 s.
+async fn read_until(stream: &mut TcpStream, whole: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let mut answer = Vec::new();
-    let mut buffer = [0u8; 1024];
+    let mut buffer = [0u8; 4096];
     let read = async {
-        while !answer.windows(2).any(|w| w == b"\r\n") {
+        while !whole(&answer) {
             match stream.read(&mut buffer).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => answer.extend_from_slice(&buffer[..n]),
@@ -66,6 +63,19 @@ async fn status_line(gateway: &Gateway, request: &[u8]) -> (String, Duration) {
     tokio::time::timeout(Duration::from_secs(10), read)
         .await
         .expect("an answer within 10 s");
+    answer
+}
+
+/// The first line of the gateway's answer to `request` sent on a fresh connection, and how long
+/// it took.
+async fn status_line(gateway: &Gateway, request: &[u8]) -> (String, Duration) {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(gateway.address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let answer = read_until(&mut stream, |answer| {
+        answer.windows(2).any(|w| w == b"\r\n")
+    })
+    .await;
     let text = String::from_utf8_lossy(&answer);
     let line = text.lines().next().unwrap_or_default().to_string();
     (line, started.elapsed())
@@ -445,34 +455,22 @@ async fn open_event_stream(gateway: &Gateway, host: &str) -> (String, TcpStream)
         "GET /.idlewatcher/events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 4096];
-    let read = async {
-        loop {
-            let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let body = &text[end + 4..];
-                let length = text[..end].lines().find_map(|line| {
-                    line.strip_prefix("content-length:")
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                });
-                let whole = match length {
-                    Some(length) => body.len() >= length,
-                    None => body.contains("\n\n"),
-                };
-                if whole {
-                    break;
-                }
-            }
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buffer[..n]),
-            }
+    let answer = read_until(&mut stream, |answer| {
+        let text = String::from_utf8_lossy(answer).to_ascii_lowercase();
+        let Some(end) = text.find("\r\n\r\n") else {
+            return false;
+        };
+        let body = &text[end + 4..];
+        let length = text[..end].lines().find_map(|line| {
+            line.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        });
+        match length {
+            Some(length) => body.len() >= length,
+            None => body.contains("\n\n"),
         }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("an answer within 10 s");
+    })
+    .await;
     (String::from_utf8_lossy(&answer).into_owned(), stream)
 }
 
