@@ -20,10 +20,11 @@
 //!    request through. A wake that fails or times out is handed over the same way, and the gate
 //!    answers its 503 at once.
 //!
-//! Everything else — TLS, h2c, a head larger than 4 KiB, a ready route, a later
-//! request on a kept-alive connection — goes to the wrapped application at once, bytes put
-//! back, and the gate holds it in `request_filter` if it must (`hold_until_admitted` serves
-//! both). The early hold changes what a held request costs, never what it is answered.
+//! Everything else — TLS (HTTP/1.1 over TLS is served by this module's loop, with the same
+//! deadlines, but its requests are held by the gate), h2c and h2, a head larger than 4 KiB, a
+//! ready route, a later request on a kept-alive connection — goes to the wrapped application
+//! at once, bytes put back, and the gate holds it in `request_filter` if it must
+//! (`hold_until_admitted` serves both). The early hold changes what a held request costs, never what it is answered.
 //!
 //! Being first to see every connection, it also enforces the client deadlines and caps
 //! ([`Clients`](crate::http::clients::Clients)): a connection beyond `max_connections_per_ip` is
@@ -44,7 +45,7 @@ use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
@@ -139,9 +140,10 @@ struct HeldConnection {
 enum First {
     /// Its first request is to be held.
     Hold(HeldConnection),
-    /// HTTP/1, bytes put back: served here.
+    /// HTTP/1 (cleartext, bytes put back; or over TLS): served here.
     Http1(Stream),
-    /// Anything else (TLS, HTTP/2 prior knowledge), bytes put back: the wrapped application's.
+    /// Anything else (HTTP/2 by prior knowledge or by ALPN), bytes put back: the wrapped
+    /// application's.
     Other(Stream),
     /// The client left, sent nothing usable in time, or the head deadline passed.
     Gone,
@@ -196,7 +198,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
     /// Reads the first request of a new connection, until `deadline`.
     async fn first_request(&self, stream: Stream, deadline: Instant) -> First {
         if !stream.as_any().is::<TcpStream>() {
-            return First::Other(stream);
+            // TLS (handshake done by the listener): HTTP/2 by ALPN is Pingora's h2 server's;
+            // HTTP/1.1 is served here, with the same client deadlines as cleartext.
+            let http1 = stream.get_ssl_digest().is_some()
+                && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+            return if http1 {
+                First::Http1(stream)
+            } else {
+                First::Other(stream)
+            };
         }
         let client = client_ip(&stream);
         let Ok(mut stream) = stream.into_any().downcast::<TcpStream>() else {

@@ -13,6 +13,7 @@
 //! | [`page`], [`sse`], [`respond`] | the loading page, the event stream, framed answers |
 //! | [`retry`] | fail-fast and retries into a backend that just woke |
 //! | [`proxy`] | the bundled `ProxyHttp` the `idlewatcher` binary runs |
+//! | [`tls`] | HTTPS: certificates by SNI (re-readable), the TLS listeners |
 //!
 //! Waiting through a wake itself is not HTTP's: it is [`crate::wait`], shared with every front.
 
@@ -29,6 +30,7 @@ pub mod proxy;
 pub mod respond;
 pub mod retry;
 pub mod sse;
+pub mod tls;
 
 pub use early_hold::EarlyHold;
 pub use gate::{Asleep, GateContext, IdleGate, UnknownHost};

@@ -1,0 +1,116 @@
+//! HTTPS: the certificates the TLS listeners choose from by SNI, and the listeners themselves.
+//!
+//! TLS is terminated by Pingora's rustls listener (`pingora` feature `rustls`): TLS 1.2 and
+//! 1.3, ALPN `h2` then `http/1.1`. Pingora's `TlsSettings` takes one certificate file pair or
+//! a rustls [`ResolvesServerCert`]; several certificates chosen by SNI need the latter, so
+//! [`Certificates`] is one: the first certificate whose names cover the client's SNI (exact or
+//! wildcard, checked by webpki as a client would), else the first certificate (also when the
+//! client sends no SNI, as for an IP address).
+//!
+//! The certificate set sits behind an `ArcSwap`: [`Certificates::reload`] reads every file
+//! again and swaps the whole set at once (a bad file leaves the current set serving), so a
+//! configuration reload can re-read renewed certificates without touching the listeners. A
+//! handshake in progress keeps the set it started with.
+//!
+//! After the handshake the connection is a Pingora `Stream` like any other: the
+//! [`EarlyHold`](crate::http::EarlyHold) in front of the proxy serves HTTP/1.1 over TLS with the
+//! client deadlines and gives h2 to Pingora's HTTP/2 server; the gate sees the same requests
+//! either way.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::ALPN;
+use rustls::pki_types::ServerName;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::{load_certified_key, CertificateError, CertificateFiles, TlsConfig};
+use crate::http::proxy::LISTENER_READ_BUFFER;
+
+/// The certificates of the HTTPS listeners, picked by SNI; the first is the default.
+#[derive(Debug)]
+pub struct Certificates {
+    current: ArcSwap<Vec<Arc<CertifiedKey>>>,
+}
+
+/// Reads every pair of `files`, in order; the first failure names its file.
+fn load_all(files: &[CertificateFiles]) -> Result<Vec<Arc<CertifiedKey>>, CertificateError> {
+    files
+        .iter()
+        .map(|pair| load_certified_key(pair).map(Arc::new))
+        .collect()
+}
+
+impl Certificates {
+    /// Reads every certificate of `tls` (what `-t` checked: the same function reads them).
+    pub fn load(tls: &TlsConfig) -> Result<Arc<Self>, CertificateError> {
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(load_all(&tls.certificates)?),
+        }))
+    }
+
+    /// Reads the certificates of `tls` again (renewed files, or another list) and serves them
+    /// from the next handshake on. On error nothing changes: the set in use keeps serving.
+    /// Safe to call at any time, from any thread; meant for a configuration reload.
+    pub fn reload(&self, tls: &TlsConfig) -> Result<(), CertificateError> {
+        let fresh = load_all(&tls.certificates)?;
+        self.current.store(Arc::new(fresh));
+        Ok(())
+    }
+
+    /// How many certificates are served.
+    pub fn len(&self) -> usize {
+        self.current.load().len()
+    }
+
+    /// Whether no certificate is served (never, once loaded from a valid configuration).
+    pub fn is_empty(&self) -> bool {
+        self.current.load().is_empty()
+    }
+
+    /// The certificate for `sni`: the first whose names cover it, else the first of all.
+    pub fn for_name(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let set = self.current.load();
+        let named = sni
+            .and_then(|name| ServerName::try_from(name).ok())
+            .and_then(|name| set.iter().find(|key| covers(key, &name)));
+        named.or_else(|| set.first()).cloned()
+    }
+}
+
+/// Whether the leaf of `key` is valid for `name` (its SANs, wildcards as a client reads them).
+fn covers(key: &CertifiedKey, name: &ServerName<'_>) -> bool {
+    let Some(leaf) = key.cert.first() else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(leaf)
+        .is_ok_and(|leaf| leaf.verify_is_valid_for_subject_name(name).is_ok())
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.for_name(client_hello.server_name())
+    }
+}
+
+/// An HTTPS listener on `address` serving `certificates`: TLS 1.2+, ALPN h2 and http/1.1.
+/// Add it to the same service as the HTTP listeners
+/// ([`IdleProxy::service`](crate::http::IdleProxy::service)) so that it goes through the same
+/// early hold and gate.
+pub fn listener(
+    address: &str,
+    certificates: &Arc<Certificates>,
+) -> pingora::Result<ListenerConfig> {
+    // No files: the resolver replaces them (Pingora then reads none).
+    let mut settings = TlsSettings::intermediate("", "")?;
+    settings.set_cert_resolver(Arc::clone(certificates) as Arc<dyn ResolvesServerCert>);
+    settings.set_alpn(ALPN::H2H1);
+    // As for cleartext: no L4 read buffer under rustls, whose own record buffer is enough; a
+    // held connection does not keep 64 KiB for it.
+    Ok(ListenerConfig::tcp(address.to_string())
+        .tls(settings)
+        .l4_buffer(L4BufferSettings::default().read(LISTENER_READ_BUFFER)))
+}
