@@ -92,7 +92,9 @@ fn covers(key: &CertifiedKey, name: &ServerName<'_>) -> bool {
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.for_name(client_hello.server_name())
+        let sni = client_hello.server_name();
+        tracing::debug!(sni = sni.unwrap_or("(none)"), "TLS handshake");
+        self.for_name(sni)
     }
 }
 
