@@ -143,6 +143,56 @@ async fn an_http1_client_over_tls_is_held_and_proxied_and_a_browser_navigation_g
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_tls_client_that_leaves_gives_its_place_back_and_the_next_is_served() {
+    let sites = SiteCa::new();
+    let leaf = sites.leaf("site", &["tlsgone.test"]);
+    // A backend that takes a while to listen: requests wait through its wake.
+    let container =
+        TestContainer::with_cmd("tls-gone", &["sh", "-c", "sleep 4; exec /bin/serve"]).await;
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], common::gateway::free_port()).into();
+    let config = tls_route("tlsgone", &container.name, &[&leaf]).replace(
+        "  routes:\n",
+        &format!("  admin: {{ listen: \"{admin}\" }}\n  routes:\n"),
+    );
+    let gateway = Gateway::start(&config).await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(sites.client_config(&[b"http/1.1"])));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(gateway.tls_address.unwrap())
+            .await
+            .unwrap();
+        let name = ServerName::try_from("tlsgone.test").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: tlsgone.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        tls
+    };
+    let wait_held = |n: u64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while held(admin).await != n {
+            assert!(std::time::Instant::now() < deadline, "never {n} held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // One client leaves while held: its place is given back (its end seen on the socket
+    // under TLS, nothing read).
+    let leaving = connect().await;
+    wait_held(1).await;
+    drop(leaving);
+    wait_held(0).await;
+    // Another is held, then answered by the backend with its request intact.
+    let mut staying = connect().await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), staying.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(INDEX_BODY), "{answer}");
+}
+
 /// Accepts any server certificate (the test checks which one it was itself).
 #[derive(Debug)]
 struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
@@ -367,9 +417,7 @@ fn bad_certificate_files_are_named_with_their_line_by_the_check() {
     let (ok, output) = check(&text);
     assert!(!ok, "rejected:\n{output}");
     let expect = [
-        format!(
-            "line 4: key \"idlewatcher.tls.listen\": address \"127.0.0.1:1\" clashes with \"127.0.0.1:1\", an HTTP listen address"
-        ),
+        "line 4: key \"idlewatcher.tls.listen\": address \"127.0.0.1:1\" clashes with \"127.0.0.1:1\", an HTTP listen address".to_string(),
         format!(
             "line 6, column 17: key \"idlewatcher.tls.certificates[0].cert\": cannot read \"{}\"",
             missing.display()
@@ -492,4 +540,154 @@ async fn chromium_opens_the_loading_page_over_https_and_lands_on_the_backend() {
         "the browser sent the route's host as SNI:\n{}",
         gateway.logs()
     );
+}
+
+/// The gateway's resident memory, KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// `idlewatcher_requests_held` of the route, from the admin listener's `/metrics`.
+async fn held(admin: std::net::SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|line| line.starts_with("idlewatcher_requests_held{"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}
+
+/// How a held request reaches the gateway.
+#[derive(Clone, Copy, Debug)]
+enum Carrier {
+    /// HTTP/1.1 on a cleartext connection (held by the early hold).
+    Cleartext,
+    /// HTTP/1.1 over TLS, one connection per request.
+    Tls,
+    /// HTTP/2 over TLS, `per_connection` requests (streams) on each connection.
+    H2 { per_connection: usize },
+}
+
+/// Holds `count` requests carried by `carrier` on a route whose backend never listens, and
+/// returns the gateway's extra resident memory per held request, in bytes.
+async fn bytes_per_held(carrier: Carrier, count: usize) -> f64 {
+    let sites = SiteCa::new();
+    let leaf = sites.leaf("site", &["mem.test"]);
+    let container = TestContainer::with_cmd("tls-mem", &["sleep", "3600"]).await;
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], common::gateway::free_port()).into();
+    let config = tls_route("mem", &container.name, &[&leaf]).replace(
+        "  routes:\n",
+        &format!("  admin: {{ listen: \"{admin}\" }}\n  routes:\n"),
+    ) + "      wake_timeout: 10m\n      max_waiters: 100000\n";
+    let gateway = Gateway::start(&config).await;
+    let pid = gateway.pid();
+    // Warm up the allocator and the runtime: one request of each kind answered (status).
+    let client = https_client(&gateway, &sites);
+    for _ in 0..4 {
+        let _ = client
+            .get(gateway.https_url("mem.test", "/.idlewatcher/status"))
+            .send()
+            .await
+            .unwrap();
+        let _ = gateway.status("mem.test").await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid);
+    let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    let mut pending = tokio::task::JoinSet::new();
+    let request = b"GET / HTTP/1.1\r\nHost: mem.test\r\nAccept: */*\r\n\r\n";
+    match carrier {
+        Carrier::Cleartext => {
+            for _ in 0..count {
+                let mut tcp = tokio::net::TcpStream::connect(gateway.address)
+                    .await
+                    .unwrap();
+                tcp.write_all(request).await.unwrap();
+                keep.push(Box::new(tcp));
+            }
+        }
+        Carrier::Tls => {
+            let config = Arc::new(sites.client_config(&[b"http/1.1"]));
+            let address = gateway.tls_address.unwrap();
+            for _ in 0..count {
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+                let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+                let name = ServerName::try_from("mem.test").unwrap();
+                let mut tls = connector.connect(name, tcp).await.unwrap();
+                tls.write_all(request).await.unwrap();
+                keep.push(Box::new(tls));
+            }
+        }
+        Carrier::H2 { per_connection } => {
+            let url = gateway.https_url("mem.test", "/");
+            for i in 0..count {
+                if i % per_connection == 0 {
+                    keep.push(Box::new(https_client(&gateway, &sites)));
+                }
+                let client = keep
+                    .last()
+                    .and_then(|c| c.downcast_ref::<reqwest::Client>())
+                    .unwrap()
+                    .clone();
+                let url = url.clone();
+                pending.spawn(async move {
+                    let _ = client.get(&url).send().await;
+                });
+                if i % 100 == 99 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while held(admin).await < count as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{carrier:?}: only {} of {count} held",
+            held(admin).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid);
+    let per_request = (after.saturating_sub(before) * 1024) as f64 / count as f64;
+    println!(
+        "MEASURE held {carrier:?}: {count} requests, RSS {before} → {after} KiB: {per_request:.0} bytes per held request"
+    );
+    pending.abort_all();
+    drop(keep);
+    per_request
+}
+
+/// Not a check: the memory a held request costs over each carrier (BENCHMARKS.md, "Memory per
+/// held request by carrier"). Run with
+/// `cargo test --release --test tls -- --ignored --nocapture memory_per_held_request`
+/// (`HELD=N` to change the count, default 2,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: run by hand (BENCHMARKS.md)"]
+async fn memory_per_held_request() {
+    let count: usize = std::env::var("HELD")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000);
+    for carrier in [
+        Carrier::Cleartext,
+        Carrier::Tls,
+        Carrier::H2 { per_connection: 1 },
+        Carrier::H2 {
+            per_connection: 100,
+        },
+    ] {
+        bytes_per_held(carrier, count).await;
+    }
 }
