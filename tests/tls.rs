@@ -576,6 +576,10 @@ enum Carrier {
     Tls,
     /// HTTP/2 over TLS, `per_connection` requests (streams) on each connection.
     H2 { per_connection: usize },
+    /// A TLS connection, handshake done, no request (what TLS alone costs).
+    TlsIdle,
+    /// A cleartext connection, no request.
+    CleartextIdle,
 }
 
 /// Holds `count` requests carried by `carrier` on a route whose backend never listens, and
@@ -607,16 +611,18 @@ async fn bytes_per_held(carrier: Carrier, count: usize) -> f64 {
     let mut pending = tokio::task::JoinSet::new();
     let request = b"GET / HTTP/1.1\r\nHost: mem.test\r\nAccept: */*\r\n\r\n";
     match carrier {
-        Carrier::Cleartext => {
+        Carrier::Cleartext | Carrier::CleartextIdle => {
             for _ in 0..count {
                 let mut tcp = tokio::net::TcpStream::connect(gateway.address)
                     .await
                     .unwrap();
-                tcp.write_all(request).await.unwrap();
+                if matches!(carrier, Carrier::Cleartext) {
+                    tcp.write_all(request).await.unwrap();
+                }
                 keep.push(Box::new(tcp));
             }
         }
-        Carrier::Tls => {
+        Carrier::Tls | Carrier::TlsIdle => {
             let config = Arc::new(sites.client_config(&[b"http/1.1"]));
             let address = gateway.tls_address.unwrap();
             for _ in 0..count {
@@ -624,7 +630,9 @@ async fn bytes_per_held(carrier: Carrier, count: usize) -> f64 {
                 let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
                 let name = ServerName::try_from("mem.test").unwrap();
                 let mut tls = connector.connect(name, tcp).await.unwrap();
-                tls.write_all(request).await.unwrap();
+                if matches!(carrier, Carrier::Tls) {
+                    tls.write_all(request).await.unwrap();
+                }
                 keep.push(Box::new(tls));
             }
         }
@@ -649,8 +657,12 @@ async fn bytes_per_held(carrier: Carrier, count: usize) -> f64 {
             }
         }
     }
+    let expected = match carrier {
+        Carrier::TlsIdle | Carrier::CleartextIdle => 0,
+        _ => count as u64,
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while held(admin).await < count as u64 {
+    while held(admin).await < expected {
         assert!(
             std::time::Instant::now() < deadline,
             "{carrier:?}: only {} of {count} held",
@@ -660,9 +672,10 @@ async fn bytes_per_held(carrier: Carrier, count: usize) -> f64 {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = rss_kib(pid);
+    assert_eq!(held(admin).await, expected, "{carrier:?}: held requests");
     let per_request = (after.saturating_sub(before) * 1024) as f64 / count as f64;
     println!(
-        "MEASURE held {carrier:?}: {count} requests, RSS {before} → {after} KiB: {per_request:.0} bytes per held request"
+        "MEASURE {carrier:?}: {count} connections or requests, RSS {before} → {after} KiB: {per_request:.0} bytes each"
     );
     pending.abort_all();
     drop(keep);
@@ -681,7 +694,9 @@ async fn memory_per_held_request() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(2000);
     for carrier in [
+        Carrier::CleartextIdle,
         Carrier::Cleartext,
+        Carrier::TlsIdle,
         Carrier::Tls,
         Carrier::H2 { per_connection: 1 },
         Carrier::H2 {
