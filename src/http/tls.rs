@@ -116,3 +116,63 @@ pub fn listener(
         .tls(settings)
         .l4_buffer(L4BufferSettings::default().read(LISTENER_READ_BUFFER)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `names`, written to `dir` as `stem.pem`, `stem.key`.
+    fn pair(dir: &std::path::Path, stem: &str, names: &[&str]) -> CertificateFiles {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let files = CertificateFiles {
+            cert: dir.join(format!("{stem}.pem")),
+            key: dir.join(format!("{stem}.key")),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    fn leaf_of(key: &CertifiedKey) -> Vec<u8> {
+        key.cert[0].to_vec()
+    }
+
+    #[test]
+    fn the_sni_picks_the_covering_certificate_else_the_first_and_reload_swaps_the_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = pair(dir.path(), "a", &["a.test", "*.a.test"]);
+        let b = pair(dir.path(), "b", &["b.test"]);
+        let mut tls = TlsConfig {
+            listen: vec!["127.0.0.1:0".to_string()],
+            certificates: vec![a.clone(), b.clone()],
+        };
+        let certificates = Certificates::load(&tls).unwrap();
+        assert_eq!(certificates.len(), 2);
+        let a_leaf = leaf_of(&certificates.for_name(Some("a.test")).unwrap());
+        let b_leaf = leaf_of(&certificates.for_name(Some("b.test")).unwrap());
+        assert_ne!(a_leaf, b_leaf);
+        let leaf = |sni| leaf_of(&certificates.for_name(sni).unwrap());
+        assert_eq!(leaf(Some("www.a.test")), a_leaf, "wildcard");
+        assert_eq!(leaf(Some("B.TEST")), b_leaf, "names are case-insensitive");
+        assert_eq!(leaf(Some("x.www.a.test")), a_leaf, "not covered: the first");
+        assert_eq!(leaf(Some("other.test")), a_leaf, "unknown: the first");
+        assert_eq!(leaf(None), a_leaf, "no SNI: the first");
+
+        // Reloaded in the other order: b is the default now.
+        tls.certificates = vec![b.clone(), a.clone()];
+        certificates.reload(&tls).unwrap();
+        assert_eq!(leaf(Some("other.test")), b_leaf);
+        assert_eq!(leaf(Some("a.test")), a_leaf);
+        // A file gone: an error naming it, and the set in use keeps serving.
+        std::fs::remove_file(&a.key).unwrap();
+        let error = certificates.reload(&tls).unwrap_err();
+        assert!(error.to_string().contains("a.key"), "{error}");
+        assert_eq!(leaf(Some("other.test")), b_leaf);
+        assert_eq!(certificates.len(), 2);
+    }
+}
