@@ -7,7 +7,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use tracing_subscriber::EnvFilter;
 
-use idlewatcher::http::IdleProxy;
+use idlewatcher::http::{tls, IdleProxy};
 use idlewatcher::{config, listen, IdleWatcher};
 
 /// The configuration used when `-c` is not given.
@@ -68,6 +68,7 @@ fn main() -> ExitCode {
         let mut addresses: Vec<(listen::Transport, String)> = gateway
             .listen
             .iter()
+            .chain(gateway.tls.iter().flat_map(|tls| &tls.listen))
             .chain(gateway.admin.as_ref().map(|admin| &admin.listen))
             .map(|address| (listen::Transport::Tcp, address.clone()))
             .collect();
@@ -115,11 +116,31 @@ fn main() -> ExitCode {
         }
     };
 
-    let proxy = IdleProxy::service(
+    let mut proxy = IdleProxy::service(
         Arc::clone(idle.idle_gate()),
         &server.configuration,
         &config.gateway.listen,
     );
+    // HTTPS: the same service (early hold, gate, proxy) behind TLS listeners. The files were
+    // checked by the configuration; read again here, they may have changed since.
+    if let Some(tls_config) = &config.gateway.tls {
+        let certificates = match tls::Certificates::load(tls_config) {
+            Ok(certificates) => certificates,
+            Err(error) => {
+                eprintln!("idlewatcher: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for address in &tls_config.listen {
+            match tls::listener(address, &certificates) {
+                Ok(listener) => proxy.add_listener(listener),
+                Err(error) => {
+                    eprintln!("idlewatcher: cannot listen for HTTPS on {address}: {error}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     server.add_service(proxy);
     for service in idle.background_services() {
         server.add_boxed_service(service);
@@ -127,6 +148,7 @@ fn main() -> ExitCode {
     tracing::info!(
         routes = idle.routes().load().len(),
         listen = ?config.gateway.listen,
+        tls = ?config.gateway.tls.as_ref().map(|tls| &tls.listen),
         admin = config.gateway.admin.as_ref().map_or("off", |admin| admin.listen.as_str()),
         "idlewatcher started"
     );

@@ -75,7 +75,7 @@ fn check_hosts(drafts: &[RouteDraft], errors: &mut Vec<ConfigError>) {
 
 /// Whether two sockets of the same protocol could not both be bound: same port, and the same
 /// address or a wildcard (`0.0.0.0`, `[::]`) on either side.
-fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+pub(crate) fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 

@@ -7,12 +7,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::checks::check_routes;
+use super::certs::{load_certified_key, CertificateFiles};
+use super::checks::{check_routes, overlaps};
 use super::error::ConfigError;
 use super::fields::Fields;
 use super::model::{
     AdminConfig, BackendConfig, ClientLimits, DockerEngine, GatewayConfig, ProxmoxConfig, PveTrust,
-    RouteConfig, StopMethod, TokenSecret,
+    RouteConfig, StopMethod, TlsConfig, TokenSecret,
 };
 use super::route::{
     docker_engine, draft_route, peek_name, RouteDefaults, RouteDraft, INHERIT_KEYS, ROUTE_KEYS,
@@ -21,11 +22,12 @@ use super::values::{
     boolean, count, existing_file, integer, non_empty, path_prefix, positive_duration,
     pve_token_id, pve_url, sha256_fingerprint, socket_addr, tick, DEFAULT_PATH_PREFIX,
 };
-use super::yaml::{Node, Value};
+use super::yaml::{Node, Position, Value};
 
 /// Keys of the `idlewatcher:` section.
 pub(crate) const GATEWAY_KEYS: &[&str] = &[
     "listen",
+    "tls",
     "path_prefix",
     "admin",
     "docker",
@@ -88,11 +90,22 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
         }
         None => vec![DEFAULT_LISTEN.to_string()],
     };
+    let tls = f.sub("tls", &["listen", "certificates"]).and_then(|mut t| {
+        let tls = parse_tls(&mut t, &listen);
+        f.absorb(t);
+        tls
+    });
     let path_prefix = f
         .get("path_prefix", path_prefix)
         .unwrap_or_else(|| DEFAULT_PATH_PREFIX.to_string());
+    // The public listeners, HTTP and HTTPS: the admin listener and streams need others.
+    let public: Vec<String> = listen
+        .iter()
+        .chain(tls.iter().flat_map(|tls| &tls.listen))
+        .cloned()
+        .collect();
     let admin = f.sub("admin", &["listen", "token_file"]).and_then(|mut a| {
-        let admin = parse_admin(&mut a, &listen);
+        let admin = parse_admin(&mut a, &public);
         f.absorb(a);
         admin
     });
@@ -142,6 +155,12 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
                 .iter()
                 .map(|addr| (addr.clone(), "HTTP listen address (idlewatcher.listen)"))
                 .collect();
+            for addr in tls.iter().flat_map(|tls| &tls.listen) {
+                taken.push((
+                    addr.clone(),
+                    "HTTPS listen address (idlewatcher.tls.listen)",
+                ));
+            }
             if let Some(admin) = &admin {
                 taken.push((
                     admin.listen.clone(),
@@ -169,6 +188,7 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
     parent.absorb(f);
     Some(GatewayConfig {
         listen,
+        tls,
         path_prefix,
         admin,
         docker,
@@ -246,7 +266,7 @@ fn parse_admin(a: &mut Fields, public: &[String]) -> Option<AdminConfig> {
     let listen = a.required("listen", socket_addr)?;
     let token_file = a.get("token_file", existing_file);
     let at = listen_at.unwrap_or_else(|| a.position());
-    if public.contains(&listen) {
+    if public.iter().any(|other| same_port(other, &listen)) {
         a.error_at(
             "listen",
             at,
@@ -266,6 +286,122 @@ fn parse_admin(a: &mut Fields, public: &[String]) -> Option<AdminConfig> {
         );
     }
     Some(AdminConfig { listen, token_file })
+}
+
+/// Whether two listen addresses (`ip:port`, already validated) could not both be bound.
+fn same_port(a: &str, b: &str) -> bool {
+    match (a.parse(), b.parse()) {
+        (Ok(a), Ok(b)) => overlaps(&a, &b),
+        _ => a == b,
+    }
+}
+
+/// The `tls:` section `t`: HTTPS listen addresses (none shared with the HTTP ones or each
+/// other) and at least one certificate, each pair read and matched now so that `-t` names a
+/// missing, malformed or mismatched file at its line.
+fn parse_tls(t: &mut Fields, http: &[String]) -> Option<TlsConfig> {
+    let listen = t.list(
+        "listen",
+        socket_addr,
+        Some("must list at least one address"),
+    );
+    if listen.is_none() && !t.has_error_for("idlewatcher.tls.listen") {
+        t.missing("listen");
+    }
+    let listen = listen.unwrap_or_default();
+    for (i, (addr, at)) in listen.iter().enumerate() {
+        if let Some((earlier, _)) = listen[..i].iter().find(|(e, _)| same_port(e, addr)) {
+            let message = if earlier == addr {
+                format!("address \"{addr}\" is listed twice")
+            } else {
+                format!("address \"{addr}\" clashes with \"{earlier}\", listed before")
+            };
+            t.error_at("listen", *at, message);
+        } else if let Some(plain) = http.iter().find(|plain| same_port(plain, addr)) {
+            t.error_at(
+                "listen",
+                *at,
+                format!("address \"{addr}\" clashes with \"{plain}\", an HTTP listen address (idlewatcher.listen); HTTPS needs its own"),
+            );
+        }
+    }
+    let certificates = match t.raw("certificates") {
+        None => {
+            t.missing_because(
+                "certificates",
+                "required key is missing: list at least one { cert: FILE.pem, key: FILE.key }",
+            );
+            None
+        }
+        Some(Node {
+            value: Value::Sequence(items),
+            line,
+            column,
+        }) => {
+            if items.is_empty() {
+                let at = Position { line, column };
+                t.error_at(
+                    "certificates",
+                    at,
+                    "must list at least one { cert: FILE.pem, key: FILE.key }",
+                );
+            }
+            let mut certificates = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                let path = format!("idlewatcher.tls.certificates[{i}]");
+                match Fields::new(item, None, &path, &["cert", "key"]) {
+                    Ok(mut c) => {
+                        if let Some(files) = parse_certificate(&mut c) {
+                            certificates.push(files);
+                        }
+                        t.absorb(c);
+                    }
+                    Err(error) => t.push(error),
+                }
+            }
+            Some(certificates)
+        }
+        Some(other) => {
+            t.error_at(
+                "certificates",
+                other.position(),
+                format!(
+                    "expected a list of {{ cert, key }} pairs, got {}",
+                    other.value.describe()
+                ),
+            );
+            None
+        }
+    };
+    Some(TlsConfig {
+        listen: listen.into_iter().map(|(addr, _)| addr).collect(),
+        certificates: certificates?,
+    })
+}
+
+/// One `{ cert, key }` pair of `tls.certificates`: both files exist, parse as PEM, and the key
+/// is the certificate's. A problem is located at the file at fault (the key's, for a pair that
+/// does not match).
+fn parse_certificate(c: &mut Fields) -> Option<CertificateFiles> {
+    let cert_at = c.value_position("cert");
+    let key_at = c.value_position("key");
+    let cert = c.required("cert", existing_file);
+    let key = c.required("key", existing_file);
+    let files = CertificateFiles {
+        cert: cert?,
+        key: key?,
+    };
+    if let Err(error) = load_certified_key(&files) {
+        let (key, at) = if error.is_about_key(&files) {
+            ("key", key_at)
+        } else {
+            ("cert", cert_at)
+        };
+        let at: Position = at.unwrap_or_else(|| c.position());
+        c.error_at(key, at, error.to_string());
+        return None;
+    }
+    Some(files)
 }
 
 /// The `clients:` section `c`: every key optional, defaults from [`ClientLimits::default`].

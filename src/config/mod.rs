@@ -12,6 +12,7 @@
 //! | [`yaml`] | the document as a tree of [`Node`]s with positions (`saphyr-parser`, merge keys) |
 //! | `fields` | walking a mapping key by key, recording every problem at its position |
 //! | `values` | what a duration, address, host, status, signal… may look like |
+//! | [`certs`] | one HTTPS certificate and key pair, read and matched (also what the listeners load) |
 //! | `server` | Pingora's top-level keys, checked through its own `ServerConf` |
 //! | `gateway` | the `idlewatcher:` section and its list of routes |
 //! | `route` | one route, from the file or from any mapping ([`parse_route`]) |
@@ -28,6 +29,7 @@
 //! mapping, for a missing key. Pingora's keys are not listed here: they are derived from
 //! `ServerConf` itself.
 
+pub mod certs;
 mod checks;
 mod error;
 mod fields;
@@ -43,11 +45,12 @@ mod tests;
 
 use std::path::Path;
 
+pub use certs::{load_certified_key, CertificateError, CertificateFiles};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminConfig, BackendConfig, ClientLimits, Config, Dependency, DependencyCondition,
     DockerEngine, GatewayConfig, HealthCheck, ProxmoxConfig, PveTrust, RouteConfig, StopMethod,
-    StreamConfig, StreamProtocol, StreamSettings, TokenSecret, Written,
+    StreamConfig, StreamProtocol, StreamSettings, TlsConfig, TokenSecret, Written,
 };
 pub use route::{parse_route, RouteDefaults};
 pub use yaml::Node;

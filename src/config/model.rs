@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::certs::CertificateFiles;
 use crate::config::yaml::Position;
 
 /// The whole validated configuration: what [`load`](super::load) hands the gateway, so that
@@ -30,6 +31,8 @@ pub struct Config {
 pub struct GatewayConfig {
     /// Addresses the gateway listens on (`listen`), default `["0.0.0.0:8080"]`.
     pub listen: Vec<String>,
+    /// The HTTPS listeners and their certificates (`tls:`); `None` = no HTTPS.
+    pub tls: Option<TlsConfig>,
     /// Prefix of the internal endpoints (`path_prefix`), default `/.idlewatcher/`. Always starts
     /// and ends with `/`.
     pub path_prefix: String,
@@ -48,6 +51,19 @@ pub struct GatewayConfig {
     pub clients: ClientLimits,
     /// The routes, in file order, with `defaults` applied.
     pub routes: Vec<RouteConfig>,
+}
+
+/// The `tls:` section: HTTPS listeners (HTTP/2 and HTTP/1.1 by ALPN) and the certificates they
+/// choose from by SNI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Addresses of the HTTPS listeners (`listen`), at least one, none shared with another
+    /// listener.
+    pub listen: Vec<String>,
+    /// Certificate and key pairs (`certificates`), at least one; each checked when the file
+    /// is validated. The first is served to clients naming no host, or one no certificate
+    /// covers.
+    pub certificates: Vec<CertificateFiles>,
 }
 
 /// The `admin:` section: where the operator's API and the metrics listen, and who may use them.

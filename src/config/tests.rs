@@ -1839,3 +1839,103 @@ fn the_clients_section_has_nginx_like_defaults_and_checked_keys() {
     );
     assert!(e.iter().all(|e| e.line.is_some()), "{e:?}");
 }
+
+/// A self-signed certificate for `name` and its key, written as `name.pem` and `name.key` in
+/// `dir`: (cert, key) paths.
+fn write_certificate(dir: &Path, name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_path = dir.join(format!("{name}.pem"));
+    let key_path = dir.join(format!("{name}.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    )
+}
+
+#[test]
+fn tls_is_off_by_default_and_parsed_with_its_certificates() {
+    assert_eq!(valid("idlewatcher:\n  routes: []\n").gateway.tls, None);
+    let dir = tempfile::tempdir().unwrap();
+    let (a_cert, a_key) = write_certificate(dir.path(), "a.test");
+    let (b_cert, b_key) = write_certificate(dir.path(), "b.test");
+    let text = format!(
+        "idlewatcher:\n  tls:\n    listen: [\"0.0.0.0:8443\", \"[::1]:8444\"]\n    certificates:\n      - {{ cert: {a_cert}, key: {a_key} }}\n      - {{ cert: {b_cert}, key: {b_key} }}\n  routes: []\n"
+    );
+    let tls = valid(&text).gateway.tls.unwrap();
+    assert_eq!(tls.listen, ["0.0.0.0:8443", "[::1]:8444"]);
+    assert_eq!(
+        tls.certificates,
+        [
+            CertificateFiles {
+                cert: a_cert.into(),
+                key: a_key.into()
+            },
+            CertificateFiles {
+                cert: b_cert.into(),
+                key: b_key.into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn tls_shapes_and_clashes_are_errors_at_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_certificate(dir.path(), "a.test");
+    let e = errors("idlewatcher:\n  tls:\n    listen: []\n    certificates: []\n");
+    has(&e, None, "idlewatcher.tls.listen", "at least one address");
+    has(&e, None, "idlewatcher.tls.certificates", "at least one");
+    let e = errors("idlewatcher:\n  tls:\n    listen: 0.0.0.0:8443\n    certificates: x\n");
+    has(&e, None, "idlewatcher.tls.certificates", "expected a list");
+    let e = errors(
+        "idlewatcher:\n  tls:\n    listen: [\"0.0.0.0:8443\", \"127.0.0.1:8443\"]\n    certificates: [x]\n",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.tls.listen",
+        "clashes with \"0.0.0.0:8443\"",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.tls.certificates[0]",
+        "expected a mapping",
+    );
+    let e = errors("idlewatcher:\n  tls:\n    listen: [\"0.0.0.0:8443\"]\n    certificates:\n      - { cert: /nonexistent.pem }\n");
+    has(
+        &e,
+        None,
+        "idlewatcher.tls.certificates[0].cert",
+        "cannot read \"/nonexistent.pem\"",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.tls.certificates[0].key",
+        "required key is missing",
+    );
+    // A TCP stream may not take an HTTPS address.
+    let text = format!(
+        "idlewatcher:\n  tls:\n    listen: [\"0.0.0.0:8443\"]\n    certificates:\n      - {{ cert: {cert}, key: {key} }}\n  routes:\n    - name: db\n      docker: {{ container: db }}\n      streams:\n        - {{ listen: \"127.0.0.1:8443\", port: 5432 }}\n"
+    );
+    let e = errors(&text);
+    has(
+        &e,
+        Some("db"),
+        "streams.listen",
+        "the HTTPS listen address (idlewatcher.tls.listen)",
+    );
+    let tls_error = e
+        .iter()
+        .find(|e| e.key == "streams.listen")
+        .unwrap()
+        .clone();
+    assert_eq!(tls_error.line, Some(10));
+}

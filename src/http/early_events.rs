@@ -3,7 +3,7 @@
 //! A loading page follows its route's wake over `{prefix}events`; a thousand open tabs are a
 //! thousand long-lived streams. Served through the gate, each is a whole Pingora session (its
 //! connection task, the proxy's boxed futures, buffers: ≈ 28 KiB). When the early hold sees a
-//! cleartext HTTP/1 connection whose first request is `GET {prefix}events` on a route's host,
+//! HTTP/1 connection (cleartext, or TLS that chose HTTP/1.1) whose first request is `GET {prefix}events` on a route's host,
 //! it serves the stream itself on the bare connection instead: a small task with the stream, its
 //! two cap places and [`sse::serve`](crate::http::sse::serve), the same loop the gate runs. The
 //! answer is the same (status, headers, frames), delimited by the connection's close
@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::Stream;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -28,8 +28,9 @@ cache-control: no-store\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
 /// A connection whose first request subscribes to `route`'s events after `last_id`.
 pub(crate) struct EventConnection {
-    /// The bare connection (the request's bytes read and not put back: it is answered here).
-    pub stream: Box<TcpStream>,
+    /// The bare connection, cleartext or TLS (the request's bytes read and not put back: it is
+    /// answered here).
+    pub stream: Stream,
     /// The route whose events it follows (kept even if a newer table drops it).
     pub route: Arc<Route>,
     /// `Last-Event-ID` (or `?last_event_id=`).
@@ -61,7 +62,7 @@ pub(crate) async fn serve(
 }
 
 /// An event stream's frames written straight to the connection.
-struct BareSink(Box<TcpStream>);
+struct BareSink(Stream);
 
 impl EventSink for BareSink {
     async fn send(&mut self, frames: Bytes) -> Result<()> {

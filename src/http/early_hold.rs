@@ -6,14 +6,16 @@
 //! HTTP application (a [`ServerApp`]) to hold them for a fraction of that (≈ 5 kB each, most of
 //! it Pingora's per-connection state before the first byte; BENCHMARKS.md):
 //!
-//! 1. On a new cleartext connection it reads the request head (as Pingora would, up to 4 KiB)
-//!    and parses it with `httparse`.
+//! 1. On a new connection — cleartext, or TLS that chose HTTP/1.1 by ALPN (the listener did
+//!    the handshake) — it reads the request head (as Pingora would, up to 4 KiB) and parses
+//!    it with `httparse`.
 //! 2. If the gate would hold this request — its route is asleep, it is not an internal
 //!    endpoint, not a browser navigation, not refused by `start_endpoint` — the bare connection
 //!    waits in a small task of its own (≈ 1 kB: the bytes read and the wait), and the connection
 //!    task Pingora spawned ends. Of Pingora, only the L4 stream remains.
 //! 3. Once the backend is ready and the request has its place in the slow-start window
-//!    ([`release`](crate::backend::release)), the bytes are put back into the stream (`rewind`) and the
+//!    ([`release`](crate::backend::release)), the bytes are put back into the stream (`rewind`;
+//!    in front of a TLS stream, [`Rewound`]) and the
 //!    connection goes to the wrapped application as if just accepted: Pingora parses the same
 //!    head, the body is still unread and streams upstream intact. The gate finds the
 //!    admission (in-flight guard and window place, handed over in a task-local) and lets the
@@ -23,7 +25,8 @@
 //! A first request that subscribes to a route's events (`GET {prefix}events`) is served here
 //! too, on the bare connection, for the same reason ([`early_events`](super::early_events)).
 //!
-//! Everything else — TLS, h2c, a head larger than 4 KiB, a ready route, a later
+//! Everything else — HTTP/2 (h2c, or h2 by ALPN: its streams share one connection, so one
+//! cannot be held below the session), a head larger than 4 KiB, a ready route, a later
 //! request on a kept-alive connection — goes to the wrapped application at once, bytes put
 //! back, and the gate holds it in `request_filter` if it must (`hold_until_admitted` serves
 //! both). The early hold changes what a held request costs, never what it is answered.
@@ -39,7 +42,7 @@
 //! ([`classify`](crate::http::classify)).
 
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,9 +50,9 @@ use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 use crate::http::classify::{self, Preface};
@@ -59,6 +62,7 @@ use crate::http::departure;
 use crate::http::early_events::{self, EventConnection};
 use crate::http::gate::{Asleep, IdleGate};
 use crate::http::handover::{self, Handover};
+use crate::http::rewound::Rewound;
 use crate::http::sse;
 use crate::routes::Route;
 use crate::wait::{hold_until_admitted, HoldOutcome};
@@ -146,9 +150,48 @@ enum Head {
     Incomplete,
 }
 
+/// The stream of a held connection, as it came.
+enum HeldStream {
+    /// Cleartext: the bytes go back into the L4 stream itself.
+    Tcp(Box<TcpStream>),
+    /// TLS (HTTP/1.1 by ALPN): the bytes were decrypted above the L4 stream, so they go back
+    /// in front of it ([`Rewound`]).
+    Tls(Stream),
+}
+
+impl HeldStream {
+    /// The socket underneath, to watch for the client leaving. A Pingora stream's id is its
+    /// socket's descriptor (the L4 stream's, which its TLS stream reports as its own).
+    fn fd(&self) -> RawFd {
+        match self {
+            HeldStream::Tcp(stream) => stream.as_raw_fd(),
+            HeldStream::Tls(stream) => stream.id(),
+        }
+    }
+
+    /// The stream, with `head` to be read again first.
+    fn put_back(self, head: Vec<u8>) -> Stream {
+        match self {
+            HeldStream::Tcp(mut stream) => {
+                stream.rewind(&head);
+                stream
+            }
+            HeldStream::Tls(stream) => Box::new(Rewound::new(stream, head)),
+        }
+    }
+
+    /// The stream as it is (its head consumed: answered here).
+    fn into_stream(self) -> Stream {
+        match self {
+            HeldStream::Tcp(stream) => stream,
+            HeldStream::Tls(stream) => stream,
+        }
+    }
+}
+
 /// A connection whose first request is to be held: its stream and the bytes read from it.
 struct HeldConnection {
-    stream: Box<TcpStream>,
+    stream: HeldStream,
     head: Vec<u8>,
     to_hold: ToHold,
     client: Option<IpAddr>,
@@ -158,15 +201,32 @@ struct HeldConnection {
 enum First {
     /// Its first request is to be held.
     Hold(HeldConnection),
-    /// Its first request subscribes to a route's events (its head bytes, to put back if a cap
+    /// Its first request subscribes to a route's events (with its head, to put back if a cap
     /// sends it to the gate instead).
-    Events(EventConnection, Vec<u8>, Option<IpAddr>),
-    /// HTTP/1, bytes put back: served here.
+    Events(HeldStream, Vec<u8>, ToStream, Option<IpAddr>),
+    /// HTTP/1 (cleartext or over TLS), bytes put back: served here.
     Http1(Stream),
-    /// Anything else (TLS, HTTP/2 prior knowledge), bytes put back: the wrapped application's.
+    /// Anything else (HTTP/2 by prior knowledge or by ALPN), bytes put back: the wrapped
+    /// application's.
     Other(Stream),
     /// The client left, sent nothing usable in time, or the head deadline passed.
     Gone,
+}
+
+/// A connection whose first request the early hold takes on: held, or its event stream served.
+fn taken_on(stream: HeldStream, mut head: Vec<u8>, early: Early, client: Option<IpAddr>) -> First {
+    match early {
+        Early::Hold(to_hold) => {
+            head.shrink_to_fit();
+            First::Hold(HeldConnection {
+                stream,
+                head,
+                to_hold,
+                client,
+            })
+        }
+        Early::Events(to_stream) => First::Events(stream, head, to_stream, client),
+    }
 }
 
 /// The client's address, if the stream is a TCP connection.
@@ -239,66 +299,66 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
         self.app.server_options().is_some_and(|options| options.h2c)
     }
 
+    /// Reads a connection's first request head from `stream` (up to [`FIRST_READ`] bytes),
+    /// looking for the h2c preface first when `h2c`: the bytes read, and what the early hold does
+    /// with the request, if anything. `None` if the client left or sent nothing usable.
+    async fn read_head<S: AsyncRead + Unpin>(
+        &self,
+        stream: &mut S,
+        mut h2c: bool,
+    ) -> Option<(Vec<u8>, Option<Early>)> {
+        // The first byte alone, so that no buffer is held while a client says nothing yet.
+        let mut first = [0u8; 1];
+        if !matches!(stream.read(&mut first).await, Ok(1)) {
+            return None;
+        }
+        let mut head = Vec::with_capacity(FIRST_READ);
+        head.push(first[0]);
+        // The rest of the head (a head split across segments takes several reads).
+        loop {
+            if h2c {
+                match classify::h2c_preface(&head) {
+                    Preface::Http2 => return Some((head, None)),
+                    Preface::Partial => {}
+                    Preface::Http1 => h2c = false,
+                }
+            }
+            if !h2c {
+                match self.classify(&head) {
+                    Head::Incomplete if head.len() < FIRST_READ => {}
+                    Head::Early(early) => return Some((head, Some(early))),
+                    Head::Incomplete | Head::Pass => return Some((head, None)),
+                }
+            }
+            if !matches!(stream.read_buf(&mut head).await, Ok(1..)) {
+                return None;
+            }
+        }
+    }
+
     /// Reads the first request of a new connection, until `deadline`.
     async fn first_request(&self, stream: Stream, deadline: Instant) -> First {
         if !stream.as_any().is::<TcpStream>() {
-            return First::Other(stream);
+            // TLS (handshake done by the listener): HTTP/2 by ALPN is Pingora's h2 server's;
+            // HTTP/1.1 is read and held here as cleartext is.
+            let http1 = stream.get_ssl_digest().is_some()
+                && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+            return if http1 {
+                self.first_tls_request(stream, deadline).await
+            } else {
+                First::Other(stream)
+            };
         }
         let client = client_ip(&stream);
         let Ok(mut stream) = stream.into_any().downcast::<TcpStream>() else {
             return First::Gone; // Unreachable: the type was checked above.
         };
-        let read = async {
-            // The first byte alone, so that no buffer is held while a client says nothing yet.
-            let mut first = [0u8; 1];
-            if !matches!(stream.read(&mut first).await, Ok(1)) {
-                return None;
-            }
-            let mut head = Vec::with_capacity(FIRST_READ);
-            head.push(first[0]);
-            let mut h2c = self.h2c();
-            // The rest of the head (a head split across segments takes several reads).
-            loop {
-                if h2c {
-                    match classify::h2c_preface(&head) {
-                        Preface::Http2 => return Some((head, None)),
-                        Preface::Partial => {}
-                        Preface::Http1 => h2c = false,
-                    }
-                }
-                if !h2c {
-                    match self.classify(&head) {
-                        Head::Incomplete if head.len() < FIRST_READ => {}
-                        Head::Early(early) => return Some((head, Some(early))),
-                        Head::Incomplete | Head::Pass => return Some((head, None)),
-                    }
-                }
-                if !matches!(stream.read_buf(&mut head).await, Ok(1..)) {
-                    return None;
-                }
-            }
-        };
-        let Ok(Some((mut head, early))) = tokio::time::timeout_at(deadline, read).await else {
+        let read = self.read_head(&mut *stream, self.h2c());
+        let Ok(Some((head, early))) = tokio::time::timeout_at(deadline, read).await else {
             return First::Gone;
         };
         match early {
-            Some(Early::Hold(to_hold)) => {
-                head.shrink_to_fit();
-                First::Hold(HeldConnection {
-                    stream,
-                    head,
-                    to_hold,
-                    client,
-                })
-            }
-            Some(Early::Events(ToStream { route, last_id })) => {
-                let connection = EventConnection {
-                    stream,
-                    route,
-                    last_id,
-                };
-                First::Events(connection, head, client)
-            }
+            Some(early) => taken_on(HeldStream::Tcp(stream), head, early, client),
             None => {
                 let http2 = classify::h2c_preface(&head) == Preface::Http2 && self.h2c();
                 stream.rewind(&head);
@@ -311,12 +371,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
         }
     }
 
+    /// [`first_request`](Self::first_request) on a TLS connection that chose HTTP/1.1.
+    async fn first_tls_request(&self, mut stream: Stream, deadline: Instant) -> First {
+        let client = client_ip(&stream);
+        let read = self.read_head(&mut stream, false);
+        let Ok(Some((head, early))) = tokio::time::timeout_at(deadline, read).await else {
+            return First::Gone;
+        };
+        match early {
+            Some(early) => taken_on(HeldStream::Tls(stream), head, early, client),
+            None => First::Http1(Box::new(Rewound::new(stream, head))),
+        }
+    }
+
     /// Holds a connection until its request is admitted or the hold fails. `None` if the
     /// client left; otherwise the connection with its bytes put back, and the verdict for the
     /// gate (none if too many requests are held already: the gate answers that).
     async fn hold(&self, connection: HeldConnection) -> Option<(Stream, Option<Handover>)> {
         let HeldConnection {
-            mut stream,
+            stream,
             head,
             to_hold,
             client,
@@ -328,7 +401,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
                 // Whatever the connection carries (a body, a next request), its end is noticed
                 // without reading it: a client that left frees its place and is never
                 // forwarded.
-                let client_left = departure::client_left(stream.as_raw_fd());
+                let client_left = departure::client_left(stream.fd());
                 let shutdown = self.gate.shutdown_signal();
                 match hold_until_admitted(&to_hold.route, shutdown, client_left).await {
                     // Too many held: the gate answers that.
@@ -339,8 +412,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
                 }
             }
         };
-        stream.rewind(&head);
-        Some((stream, handover))
+        Some((stream.put_back(head), handover))
     }
 
     /// Serves an HTTP/1 connection as Pingora would (its own loop, in `HttpServerApp`'s
@@ -442,23 +514,26 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EarlyHold<A> {
                 self.serve_http1(stream, shutdown, deadline).await;
                 None
             }
-            First::Events(connection, head, client) => {
-                let name = &connection.route.name;
-                match self.gate.clients().take_event_stream(client, name) {
+            First::Events(stream, head, ToStream { route, last_id }, client) => {
+                match self.gate.clients().take_event_stream(client, &route.name) {
                     Ok(places) => {
                         // Like a held request, a task of its own; Pingora's connection task
                         // ends here.
+                        let connection = EventConnection {
+                            stream: stream.into_stream(),
+                            route,
+                            last_id,
+                        };
                         let shutdown = self.gate.shutdown_signal();
                         tokio::spawn(async move {
                             let _place = place;
                             early_events::serve(connection, places, shutdown).await;
                         });
                     }
+                    // Over a cap: the gate answers it (429 or 503).
                     Err(_) => {
-                        // Over a cap: the gate answers it (429 or 503).
-                        let mut stream = connection.stream;
-                        stream.rewind(&head);
-                        self.serve_http1(stream, shutdown, deadline).await;
+                        self.serve_http1(stream.put_back(head), shutdown, deadline)
+                            .await
                     }
                 }
                 None

@@ -13,7 +13,9 @@
 //! | `handover` | the early hold's verdict, handed to the gate through the connection's task |
 //! | [`page`], [`sse`], [`respond`] | the loading page, the event stream, framed answers |
 //! | [`retry`] | fail-fast and retries into a backend that just woke |
+//! | [`rewound`] | bytes read early put back in front of any stream (TLS included) |
 //! | [`proxy`] | the bundled `ProxyHttp` the `idlewatcher` binary runs |
+//! | [`tls`] | HTTPS: certificates by SNI (re-readable), the TLS listeners |
 //!
 //! Waiting through a wake itself is not HTTP's: it is [`crate::wait`], shared with every front.
 
@@ -30,7 +32,9 @@ pub mod page;
 pub mod proxy;
 pub mod respond;
 pub mod retry;
+pub mod rewound;
 pub mod sse;
+pub mod tls;
 
 pub use early_hold::EarlyHold;
 pub use gate::{Asleep, GateContext, IdleGate, UnknownHost};

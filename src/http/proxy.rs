@@ -17,9 +17,10 @@ use pingora::{Error, Result};
 use crate::http::body::failure_status;
 use crate::http::{respond, EarlyHold, GateContext, IdleGate};
 
-/// The listener's L4 read buffer, in bytes. Pingora's default is 64 KiB per connection, mostly
-/// to save read calls under TLS, which this gateway does not terminate; HTTP/1 request heads are
-/// read into Pingora's own 4 KiB buffer anyway. Without it, a held request costs ≈ 8 kB less
+/// The listeners' L4 read buffer, in bytes. Pingora's default is 64 KiB per connection, mostly
+/// to save read calls under TLS, where rustls has a record buffer of its own anyway (the HTTPS
+/// listeners use this value too, [`tls::listener`](crate::http::tls::listener)); HTTP/1
+/// request heads are read into Pingora's own 4 KiB buffer. Without it, a held request costs ≈ 8 kB less
 /// resident memory (see BENCHMARKS.md, "thundering herd").
 pub const LISTENER_READ_BUFFER: usize = 0;
 

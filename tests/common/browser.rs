@@ -22,16 +22,21 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium. Panics with installation advice if either
     /// is missing (`make test` installs them).
     pub async fn start() -> Self {
-        Self::start_with(None).await
+        Self::start_with(None, &[]).await
+    }
+
+    /// A browser started with extra Chromium flags (e.g. `--ignore-certificate-errors`).
+    pub async fn start_with_args(args: &[&str]) -> Self {
+        Self::start_with(None, args).await
     }
 
     /// A browser whose viewport is `width` CSS pixels wide (a phone), through Chromium's
     /// device emulation.
     pub async fn start_narrow(width: u32) -> Self {
-        Self::start_with(Some(width)).await
+        Self::start_with(Some(width), &[]).await
     }
 
-    async fn start_with(width: Option<u32>) -> Self {
+    async fn start_with(width: Option<u32>, extra: &[&str]) -> Self {
         let port = free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -54,6 +59,9 @@ impl Browser {
                 "--host-resolver-rules=MAP *.test 127.0.0.1",
             ]
         });
+        if let Some(args) = options["args"].as_array_mut() {
+            args.extend(extra.iter().map(|arg| json!(arg)));
+        }
         if let Some(width) = width {
             options["mobileEmulation"] = json!({
                 "deviceMetrics": { "width": width, "height": 640, "pixelRatio": 1.0 }

@@ -14,7 +14,8 @@
 //! let body = gateway.client().get(gateway.url("app.test", "/")).send().await?;
 //! ```
 //!
-//! `@LISTEN@` is replaced by the chosen `127.0.0.1:PORT`. Pingora's server keys are added when the
+//! `@LISTEN@` is replaced by the chosen `127.0.0.1:PORT`, `@TLS_LISTEN@` (HTTPS listeners) by
+//! another one (then [`Gateway::https_url`] and [`Gateway::https_client_builder`]). Pingora's server keys are added when the
 //! text has none (`threads: 2`, short shutdown periods). The process gets SIGTERM when the
 //! fixture drops; its log is printed if the test failed.
 //!
@@ -66,6 +67,8 @@ pub struct Gateway {
     child: Child,
     /// Where it listens.
     pub address: SocketAddr,
+    /// Where it listens for HTTPS, when the config has `@TLS_LISTEN@`.
+    pub tls_address: Option<SocketAddr>,
     dir: tempfile::TempDir,
     log_path: PathBuf,
 }
@@ -81,6 +84,12 @@ impl Gateway {
     pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
         let address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut text = config.replace("@LISTEN@", &address.to_string());
+        let tls_address: Option<SocketAddr> = text
+            .contains("@TLS_LISTEN@")
+            .then(|| ([127, 0, 0, 1], free_port()).into());
+        if let Some(tls_address) = tls_address {
+            text = text.replace("@TLS_LISTEN@", &tls_address.to_string());
+        }
         if !text.contains("\nversion:") && !text.starts_with("version:") {
             text = format!("{SERVER_KEYS}{text}");
         }
@@ -102,6 +111,7 @@ impl Gateway {
         let mut gateway = Self {
             child,
             address,
+            tls_address,
             dir,
             log_path,
         };
@@ -150,6 +160,22 @@ impl Gateway {
             .no_proxy()
             .dns_resolver(std::sync::Arc::new(FixedResolver(address)))
             .pool_max_idle_per_host(4096)
+    }
+
+    /// `https://HOST:PORT/path` on the HTTPS listener, to use with
+    /// [`https_client_builder`](Self::https_client_builder).
+    pub fn https_url(&self, host: &str, path: &str) -> String {
+        let address = self.tls_address.expect("a config with @TLS_LISTEN@");
+        format!("https://{host}:{}{path}", address.port())
+    }
+
+    /// A client builder that reaches every host name at this gateway's HTTPS listener (no DNS
+    /// involved); the test adds how the certificate is trusted.
+    pub fn https_client_builder(&self) -> reqwest::ClientBuilder {
+        let address = self.tls_address.expect("a config with @TLS_LISTEN@");
+        reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(FixedResolver(address)))
     }
 
     /// The route's `status` endpoint as JSON.

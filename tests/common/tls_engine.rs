@@ -1,10 +1,13 @@
-//! The Docker engine behind TLS, as a remote engine on port 2376 is: a test PKI made here (rcgen)
-//! and a TLS front (tokio-rustls) that demands a client certificate of that CA and forwards to
-//! the real engine.
+//! Test PKIs (rcgen): the Docker engine behind TLS, as a remote engine on port 2376 is (a TLS
+//! front, tokio-rustls, that demands a client certificate of the test CA and forwards to the
+//! real engine), and the gateway's own HTTPS certificates ([`SiteCa`]: a CA and server leaves
+//! for given host names, written as PEM files).
 //!
 //! ```ignore
 //! let pki = TestPki::new();                    // pki.client_dir(): ca.pem, cert.pem, key.pem
 //! let front = TlsEngineFront::start(&pki).await; // front.host = "tcp://127.0.0.1:PORT"
+//! let sites = SiteCa::new();
+//! let a = sites.leaf("a", &["a.test"]);         // a.cert, a.key: files; a.der: the leaf
 //! ```
 
 use std::sync::Arc;
@@ -64,6 +67,91 @@ fn leaf(
         key_pem: key.serialize_pem(),
         cert_der: cert.der().clone(),
         key_der: key.serialize_der(),
+    }
+}
+
+/// A server certificate written to disk for the gateway's `tls.certificates`.
+pub struct SiteLeaf {
+    /// The PEM certificate file.
+    pub cert: std::path::PathBuf,
+    /// The PEM private key file.
+    pub key: std::path::PathBuf,
+    /// The leaf, as a client receives it.
+    pub der: CertificateDer<'static>,
+}
+
+/// A CA for the gateway's HTTPS listeners and the leaves it signs, in a temporary directory
+/// that lives as long as this value.
+pub struct SiteCa {
+    ca: CertifiedIssuer<'static, KeyPair>,
+    dir: tempfile::TempDir,
+}
+
+impl SiteCa {
+    /// A fresh CA ("idlewatcher test site CA").
+    pub fn new() -> Self {
+        Self {
+            ca: new_ca("idlewatcher test site CA"),
+            dir: tempfile::Builder::new()
+                .prefix("iwt-sites-")
+                .tempdir()
+                .expect("a temporary directory"),
+        }
+    }
+
+    /// A server certificate for `names` (SANs; the common name is the first), written as
+    /// `STEM.pem` and `STEM.key`.
+    pub fn leaf(&self, stem: &str, names: &[&str]) -> SiteLeaf {
+        let owned: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(owned).expect("leaf params");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if let Some(first) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, *first);
+        }
+        let key = KeyPair::generate().expect("a key");
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .expect("a signed certificate");
+        let cert_path = self.dir.path().join(format!("{stem}.pem"));
+        let key_path = self.dir.path().join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("cert written");
+        std::fs::write(&key_path, key.serialize_pem()).expect("key written");
+        SiteLeaf {
+            cert: cert_path,
+            key: key_path,
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A file named `name` with `contents`, beside the leaves (a broken PEM, say).
+    pub fn file(&self, name: &str, contents: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("file written");
+        path
+    }
+
+    /// The CA certificate in PEM (for a client or a browser to trust).
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// The CA certificate in DER.
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+
+    /// A rustls client config trusting only this CA, with ALPN `alpn` offered.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> rustls::ClientConfig {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der()).expect("the CA as a root");
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
     }
 }
 
