@@ -518,11 +518,12 @@ async fn one_stream_serves_many_containers_and_observers() {
         let seen: Vec<_> = r.all().into_iter().filter(|e| *e != Created).collect();
         assert_eq!(seen, [Resync(BackendStatus::Stopped), Started]);
     }
-    // One subscription plus one inspect per watched container, nothing per event.
+    // One reading of the engine's clock, one subscription, one inspect per watched container;
+    // nothing per event.
     let used = proxy.forwarded() - before;
     assert!(
-        used <= 5,
-        "{used} connections for one stream and four resyncs"
+        used <= 6,
+        "{used} connections for one clock reading, one stream and four resyncs"
     );
 
     stop.send(true).unwrap();
