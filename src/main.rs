@@ -103,6 +103,8 @@ fn main() -> ExitCode {
         }
     };
 
+    // SIGHUP and POST /api/reload read this file again.
+    idle.enable_reload(std::path::PathBuf::from(&path), &config);
     let proxy = IdleProxy::service(
         Arc::clone(idle.idle_gate()),
         &server.configuration,

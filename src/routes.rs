@@ -36,6 +36,9 @@ pub struct Route {
     /// The route's stream listeners, as `tcp 0.0.0.0:25565` (for listings).
     pub streams: Vec<String>,
     waiters: AtomicUsize,
+    /// Turns true when a reload removes the route: its held requests then get 503 (those in
+    /// flight finish).
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a route shows to visitors and whom it lets wake its backend.
@@ -82,6 +85,7 @@ impl Route {
             policy: RoutePolicy::default(),
             streams: Vec::new(),
             waiters: AtomicUsize::new(0),
+            removed: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -103,6 +107,17 @@ impl Route {
     pub fn with_streams(mut self, streams: Vec<String>) -> Self {
         self.streams = streams;
         self
+    }
+
+    /// Marks the route removed by a reload: every request held on it is answered 503 at once.
+    pub fn remove(&self) {
+        self.removed.send_replace(true);
+    }
+
+    /// Turns true once a reload removed the route (held requests watch it; never read on the
+    /// ready path).
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
     }
 
     /// How many requests (or connections) are held right now, waiting for the wake.

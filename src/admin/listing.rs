@@ -19,14 +19,14 @@ pub(super) struct RouteEntry<'a> {
     in_flight: u32,
     held: usize,
     held_by: Vec<String>,
-    dependencies: Vec<DependencyEntry<'a>>,
+    dependencies: Vec<DependencyEntry>,
     /// Where the route comes from: `file` (labels come with discovery).
     source: &'static str,
 }
 
 #[derive(Serialize)]
-struct DependencyEntry<'a> {
-    backend: &'a str,
+struct DependencyEntry {
+    backend: String,
     state: &'static str,
     held_by: Vec<String>,
 }
@@ -59,7 +59,7 @@ pub(super) fn entry<'a>(route: &'a Route, hosts: &'a [String]) -> RouteEntry<'a>
             .dependencies()
             .iter()
             .map(|(dependency, _)| DependencyEntry {
-                backend: dependency.backend(),
+                backend: dependency.backend().to_string(),
                 state: dependency.state().as_str(),
                 held_by: dependency.held_by(),
             })

@@ -11,7 +11,7 @@ use crate::backend::error::ExitClue;
 use crate::backend::events::WakeEventKind;
 use crate::backend::readiness::{self, ProbeError};
 use crate::backend::watcher::WARM_UP;
-use crate::backend::{State, UpstreamTarget, WakeError, WakeFailure, Watcher};
+use crate::backend::{State, Upstream, UpstreamTarget, WakeError, WakeFailure, Watcher};
 use crate::config::{DependencyCondition, HealthCheck};
 use crate::metrics::WakePhase;
 use crate::providers::{BackendHealth, BackendStatus, ProviderError};
@@ -29,7 +29,7 @@ impl Watcher {
     /// Runs the wake of `generation` to its end, bounded by `wake_timeout`.
     pub(super) async fn run_wake(self: Arc<Self>, generation: u64) {
         let began = Instant::now();
-        let deadline = began + self.settings.wake_timeout;
+        let deadline = began + self.settings.load().wake_timeout;
         let mut last_probe = None;
         let mut phases = Vec::with_capacity(4);
         let result = tokio::time::timeout_at(
@@ -40,7 +40,7 @@ impl Watcher {
         .unwrap_or_else(|_| {
             Err(WakeError::TimedOut {
                 backend: self.backend.clone(),
-                timeout: self.settings.wake_timeout,
+                timeout: self.settings.load().wake_timeout,
                 last_probe: last_probe.take(),
             })
         });
@@ -93,6 +93,7 @@ impl Watcher {
                 control.consecutive_failures += 1;
                 let backoff = self
                     .settings
+                    .load()
                     .retry_backoff
                     .saturating_mul(1 << (control.consecutive_failures - 1).min(16))
                     .min(MAX_RETRY_BACKOFF);
@@ -100,7 +101,7 @@ impl Watcher {
                 let error = Arc::new(error);
                 self.set_state(&mut control, State::Error, Some(Arc::clone(&error)));
                 // No longer held by this backend: its dependencies' idle clocks start now.
-                for (dependency, _) in &self.dependencies {
+                for (dependency, _) in self.dependencies.load().iter() {
                     dependency.mark_activity();
                 }
                 self.events.push(
@@ -129,12 +130,12 @@ impl Watcher {
         // a dependency shared by several paths of a diamond starts once); the first failure
         // fails this wake, naming the dependency. The dependencies' wakes are detached tasks:
         // they run on (and report to their own waiters) whatever happens here.
-        let dependencies = self
-            .dependencies
+        let dependencies = self.dependencies.load_full();
+        let waking = dependencies
             .iter()
             .map(|(dependency, condition)| self.wake_dependency(dependency, *condition, deadline));
-        futures_util::future::try_join_all(dependencies).await?;
-        if !self.dependencies.is_empty() {
+        futures_util::future::try_join_all(waking).await?;
+        if !dependencies.is_empty() {
             phases.push((WakePhase::Dependencies, phase_began.elapsed()));
         }
 
@@ -178,7 +179,8 @@ impl Watcher {
             None,
         );
 
-        let addresses = match self.resolve_addresses().await {
+        let upstreams = self.upstreams.load_full();
+        let addresses = match self.resolve_addresses(&upstreams).await {
             Ok(addresses) => addresses,
             // No address is often the symptom of a process that already exited: say that.
             Err(error) => match self.provider.status().await {
@@ -188,13 +190,11 @@ impl Watcher {
                 _ => return Err(error.into()),
             },
         };
-        let docker_only = !self.upstreams.is_empty()
-            && self
-                .upstreams
+        let docker_only = !upstreams.is_empty()
+            && upstreams
                 .iter()
                 .all(|upstream| upstream.health == HealthCheck::Docker);
-        let wants_docker = self
-            .upstreams
+        let wants_docker = upstreams
             .iter()
             .any(|upstream| upstream.health == HealthCheck::Docker);
         let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
@@ -208,8 +208,7 @@ impl Watcher {
             )
         };
         self.events.push(WakeEventKind::WaitingReady, waiting, None);
-        let all_default = self
-            .upstreams
+        let all_default = upstreams
             .iter()
             .filter(|upstream| upstream.probed)
             .all(|upstream| !upstream.explicit_health);
@@ -219,14 +218,13 @@ impl Watcher {
             self.wait_healthy(wants_docker).await?;
         }
         // What cannot be probed (UDP) is ready `ready_after` after the backend runs.
-        let ready_after = self
-            .upstreams
+        let ready_after = upstreams
             .iter()
             .map(|upstream| upstream.ready_after)
             .max()
             .unwrap_or_default();
         tokio::time::sleep_until((up_at + ready_after).into()).await;
-        for (upstream, address) in self.upstreams.iter().zip(addresses) {
+        for (upstream, address) in upstreams.iter().zip(addresses) {
             if upstream.probed && !docker_only && upstream.health != HealthCheck::Docker {
                 self.probe_until_ready(address, &upstream.health, last_probe)
                     .await?;
@@ -298,10 +296,28 @@ impl Watcher {
     }
 
     /// Resolves every route's upstream address afresh (container IPs change on restart).
-    async fn resolve_addresses(&self) -> Result<Vec<SocketAddr>, ProviderError> {
+    /// Resolves the upstreams that have no address yet (given to a ready backend by a reload).
+    pub(super) async fn resolve_missing(&self) -> Result<(), ProviderError> {
+        let upstreams = self.upstreams.load_full();
+        let missing: Vec<Arc<Upstream>> = upstreams
+            .iter()
+            .filter(|upstream| upstream.address().is_none())
+            .cloned()
+            .collect();
+        let addresses = self.resolve_addresses(&missing).await?;
+        for (upstream, address) in missing.iter().zip(addresses) {
+            upstream.set_address(Some(address));
+        }
+        Ok(())
+    }
+
+    async fn resolve_addresses(
+        &self,
+        upstreams: &[Arc<Upstream>],
+    ) -> Result<Vec<SocketAddr>, ProviderError> {
         let mut backend_ip = None;
-        let mut addresses = Vec::with_capacity(self.upstreams.len());
-        for upstream in &self.upstreams {
+        let mut addresses = Vec::with_capacity(upstreams.len());
+        for upstream in upstreams {
             let address = match &upstream.target {
                 UpstreamTarget::BackendPort(port) => {
                     let ip = match backend_ip {

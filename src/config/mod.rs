@@ -16,6 +16,7 @@
 //! | `gateway` | the `idlewatcher:` section and its list of routes |
 //! | `route` | one route, from the file or from any mapping ([`parse_route`]) |
 //! | `checks` | what routes must agree on (unique names and hosts, dependencies, shared backends) |
+//! | `diff` | what a reload changes: routes added, removed, changed; keys that need a restart |
 //!
 //! A syntax error is the only early exit. Cross-route checks run on whatever could be parsed, so
 //! one broken route does not hide problems in the others. Problems are returned top-down in the
@@ -29,6 +30,7 @@
 //! `ServerConf` itself.
 
 mod checks;
+mod diff;
 mod error;
 mod fields;
 mod gateway;
@@ -43,6 +45,7 @@ mod tests;
 
 use std::path::Path;
 
+pub use diff::{diff, ConfigDiff};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminConfig, BackendConfig, ClientLimits, Config, Dependency, DependencyCondition,

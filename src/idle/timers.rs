@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use crate::idle::clock::Arm;
+use crate::idle::clock::{Arm, Message};
 use crate::idle::wheel::{Expired, Tick, TimingWheel};
 use crate::idle::{IdleClock, Sleeper};
 
@@ -18,7 +18,7 @@ pub struct IdleTimers {
     pub(crate) backends: Vec<Arc<dyn Sleeper>>,
     generations: Vec<u32>,
     wheel: TimingWheel,
-    arms: mpsc::Receiver<Arm>,
+    arms: mpsc::Receiver<Message>,
     fired: Vec<Expired>,
 }
 
@@ -51,8 +51,11 @@ impl IdleTimers {
     /// that were moved to `stopping` and must now be put to sleep.
     pub fn tick(&mut self, now: Tick) -> Vec<Arc<dyn Sleeper>> {
         self.clock.set_now(now as u32);
-        while let Ok(arm) = self.arms.try_recv() {
-            self.arm(arm, now);
+        while let Ok(message) = self.arms.try_recv() {
+            match message {
+                Message::Arm(arm) => self.arm(arm, now),
+                Message::Join(sleeper) => self.join(sleeper),
+            }
         }
         let mut fired = std::mem::take(&mut self.fired);
         self.wheel.advance(now, &mut fired);
@@ -81,6 +84,25 @@ impl IdleTimers {
         }
         self.fired = fired;
         to_stop
+    }
+
+    /// A backend added by a reload: the next dense index, or a replacement of one.
+    fn join(&mut self, sleeper: Arc<dyn Sleeper>) {
+        let id = sleeper.id() as usize;
+        match id.cmp(&self.backends.len()) {
+            std::cmp::Ordering::Less => self.backends[id] = sleeper,
+            std::cmp::Ordering::Equal => {
+                self.backends.push(sleeper);
+                self.generations.push(0);
+            }
+            std::cmp::Ordering::Greater => {
+                tracing::error!(
+                    id,
+                    known = self.backends.len(),
+                    "idle timers: a backend joined out of order"
+                );
+            }
+        }
     }
 
     fn arm(&mut self, arm: Arm, now: Tick) {
