@@ -88,6 +88,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     );
     check(a.clients != b.clients, "idlewatcher.clients");
     check(a.docker != b.docker, "idlewatcher.docker");
+    check(
+        a.docker_labels != b.docker_labels,
+        "idlewatcher.docker.labels",
+    );
     check(a.proxmox != b.proxmox, "idlewatcher.proxmox");
     check(old.server_yaml != new.server_yaml, "(server)");
     // Stream listeners are bound at start-up: any change to the set of streams waits for a

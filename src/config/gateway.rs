@@ -96,12 +96,13 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
         f.absorb(a);
         admin
     });
-    let docker = f
-        .sub("docker", &["host", "tls"])
+    let (docker, docker_labels) = f
+        .sub("docker", &["host", "tls", "labels"])
         .map(|mut d| {
             let engine = docker_engine(&mut d);
+            let labels = d.get("labels", boolean).unwrap_or(false);
             f.absorb(d);
-            engine
+            (engine, labels)
         })
         .unwrap_or_default();
     let proxmox_written = f.has("proxmox");
@@ -172,10 +173,12 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
         path_prefix,
         admin,
         docker,
+        docker_labels,
         proxmox,
         tick,
         max_concurrent_stops,
         clients,
+        defaults,
         routes: routes?,
     })
 }
@@ -312,7 +315,7 @@ fn parse_clients(c: &mut Fields) -> ClientLimits {
 /// A Docker route that names no engine runs on the gateway's (`docker: { host, tls }`); one
 /// naming the gateway's host without `tls` takes the gateway's TLS material too. Resolved before
 /// the cross-route checks, so routes on the same engine and container share one backend.
-fn inherit_engine(backend: &mut BackendConfig, default: &DockerEngine) {
+pub(super) fn inherit_engine(backend: &mut BackendConfig, default: &DockerEngine) {
     let BackendConfig::Docker { engine, .. } = backend else {
         return;
     };

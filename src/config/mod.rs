@@ -16,6 +16,7 @@
 //! | `gateway` | the `idlewatcher:` section and its list of routes |
 //! | `route` | one route, from the file or from any mapping ([`parse_route`]) |
 //! | `checks` | what routes must agree on (unique names and hosts, dependencies, shared backends) |
+//! | `labels` | Docker labels → routes, by the same route parser and checks |
 //! | `diff` | what a reload changes: routes added, removed, changed; keys that need a restart |
 //!
 //! A syntax error is the only early exit. Cross-route checks run on whatever could be parsed, so
@@ -34,6 +35,7 @@ mod diff;
 mod error;
 mod fields;
 mod gateway;
+mod labels;
 mod model;
 mod route;
 mod server;
@@ -47,6 +49,10 @@ use std::path::Path;
 
 pub use diff::{diff, ConfigDiff};
 pub use error::{ConfigError, ConfigErrors};
+pub use labels::{
+    label_routes, route_from_labels, LabelRoutes, LabeledContainer, RejectedRoute, ENABLE_LABEL,
+    LABEL_PREFIX,
+};
 pub use model::{
     AdminConfig, BackendConfig, ClientLimits, Config, Dependency, DependencyCondition,
     DockerEngine, GatewayConfig, HealthCheck, ProxmoxConfig, PveTrust, RouteConfig, StopMethod,

@@ -38,6 +38,11 @@ pub struct GatewayConfig {
     /// The default Docker engine (`docker: { host, tls }`), for routes that name none; an empty
     /// one means `DOCKER_HOST` (with `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`), else the local socket.
     pub docker: DockerEngine,
+    /// Whether containers of the default engine labelled `idlewatcher.enable=true` become routes
+    /// (`docker: { labels: true }`), default false.
+    pub docker_labels: bool,
+    /// The `defaults:` section, for routes not read from the file (Docker labels).
+    pub defaults: super::route::RouteDefaults,
     /// The Proxmox VE cluster (`proxmox:`), if routes use Proxmox guests.
     pub proxmox: Option<ProxmoxConfig>,
     /// Resolution of the idle clock (`tick`), default 1 s.
