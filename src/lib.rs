@@ -287,6 +287,13 @@ impl BackgroundService for Background {
                 self.reloader.run_on_sighup(shutdown.clone()).await;
             }
         };
-        tokio::join!(self.ticker.run(shutdown.clone()), events, hangups);
+        let labels = async {
+            if self.reloader.discovers_labels() {
+                Arc::clone(&self.reloader)
+                    .run_label_discovery(shutdown.clone())
+                    .await;
+            }
+        };
+        tokio::join!(self.ticker.run(shutdown.clone()), events, hangups, labels);
     }
 }

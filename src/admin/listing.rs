@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::config::RejectedRoute;
 use crate::routes::{Route, RouteTable};
 
 /// One route in the listing.
@@ -20,8 +21,32 @@ pub(super) struct RouteEntry<'a> {
     held: usize,
     held_by: Vec<String>,
     dependencies: Vec<DependencyEntry>,
-    /// Where the route comes from: `file` (labels come with discovery).
+    /// Where the route comes from: `file`, or `labels` (a labelled container).
     source: &'static str,
+}
+
+/// A discovered route that is not routed (invalid labels, a clash with the file).
+#[derive(Serialize)]
+pub(super) struct RejectedEntry<'a> {
+    name: &'a str,
+    container: &'a str,
+    state: &'static str,
+    source: &'static str,
+    /// Every problem, naming the container and its label.
+    errors: Vec<String>,
+}
+
+/// Every rejected route, after the routed ones.
+pub(super) fn rejected(list: &[RejectedRoute]) -> Vec<RejectedEntry<'_>> {
+    list.iter()
+        .map(|rejected| RejectedEntry {
+            name: &rejected.name,
+            container: &rejected.container,
+            state: "rejected",
+            source: "labels",
+            errors: rejected.errors.iter().map(ToString::to_string).collect(),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -64,6 +89,6 @@ pub(super) fn entry<'a>(route: &'a Route, hosts: &'a [String]) -> RouteEntry<'a>
                 held_by: dependency.held_by(),
             })
             .collect(),
-        source: "file",
+        source: route.source,
     }
 }

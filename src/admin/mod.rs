@@ -77,7 +77,16 @@ impl AdminApi {
         match (method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => self.metrics_text(),
             (&Method::GET, ["api", "routes"]) => {
-                json(StatusCode::OK, &listing::routes(&self.routes.snapshot()))
+                let table = self.routes.snapshot();
+                let rejected = self.routes.rejected();
+                let mut entries: Vec<serde_json::Value> = Vec::new();
+                for entry in listing::routes(&table) {
+                    entries.push(serde_json::to_value(entry).unwrap_or_default());
+                }
+                for entry in listing::rejected(&rejected) {
+                    entries.push(serde_json::to_value(entry).unwrap_or_default());
+                }
+                json(StatusCode::OK, &entries)
             }
             (&Method::POST, ["api", "routes", name, action @ ("wake" | "sleep")]) => {
                 let table = self.routes.snapshot();

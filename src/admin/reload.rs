@@ -43,6 +43,15 @@ struct Problem<'a> {
     text: String,
 }
 
+/// What a reload changed, as the API answers it.
+#[derive(Serialize)]
+struct Changed<'a> {
+    added: &'a [String],
+    removed: &'a [String],
+    changed: &'a [String],
+    restart_needed: &'a [String],
+}
+
 /// The answer to `POST /api/reload`: 200 with what changed, 400 with every problem of an
 /// invalid file, 404 without a file, 500 when a valid file could not be applied.
 pub(super) async fn answer(reload: Option<&Arc<dyn Reload>>) -> Response<Vec<u8>> {
@@ -54,7 +63,15 @@ pub(super) async fn answer(reload: Option<&Arc<dyn Reload>>) -> Response<Vec<u8>
         );
     };
     match reload.reload().await {
-        Ok(diff) => super::json(StatusCode::OK, &diff),
+        Ok(diff) => super::json(
+            StatusCode::OK,
+            &Changed {
+                added: &diff.added,
+                removed: &diff.removed,
+                changed: &diff.changed,
+                restart_needed: &diff.restart_needed,
+            },
+        ),
         Err(ReloadRefused::Invalid(errors)) => {
             let listed: Vec<Problem<'_>> = errors
                 .iter()

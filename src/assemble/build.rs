@@ -4,7 +4,7 @@
 //! A reload builds with the same code, handing in the watchers, upstreams and routes in force
 //! so that whatever did not change is kept as it is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,7 +154,14 @@ impl Assembly {
         let families = connect_families(config, &[]).await?;
         let clock = IdleClock::new(config.tick);
         let metrics = Metrics::new()?;
-        let parts = Parts::build(config, &families, &clock, &metrics, &Kept::default())?;
+        let parts = Parts::build(
+            config,
+            &families,
+            &clock,
+            &metrics,
+            &Kept::default(),
+            &HashSet::new(),
+        )?;
         for (backend, watcher) in &parts.by_backend {
             let observer: Arc<dyn BackendObserver> = watcher.clone();
             if let Some(family) = families.iter().find(|f| (f.kind().claims)(backend)) {
@@ -223,12 +230,14 @@ impl Parts {
     /// Builds every part of `config` over the connected `families`, keeping from `kept` the
     /// watchers of unchanged backends, the upstreams that did not change and the routes that
     /// did not change. Fails before anything is changed (a backend no family can drive).
+    /// `labelled` names the routes that come from Docker labels (for listings).
     pub(crate) fn build(
         config: &GatewayConfig,
         families: &[Arc<dyn ProviderFamily>],
         clock: &Arc<IdleClock>,
         metrics: &Arc<Metrics>,
         kept: &Kept,
+        labelled: &HashSet<String>,
     ) -> Result<Self, StartError> {
         let mut providers: HashMap<&BackendConfig, Arc<dyn Provider>> = HashMap::new();
         for route in &config.routes {
@@ -331,6 +340,11 @@ impl Parts {
                     .with_policy(RoutePolicy {
                         show_details: route.show_details,
                         ignore_user_agents: route.ignore_user_agents.clone(),
+                    })
+                    .with_source(if labelled.contains(&route.name) {
+                        "labels"
+                    } else {
+                        "file"
                     })
                     .with_streams(
                         route

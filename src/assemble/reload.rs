@@ -11,6 +11,7 @@
 //! listeners, streams, `tick`…) are reported as needing a restart (Pingora's `-u` upgrade), not
 //! applied. Reloads are serialised.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -21,9 +22,13 @@ use tokio::sync::watch;
 use crate::admin::{Reload, ReloadRefused};
 use crate::assemble::build::{check, connect_families, Kept, Parts, StartError};
 use crate::backend::Watcher;
-use crate::config::{self, BackendConfig, Config, ConfigDiff, ConfigError};
+use crate::config::{
+    self, label_routes, BackendConfig, Config, ConfigDiff, ConfigError, LabeledContainer,
+    RejectedRoute,
+};
 use crate::idle::IdleClock;
 use crate::metrics::Metrics;
+use crate::providers::docker::{LabelDiscovery, OnLabels};
 use crate::providers::{BackendObserver, ProviderFamily};
 use crate::routes::{LiveRoutes, RouteTable};
 
@@ -48,7 +53,12 @@ pub enum ReloadError {
 
 /// What is in force, as the next reload starts from it.
 struct Live {
+    /// The configuration in force: the file's routes and the accepted label routes.
     config: Config,
+    /// The file as last read (or as at start-up).
+    file: Config,
+    /// The labelled containers last discovered.
+    labels: Vec<LabeledContainer>,
     families: Vec<Arc<dyn ProviderFamily>>,
     by_backend: std::collections::HashMap<BackendConfig, Arc<Watcher>>,
     next_id: u32,
@@ -89,6 +99,11 @@ impl Reloader {
                     server_yaml: String::new(),
                     gateway: config.clone(),
                 },
+                file: Config {
+                    server_yaml: String::new(),
+                    gateway: config.clone(),
+                },
+                labels: Vec::new(),
                 families,
                 by_backend,
                 next_id: watchers.len() as u32,
@@ -102,7 +117,9 @@ impl Reloader {
     /// Pingora part too, so that a change there is reported as needing a restart). Set once.
     pub fn set_file(&self, path: PathBuf, config: &Config) {
         if self.path.set(path).is_ok() {
-            self.live.lock().config = config.clone();
+            let mut live = self.live.lock();
+            live.config = config.clone();
+            live.file = config.clone();
         }
     }
 
@@ -131,7 +148,7 @@ impl Reloader {
             Err(errors) => Err(errors.0),
         };
         let result = match loaded {
-            Ok(loaded) => self.apply_locked(loaded).await,
+            Ok(loaded) => self.apply_locked(loaded, None).await,
             Err(errors) => Err(ReloadError::Invalid {
                 path: shown.clone(),
                 errors,
@@ -144,21 +161,85 @@ impl Reloader {
     /// Applies an already validated configuration (embedders, tests), serialised with reloads.
     pub async fn apply(&self, config: Config) -> Result<ConfigDiff, ReloadError> {
         let _one_at_a_time = self.serial.lock().await;
-        let result = self.apply_locked(config).await;
+        let result = self.apply_locked(config, None).await;
         log_outcome("(configuration)", &result);
         result
     }
 
-    async fn apply_locked(&self, config: Config) -> Result<ConfigDiff, ReloadError> {
-        let (old, families, by_backend, next_id) = {
+    /// Applies a new set of labelled containers (label discovery), with the file in force.
+    pub async fn apply_labels(&self, containers: Vec<LabeledContainer>) {
+        let _one_at_a_time = self.serial.lock().await;
+        let file = self.live.lock().file.clone();
+        let result = self.apply_locked(file, Some(containers)).await;
+        log_outcome("(docker labels)", &result);
+    }
+
+    /// Whether the configuration in force asks for label discovery.
+    pub fn discovers_labels(&self) -> bool {
+        self.live.lock().file.gateway.docker_labels
+    }
+
+    /// Follows the labelled containers of the gateway's engine until `shutdown`, applying each
+    /// change (`docker: { labels: true }`).
+    pub async fn run_label_discovery(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let engine = self.live.lock().file.gateway.docker.clone();
+        let discovery = match LabelDiscovery::connect(&engine) {
+            Ok(discovery) => discovery,
+            Err(error) => {
+                tracing::error!(%error, "label discovery: cannot reach the Docker engine; labelled containers are not routed");
+                return;
+            }
+        };
+        let this = Arc::clone(&self);
+        let on_change: OnLabels = Box::new(move |containers| {
+            let this = Arc::clone(&this);
+            Box::pin(async move { this.apply_labels(containers).await })
+        });
+        discovery.run(on_change, shutdown).await;
+    }
+
+    /// `file` with the routes of `labels` (the last discovered if `None`) added, when the file
+    /// asks for label discovery; rejected label routes are logged and listed.
+    fn effective(
+        &self,
+        file: &Config,
+        labels: &[LabeledContainer],
+    ) -> (Config, HashSet<String>, Vec<RejectedRoute>) {
+        if !file.gateway.docker_labels {
+            return (file.clone(), HashSet::new(), Vec::new());
+        }
+        let found = label_routes(labels, &file.gateway);
+        let mut config = file.clone();
+        let names = found
+            .accepted
+            .iter()
+            .map(|route| route.name.clone())
+            .collect();
+        config.gateway.routes.extend(found.accepted);
+        (config, names, found.rejected)
+    }
+
+    async fn apply_locked(
+        &self,
+        file: Config,
+        labels: Option<Vec<LabeledContainer>>,
+    ) -> Result<ConfigDiff, ReloadError> {
+        let (old, families, by_backend, next_id, labels) = {
             let live = self.live.lock();
             (
                 live.config.clone(),
                 live.families.clone(),
                 live.by_backend.clone(),
                 live.next_id,
+                labels.unwrap_or_else(|| live.labels.clone()),
             )
         };
+        let (config, labelled, rejected) = self.effective(&file, &labels);
+        for route in &rejected {
+            for error in &route.errors {
+                tracing::error!("docker labels: not routed: {error}");
+            }
+        }
         let diff = config::diff(&old, &config);
         // Everything that can fail comes first: nothing running changes until it has passed.
         let connected = connect_families(&config.gateway, &families).await?;
@@ -170,7 +251,14 @@ impl Reloader {
             routes: Some(self.routes.snapshot()),
             next_id,
         };
-        let parts = Parts::build(&config.gateway, &all, &self.clock, &self.metrics, &kept)?;
+        let parts = Parts::build(
+            &config.gateway,
+            &all,
+            &self.clock,
+            &self.metrics,
+            &kept,
+            &labelled,
+        )?;
 
         for family in connected {
             if let Some(shutdown) = self.shutdown.get() {
@@ -205,6 +293,7 @@ impl Reloader {
 
         // One store: requests that matched a route of the old table finish with it.
         let replaced = self.routes.replace(RouteTable::new(parts.routes));
+        self.routes.set_rejected(rejected);
 
         for (backend, watcher) in &kept.by_backend {
             if parts.by_backend.contains_key(backend) {
@@ -225,6 +314,8 @@ impl Reloader {
         }
         *self.live.lock() = Live {
             config,
+            file,
+            labels,
             families: all,
             by_backend: parts.by_backend,
             next_id: parts.next_id,

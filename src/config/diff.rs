@@ -5,12 +5,10 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
-
 use super::model::{Config, RouteConfig, StreamConfig};
 
 /// The difference between the configuration in force and a new one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigDiff {
     /// Routes only in the new file, by name, in its order.
     pub added: Vec<String>,

@@ -12,11 +12,9 @@ use super::error::ConfigError;
 use super::fields::Fields;
 use super::model::{
     AdminConfig, BackendConfig, ClientLimits, DockerEngine, GatewayConfig, ProxmoxConfig, PveTrust,
-    RouteConfig, StopMethod, TokenSecret,
+    RouteConfig, RouteDefaults, StopMethod, TokenSecret,
 };
-use super::route::{
-    docker_engine, draft_route, peek_name, RouteDefaults, RouteDraft, INHERIT_KEYS, ROUTE_KEYS,
-};
+use super::route::{docker_engine, draft_route, peek_name, RouteDraft, INHERIT_KEYS, ROUTE_KEYS};
 use super::values::{
     boolean, count, existing_file, integer, non_empty, path_prefix, positive_duration,
     pve_token_id, pve_url, sha256_fingerprint, socket_addr, tick, DEFAULT_PATH_PREFIX,

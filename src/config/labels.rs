@@ -320,7 +320,8 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         all.insert(ENABLE_LABEL.into(), "true".into());
-        all.entry("idlewatcher.port".into()).or_insert_with(|| "80".into());
+        all.entry("idlewatcher.port".into())
+            .or_insert_with(|| "80".into());
         all.insert(
             "com.docker.compose.depends_on".into(),
             "db:service_started".into(),

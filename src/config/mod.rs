@@ -53,12 +53,13 @@ pub use labels::{
     label_routes, route_from_labels, LabelRoutes, LabeledContainer, RejectedRoute, ENABLE_LABEL,
     LABEL_PREFIX,
 };
+pub use model::RouteDefaults;
 pub use model::{
     AdminConfig, BackendConfig, ClientLimits, Config, Dependency, DependencyCondition,
     DockerEngine, GatewayConfig, HealthCheck, ProxmoxConfig, PveTrust, RouteConfig, StopMethod,
     StreamConfig, StreamProtocol, StreamSettings, TokenSecret, Written,
 };
-pub use route::{parse_route, RouteDefaults};
+pub use route::parse_route;
 pub use yaml::Node;
 
 use fields::Fields;

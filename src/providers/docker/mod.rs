@@ -17,6 +17,7 @@ mod clock;
 mod container;
 mod engine;
 mod events;
+mod labels;
 mod tls;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 pub use container::DockerProvider;
 pub use engine::{connect, Endpoint, EngineLink};
 pub use events::DockerEvents;
+pub use labels::{LabelDiscovery, OnLabels};
 pub use tls::EngineTlsError;
 
 use crate::config::{BackendConfig, DockerEngine, GatewayConfig, StopMethod};
