@@ -397,3 +397,116 @@ async fn a_changed_listen_address_is_reported_not_applied() {
         .unwrap();
     assert_eq!(answer.status(), 200, "the old address still serves");
 }
+
+/// A second gateway process, terminated when dropped (also when the test fails).
+struct Upgraded(std::process::Child);
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether process `pid` has exited (gone, or a zombie its parent has not reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => status.contains("State:\tZ"),
+        Err(_) => true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reported_listen_change_the_upgrade_still_hands_the_listeners_over() {
+    let a = TestContainer::http("reload-upgrade").await;
+    let admin = free_port();
+    let sockets = tempfile::tempdir().unwrap();
+    let upgrade_sock = sockets.path().join("upgrade.sock");
+    let server = format!(
+        "version: 1\nthreads: 2\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\nupgrade_sock: {}\n",
+        upgrade_sock.display()
+    );
+    let original = format!("{server}{}", config(admin, &[route("a", &a.name, "")]));
+    let gateway = Gateway::start(&original).await;
+    let client = gateway.client();
+    let url = gateway.url("a.test", "/");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+
+    // A listen change is reported, not applied…
+    let moved = original.replace("@LISTEN@", &format!("127.0.0.1:{}", free_port()));
+    gateway.rewrite_config(&moved);
+    let (status, answer) = reload(admin).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(names(&answer["restart_needed"]), ["idlewatcher.listen"]);
+    // …and the upgrade that applies a restart still takes the running listeners over.
+    gateway.rewrite_config(&original);
+    let log = std::fs::File::create(sockets.path().join("upgraded.log")).unwrap();
+    let upgraded = Upgraded(
+        std::process::Command::new(common::gateway::BINARY)
+            .arg("-c")
+            .arg(gateway.dir().join("idlewatcher.yaml"))
+            .arg("-u")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + WAIT;
+    while !upgrade_sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new process never waited for the listeners"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Requests all along the handover.
+    let load = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let began = Instant::now();
+            while began.elapsed() < Duration::from_secs(4) {
+                statuses.push(match client.get(&url).send().await {
+                    Ok(response) => response.status().as_u16(),
+                    Err(_) => 0,
+                });
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            statuses
+        })
+    };
+    gateway.signal("QUIT").await;
+    let deadline = Instant::now() + WAIT;
+    while !exited(gateway.pid()) {
+        assert!(Instant::now() < deadline, "the old process never left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let statuses = load.await.unwrap();
+    assert!(
+        statuses.iter().all(|status| *status == 200),
+        "every request across the handover answered 200: {statuses:?}"
+    );
+    // The old process is gone: the new one answers, on the same address and admin listener.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .resolve("a.test", gateway.address)
+        .build()
+        .unwrap();
+    assert_eq!(fresh.get(&url).send().await.unwrap().status(), 200);
+    let (status, answer) = reload(admin).await;
+    assert_eq!(status, 200, "the new process reloads too: {answer}");
+    drop(upgraded);
+}

@@ -294,6 +294,57 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backend_joined_by_a_reload_sleeps_and_a_changed_idle_timeout_re_arms() {
+        let mut f = fixture(5).await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        f.engine.create("later").unwrap();
+        f.engine.listen_on("later", port).unwrap();
+        let upstream = Arc::new(Upstream::new(
+            UpstreamTarget::BackendPort(port),
+            HealthCheck::Tcp,
+        ));
+        let settings = |idle_ticks| BackendSettings {
+            idle_ticks,
+            wake_timeout: Duration::from_secs(5),
+            stop_method: StopMethod::Stop,
+            stop_signal: None,
+            stop_timeout: Duration::from_secs(1),
+            retry_backoff: Duration::from_millis(100),
+        };
+        // Added after the ticker started: the next dense id, handed over through the clock.
+        let later = Watcher::new(
+            1,
+            Arc::new(f.engine.provider("later")),
+            settings(50),
+            Vec::new(),
+            vec![Arc::clone(&upstream)],
+            f.clock.clone(),
+        );
+        f.clock.join(later.clone());
+        let generation = later.wake().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        later.wait_ready(generation, deadline).await.unwrap(); // Activity at tick 0, armed.
+        assert_eq!(f.run_until(3).await, None);
+        // A reload shortens its idle timeout to 5 ticks: re-armed, asleep at 0 + 1 + 5.
+        later
+            .reconfigure(settings(5), Vec::new(), vec![Arc::clone(&upstream)])
+            .await;
+        assert_eq!(later.state(), State::Ready, "kept as it was");
+        assert_eq!(f.run_until(30).await, Some(6));
+        assert_eq!(later.state(), State::Napping);
+        assert_eq!(f.engine.calls("later").starts, 1);
+        assert_eq!(
+            f.engine.calls(BACKEND).stops,
+            0,
+            "the other backend never woke"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_held_dependency_sleeps_its_idle_timeout_after_its_last_dependent() {
         use crate::config::DependencyCondition;
 
