@@ -510,3 +510,34 @@ async fn after_a_reported_listen_change_the_upgrade_still_hands_the_listeners_ov
     assert_eq!(status, 200, "the new process reloads too: {answer}");
     drop(upgraded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_reloads_is_applied_one_after_the_other() {
+    let a = TestContainer::http("reload-burst-a").await;
+    let b = TestContainer::http("reload-burst-b").await;
+    let admin = free_port();
+    let gateway = Gateway::start(&config(admin, &[route("a", &a.name, "")])).await;
+    gateway.rewrite_config(&config(
+        admin,
+        &[route("a", &a.name, ""), route("b", &b.name, "")],
+    ));
+    let answers = futures_util::future::join_all((0..10).map(|_| reload(admin))).await;
+    let mut added = 0;
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+        match names(&answer["added"]).as_slice() {
+            [] => {}
+            [only] if only == "b" => added += 1,
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+    // Each reload is diffed against the one before it: b is added once, by the first.
+    assert_eq!(added, 1, "{answers:?}");
+    let reached = gateway
+        .client()
+        .get(gateway.url("b.test", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reached.status(), 200);
+}

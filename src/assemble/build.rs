@@ -433,11 +433,18 @@ pub(crate) async fn connect_families(
         {
             continue;
         }
-        if !config
+        // Label discovery routes Docker containers of the default engine: its family is used
+        // even before any is found.
+        let labelled = BackendConfig::Docker {
+            container: String::new(),
+            engine: config.docker.clone(),
+        };
+        let used = config
             .routes
             .iter()
             .any(|route| (kind.claims)(&route.backend))
-        {
+            || (config.docker_labels && (kind.claims)(&labelled));
+        if !used {
             continue;
         }
         let family = match tokio::time::timeout(kind.connect_timeout, (kind.connect)(config)).await

@@ -7,7 +7,8 @@
 //! that did not change is the same `Arc<Route>` (with the requests held on it). What is new is
 //! built as at start-up: new watchers join the idle clock and their family's event source. A
 //! removed route's held requests get 503 (its requests in flight finish); a backend no route
-//! fronts any more is no longer watched nor put to sleep. Keys read only at start-up (the
+//! fronts any more is no longer watched nor put to sleep (until a later reload fronts it again,
+//! with the same watcher). Keys read only at start-up (the
 //! listeners, streams, `tick`…) are reported as needing a restart (Pingora's `-u` upgrade), not
 //! applied. Reloads are serialised.
 
@@ -61,6 +62,10 @@ struct Live {
     labels: Vec<LabeledContainer>,
     families: Vec<Arc<dyn ProviderFamily>>,
     by_backend: std::collections::HashMap<BackendConfig, Arc<Watcher>>,
+    /// Watchers of backends no route fronts any more: a later reload that fronts one again
+    /// takes it back (its id, its slot in the idle clock), so routes that come and go cost
+    /// nothing more each time.
+    retired: std::collections::HashMap<BackendConfig, Arc<Watcher>>,
     next_id: u32,
 }
 
@@ -106,6 +111,7 @@ impl Reloader {
                 labels: Vec::new(),
                 families,
                 by_backend,
+                retired: std::collections::HashMap::new(),
                 next_id: watchers.len() as u32,
             }),
             serial: tokio::sync::Mutex::new(()),
@@ -224,12 +230,13 @@ impl Reloader {
         file: Config,
         labels: Option<Vec<LabeledContainer>>,
     ) -> Result<ConfigDiff, ReloadError> {
-        let (old, families, by_backend, next_id, labels) = {
+        let (old, families, by_backend, mut retired, next_id, labels) = {
             let live = self.live.lock();
             (
                 live.config.clone(),
                 live.families.clone(),
                 live.by_backend.clone(),
+                live.retired.clone(),
                 live.next_id,
                 labels.unwrap_or_else(|| live.labels.clone()),
             )
@@ -245,9 +252,15 @@ impl Reloader {
         let connected = connect_families(&config.gateway, &families).await?;
         let mut all = families;
         all.extend(connected.iter().cloned());
+        let mut reusable = by_backend.clone();
+        reusable.extend(
+            retired
+                .iter()
+                .map(|(backend, watcher)| (backend.clone(), Arc::clone(watcher))),
+        );
         let kept = Kept {
             config: Some(old.gateway.clone()),
-            by_backend,
+            by_backend: reusable,
             routes: Some(self.routes.snapshot()),
             next_id,
         };
@@ -283,7 +296,11 @@ impl Reloader {
                 .join(Arc::clone(watcher) as Arc<dyn crate::idle::Sleeper>);
         }
         for (backend, watcher) in &parts.by_backend {
-            if parts.fresh.iter().any(|fresh| Arc::ptr_eq(fresh, watcher)) {
+            let revived = retired.remove(backend).is_some();
+            if revived {
+                watcher.unretire();
+            }
+            if revived || parts.fresh.iter().any(|fresh| Arc::ptr_eq(fresh, watcher)) {
                 let observer: Arc<dyn BackendObserver> = watcher.clone();
                 if let Some(family) = all.iter().find(|f| (f.kind().claims)(backend)) {
                     family.watch(backend, observer);
@@ -295,7 +312,7 @@ impl Reloader {
         let replaced = self.routes.replace(RouteTable::new(parts.routes));
         self.routes.set_rejected(rejected);
 
-        for (backend, watcher) in &kept.by_backend {
+        for (backend, watcher) in &by_backend {
             if parts.by_backend.contains_key(backend) {
                 continue;
             }
@@ -304,6 +321,7 @@ impl Reloader {
                 family.unwatch(backend, &observer);
             }
             watcher.retire();
+            retired.insert(backend.clone(), Arc::clone(watcher));
         }
         let table = self.routes.snapshot();
         for route in replaced.iter() {
@@ -318,6 +336,7 @@ impl Reloader {
             labels,
             families: all,
             by_backend: parts.by_backend,
+            retired,
             next_id: parts.next_id,
         };
         Ok(diff)

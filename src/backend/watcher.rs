@@ -169,6 +169,11 @@ impl Watcher {
         self.retired.store(true, Ordering::Relaxed);
     }
 
+    /// Called when a later reload fronts the backend again: the idle clock manages it again.
+    pub fn unretire(&self) {
+        self.retired.store(false, Ordering::Relaxed);
+    }
+
     /// Whether a reload removed every route of this backend.
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)

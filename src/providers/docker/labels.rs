@@ -6,7 +6,7 @@
 //! What the labels mean is the configuration's business (`config::label_routes`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use bollard::Docker;
@@ -90,7 +90,9 @@ impl LabelDiscovery {
     /// Follows the labelled containers until `shutdown`, telling `on_change` the whole set at
     /// start, after each reconnect and after each creation or removal that changed it.
     pub async fn run(&self, on_change: OnLabels, mut shutdown: watch::Receiver<bool>) {
-        let mut last: Option<Vec<LabeledContainer>> = None;
+        let mut applied: Option<Vec<LabeledContainer>> = None;
+        // Containers gone from the list, kept routed for `RECREATE_GRACE` (by name).
+        let mut vanished: HashMap<String, (LabeledContainer, Instant)> = HashMap::new();
         loop {
             if *shutdown.borrow() {
                 return;
@@ -103,38 +105,43 @@ impl LabelDiscovery {
                 filters: Some(filters),
             }));
             let mut dirty = true;
-            let mut waited = false;
             loop {
                 if dirty {
-                    match self.list().await {
-                        Ok(containers) => {
-                            let vanished = last.as_ref().is_some_and(|before| {
-                                before
-                                    .iter()
-                                    .any(|old| !containers.iter().any(|new| new.name == old.name))
-                            });
-                            if vanished && !waited {
-                                // Perhaps a re-create: look again a moment later.
-                                waited = true;
-                                tokio::select! {
-                                    _ = tokio::time::sleep(RECREATE_GRACE) => {}
-                                    _ = shutdown.changed() => return,
-                                }
-                                continue;
-                            }
-                            waited = false;
-                            if last.as_ref() != Some(&containers) {
-                                last = Some(containers.clone());
-                                on_change(containers).await;
-                            }
-                            dirty = false;
-                        }
+                    let listed = match self.list().await {
+                        Ok(listed) => listed,
                         Err(error) => {
                             tracing::warn!(engine = %self.shown, %error, "label discovery: cannot list the labelled containers; retrying");
                             break;
                         }
+                    };
+                    let now = Instant::now();
+                    for old in applied.iter().flatten() {
+                        if !listed.iter().any(|new| new.name == old.name) {
+                            vanished
+                                .entry(old.name.clone())
+                                .or_insert_with(|| (old.clone(), now + RECREATE_GRACE));
+                        }
                     }
+                    vanished.retain(|name, (_, until)| {
+                        *until > now && !listed.iter().any(|new| &new.name == name)
+                    });
+                    let mut containers = listed;
+                    containers.extend(vanished.values().map(|(container, _)| container.clone()));
+                    containers.sort_by(|a, b| a.name.cmp(&b.name));
+                    if applied.as_ref() != Some(&containers) {
+                        applied = Some(containers.clone());
+                        on_change(containers).await;
+                    }
+                    dirty = false;
                 }
+                // A vanished container's grace ends: list again (it is gone for good, or back).
+                let next_expiry = vanished.values().map(|(_, until)| *until).min();
+                let expiry = async {
+                    match next_expiry {
+                        Some(until) => tokio::time::sleep_until(until.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     next = events.next() => match next {
                         Some(Ok(event)) => {
@@ -155,6 +162,7 @@ impl LabelDiscovery {
                         }
                         None => break,
                     },
+                    _ = expiry => dirty = true,
                     _ = shutdown.changed() => return,
                 }
             }
