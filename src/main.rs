@@ -93,7 +93,16 @@ fn main() -> ExitCode {
         .map_err(|e| e.to_string())
         .and_then(|runtime| {
             runtime
-                .block_on(IdleWatcher::from_config(&config.gateway))
+                .block_on(async {
+                    // From here on a SIGHUP never kills the process (its default action), even
+                    // before the reload service listens: tokio's handler stays installed.
+                    if let Err(error) =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    {
+                        tracing::warn!(%error, "cannot handle SIGHUP");
+                    }
+                    IdleWatcher::from_config(&config.gateway).await
+                })
                 .map_err(|e| e.to_string())
         }) {
         Ok(idle) => Arc::new(idle),
