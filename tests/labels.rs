@@ -205,3 +205,45 @@ async fn a_recreated_container_keeps_its_route() {
     let (entry, _) = wait_listed(admin, &container.name, true).await;
     assert_eq!(entry.unwrap()["state"], "ready");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_create_during_a_wake_answers_the_held_requests() {
+    let admin = free_port();
+    let gateway = Gateway::start(&config(admin, "    []\n")).await;
+    let host = format!("{}.test", common::container::unique_name("lbl-rewake"));
+    // Listens 3 s after it starts: the wake is still probing when it is re-created.
+    let container = TestContainer::builder("lbl-rewake")
+        .cmd(&["sh", "-c", "sleep 3; exec /bin/serve"])
+        .label("idlewatcher.enable", "true")
+        .label("idlewatcher.hosts", &host)
+        .label("idlewatcher.port", "80")
+        .create()
+        .await;
+    wait_listed(admin, &container.name, true).await;
+    let client = gateway.client();
+    let url = gateway.url(&host, "/");
+    let held: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                match client.get(url).send().await {
+                    Ok(response) => response.status().as_u16(),
+                    Err(_) => 0,
+                }
+            })
+        })
+        .collect();
+    container.wait_status("running", WAIT).await;
+    // docker rm -f, then docker create with the same name and labels (a new id).
+    container.recreate().await;
+    let mut statuses = Vec::new();
+    for request in held {
+        statuses.push(request.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|status| *status == 200),
+        "the held requests were answered by the re-created container: {statuses:?}\n{}",
+        gateway.logs()
+    );
+    assert_eq!(container.status().await, "running");
+}

@@ -24,6 +24,12 @@ const STATUS_RECHECK: Duration = Duration::from_secs(1);
 /// How often the backend's own health check status is read while waiting for `healthy`
 /// (Docker runs the check; reading its result is one inspect).
 const HEALTH_POLL: Duration = Duration::from_millis(200);
+/// How long a backend removed during its wake may take to come back under the same name (a
+/// re-create) before the wake fails.
+const RECREATE_WAIT: Duration = Duration::from_secs(2);
+/// How long a backend that stopped during its wake is watched for a removal (the first half of a
+/// re-create) before the wake fails.
+const REMOVAL_WAIT: Duration = Duration::from_millis(500);
 
 impl Watcher {
     /// Runs the wake of `generation` to its end, bounded by `wake_timeout`.
@@ -32,10 +38,27 @@ impl Watcher {
         let deadline = began + self.settings.load().wake_timeout;
         let mut last_probe = None;
         let mut phases = Vec::with_capacity(4);
-        let result = tokio::time::timeout_at(
-            deadline.into(),
-            self.wake_steps(generation, deadline, &mut last_probe, &mut phases),
-        )
+        let result = tokio::time::timeout_at(deadline.into(), async {
+            let mut result = self
+                .wake_steps(generation, deadline, &mut last_probe, &mut phases)
+                .await;
+            // Removed while waking: a re-create (`docker compose up` after a label edit) brings a
+            // new backend of the same name back at once; wake that one for the same waiters.
+            if let Err(WakeError::Exited { status, .. }) = &result {
+                let gone = *status == BackendStatus::Missing || self.removed_soon().await;
+                if gone && self.reappears().await {
+                    self.events.push(
+                        WakeEventKind::Starting,
+                        format!("{} was re-created; waking the new one", self.backend),
+                        None,
+                    );
+                    result = self
+                        .wake_steps(generation, deadline, &mut last_probe, &mut phases)
+                        .await;
+                }
+            }
+            result
+        })
         .await
         .unwrap_or_else(|_| {
             Err(WakeError::TimedOut {
@@ -369,6 +392,36 @@ impl Watcher {
             *last_probe = Some(failure);
             tokio::time::sleep(interval).await;
         }
+    }
+
+    /// Whether the engine reports the backend removed (or created anew) during this wake, within
+    /// a moment: a container removed by force is first seen stopped, then removed.
+    async fn removed_soon(&self) -> bool {
+        let until = Instant::now() + REMOVAL_WAIT;
+        loop {
+            if self.control.lock().recreated {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether a backend that vanished during a wake is back (re-created under the same name)
+    /// within [`RECREATE_WAIT`].
+    async fn reappears(&self) -> bool {
+        let until = Instant::now() + RECREATE_WAIT;
+        while Instant::now() < until {
+            if let Ok(status) = self.provider.status().await {
+                if status != BackendStatus::Missing {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     fn stopped_while_starting(&self, status: BackendStatus, clue: ExitClue) -> WakeError {

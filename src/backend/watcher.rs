@@ -75,6 +75,8 @@ pub(super) struct Control {
     pub(super) cleaning_up: bool,
     /// What to go back to if putting the backend to sleep fails.
     pub(super) before_stop: (State, Option<Arc<WakeError>>),
+    /// The backend was removed or created anew (a re-create) during the current wake.
+    pub(super) recreated: bool,
 }
 
 /// The backends one backend wakes first, each with the condition it must reach.
@@ -144,6 +146,7 @@ impl Watcher {
                 woke_it: false,
                 cleaning_up: false,
                 before_stop: (State::Napping, None),
+                recreated: false,
             }),
             status: watch::Sender::new(Status {
                 state: State::Napping,
@@ -427,6 +430,7 @@ impl Watcher {
         control.backend_up = false;
         control.woke_it = false;
         control.wake_after_stop = false;
+        control.recreated = false;
         control.release = ReleaseWindow::default();
         let generation = control.generation;
         self.set_state(control, State::Starting, None);
