@@ -37,10 +37,10 @@ use crate::routes::{LiveRoutes, RouteTable};
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     /// The file is invalid: every problem, each naming its line, route and key.
-    #[error("{path}: {} error(s); nothing changed", errors.len())]
+    #[error("{}: {} error(s); nothing changed", path.display(), errors.len())]
     Invalid {
         /// The file.
-        path: String,
+        path: PathBuf,
         /// Every problem, top-down.
         errors: Vec<ConfigError>,
     },
@@ -156,7 +156,7 @@ impl Reloader {
         let result = match loaded {
             Ok(loaded) => self.apply_locked(loaded, None).await,
             Err(errors) => Err(ReloadError::Invalid {
-                path: shown.clone(),
+                path: path.clone(),
                 errors,
             }),
         };
