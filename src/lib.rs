@@ -58,7 +58,7 @@
 //! | [`http`] | the HTTP front: gate, early hold, loading page, event stream, bundled proxy |
 //! | [`stream`] | the TCP and UDP fronts: hold unread, wake, splice or replay |
 //! | [`admin`] | the admin listener: `/metrics`, the routes, wake and sleep by hand |
-//! | [`assemble`] | configuration → running parts |
+//! | [`assemble`] | configuration → running parts, at start-up and on every reload |
 //! | this file | the public facade, [`IdleWatcher`] |
 
 pub mod admin;
@@ -84,7 +84,8 @@ use pingora::services::ServiceWithDependents;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::admin::{AdminApi, AdminToken};
-use crate::assemble::Assembly;
+use crate::assemble::build::Assembly;
+use crate::assemble::Reloader;
 use crate::backend::Watcher;
 use crate::config::StreamProtocol;
 use crate::idle::{IdleClock, IdleTicker};
@@ -102,6 +103,7 @@ pub struct IdleWatcher {
     watchers: Vec<Arc<Watcher>>,
     clock: Arc<IdleClock>,
     metrics: Arc<Metrics>,
+    reloader: Arc<Reloader>,
     background: Mutex<Option<Background>>,
 }
 
@@ -137,13 +139,23 @@ impl IdleWatcher {
         }
         let clock = assembled.clock;
         let routes = Arc::new(LiveRoutes::new(assembled.routes));
+        let reloader = Arc::new(Reloader::new(
+            config,
+            Arc::clone(&routes),
+            Arc::clone(&clock),
+            Arc::clone(&assembled.metrics),
+            assembled.families.clone(),
+            &assembled.watchers,
+            assembled.by_backend,
+        ));
         let admin = match &config.admin {
             Some(admin) => {
                 let token = match &admin.token_file {
                     Some(path) => Some(AdminToken::from_file(path)?),
                     None => None,
                 };
-                let api = AdminApi::new(Arc::clone(&routes), Arc::clone(&assembled.metrics), token);
+                let api = AdminApi::new(Arc::clone(&routes), Arc::clone(&assembled.metrics), token)
+                    .with_reload(Arc::clone(&reloader) as Arc<dyn admin::Reload>);
                 Some(api.service(&admin.listen))
             }
             None => None,
@@ -165,9 +177,11 @@ impl IdleWatcher {
             watchers: assembled.watchers,
             clock,
             metrics: assembled.metrics,
+            reloader: Arc::clone(&reloader),
             background: Mutex::new(Some(Background {
                 ticker: IdleTicker::new(assembled.timers, config.max_concurrent_stops),
                 families: assembled.families,
+                reloader,
                 services,
             })),
         })
@@ -201,7 +215,19 @@ impl IdleWatcher {
         self.gate.routes()
     }
 
-    /// Every backend's watcher, by id.
+    /// Lets the gateway reload `path` (the file `config` was read from) on SIGHUP and
+    /// `POST /api/reload`. Call it before [`background_services`](Self::background_services).
+    pub fn enable_reload(&self, path: std::path::PathBuf, config: &config::Config) {
+        self.reloader.set_file(path, config);
+    }
+
+    /// The reloader: applies a configuration read again without a restart.
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
+    /// Every backend's watcher at start-up, by id (a reload adds and retires watchers; the
+    /// route table has the ones in force).
     pub fn watchers(&self) -> &[Arc<Watcher>] {
         &self.watchers
     }
@@ -241,6 +267,8 @@ impl IdleWatcher {
 struct Background {
     ticker: IdleTicker,
     families: Vec<Arc<dyn ProviderFamily>>,
+    /// Reloads on SIGHUP (when the gateway was started from a file).
+    reloader: Arc<Reloader>,
     /// The stream fronts and the admin listener, handed out as services of their own.
     services: Vec<Box<dyn ServiceWithDependents>>,
 }
@@ -253,6 +281,19 @@ impl BackgroundService for Background {
                 .iter()
                 .map(|family| family.run_events(shutdown.clone())),
         );
-        tokio::join!(self.ticker.run(shutdown), events);
+        self.reloader.set_shutdown(shutdown.clone());
+        let hangups = async {
+            if self.reloader.has_file() {
+                self.reloader.run_on_sighup(shutdown.clone()).await;
+            }
+        };
+        let labels = async {
+            if self.reloader.discovers_labels() {
+                Arc::clone(&self.reloader)
+                    .run_label_discovery(shutdown.clone())
+                    .await;
+            }
+        };
+        tokio::join!(self.ticker.run(shutdown.clone()), events, hangups, labels);
     }
 }

@@ -106,7 +106,16 @@ fn main() -> ExitCode {
         .map_err(|e| e.to_string())
         .and_then(|runtime| {
             runtime
-                .block_on(IdleWatcher::from_config(&config.gateway))
+                .block_on(async {
+                    // From here on a SIGHUP never kills the process (its default action), even
+                    // before the reload service listens: tokio's handler stays installed.
+                    if let Err(error) =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    {
+                        tracing::warn!(%error, "cannot handle SIGHUP");
+                    }
+                    IdleWatcher::from_config(&config.gateway).await
+                })
                 .map_err(|e| e.to_string())
         }) {
         Ok(idle) => Arc::new(idle),
@@ -116,6 +125,8 @@ fn main() -> ExitCode {
         }
     };
 
+    // SIGHUP and POST /api/reload read this file again.
+    idle.enable_reload(std::path::PathBuf::from(&path), &config);
     let mut proxy = IdleProxy::service(
         Arc::clone(idle.idle_gate()),
         &server.configuration,

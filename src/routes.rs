@@ -13,6 +13,7 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 
 use crate::backend::{Upstream, Watcher};
+use crate::config::RejectedRoute;
 
 /// Longest host name matched (RFC 1035 allows 253 characters).
 const MAX_HOST_LEN: usize = 255;
@@ -35,7 +36,12 @@ pub struct Route {
     pub policy: RoutePolicy,
     /// The route's stream listeners, as `tcp 0.0.0.0:25565` (for listings).
     pub streams: Vec<String>,
+    /// Where the route comes from: `file`, or `labels` (a labelled container).
+    pub source: &'static str,
     waiters: AtomicUsize,
+    /// Turns true when a reload removes the route: its held requests then get 503 (those in
+    /// flight finish).
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a route shows to visitors and whom it lets wake its backend.
@@ -81,7 +87,9 @@ impl Route {
             max_waiters,
             policy: RoutePolicy::default(),
             streams: Vec::new(),
+            source: "file",
             waiters: AtomicUsize::new(0),
+            removed: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -99,10 +107,27 @@ impl Route {
         }
     }
 
+    /// The same route with where it comes from (`file`, `labels`).
+    pub fn with_source(mut self, source: &'static str) -> Self {
+        self.source = source;
+        self
+    }
+
     /// The same route with its stream listeners described (`tcp 0.0.0.0:25565`).
     pub fn with_streams(mut self, streams: Vec<String>) -> Self {
         self.streams = streams;
         self
+    }
+
+    /// Marks the route removed by a reload: every request held on it is answered 503 at once.
+    pub fn remove(&self) {
+        self.removed.send_replace(true);
+    }
+
+    /// Turns true once a reload removed the route (held requests watch it; never read on the
+    /// ready path).
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
     }
 
     /// How many requests (or connections) are held right now, waiting for the wake.
@@ -206,18 +231,32 @@ impl RouteTable {
 }
 
 /// The route table in force, replaced as a whole (reload, label discovery) by one atomic store.
-pub struct LiveRoutes(ArcSwap<RouteTable>);
+pub struct LiveRoutes(ArcSwap<RouteTable>, ArcSwap<Vec<RejectedRoute>>);
 
 impl LiveRoutes {
     /// Live routes starting with `table`.
     pub fn new(table: RouteTable) -> Self {
-        Self(ArcSwap::from_pointee(table))
+        Self(
+            ArcSwap::from_pointee(table),
+            ArcSwap::from_pointee(Vec::new()),
+        )
     }
 
     /// The current snapshot, for one lookup (lock-free; keep it only briefly).
     #[inline]
     pub fn load(&self) -> Guard<Arc<RouteTable>> {
         self.0.load()
+    }
+
+    /// The routes discovered but not routed (invalid labels, clashes with the file), with why:
+    /// the operator sees them in `GET /api/routes`.
+    pub fn rejected(&self) -> Arc<Vec<RejectedRoute>> {
+        self.1.load_full()
+    }
+
+    /// Replaces the list of rejected routes.
+    pub fn set_rejected(&self, rejected: Vec<RejectedRoute>) {
+        self.1.store(Arc::new(rejected));
     }
 
     /// The current snapshot, to keep.

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::config::RejectedRoute;
 use crate::routes::{Route, RouteTable};
 
 /// One route in the listing.
@@ -19,14 +20,38 @@ pub(super) struct RouteEntry<'a> {
     in_flight: u32,
     held: usize,
     held_by: Vec<String>,
-    dependencies: Vec<DependencyEntry<'a>>,
-    /// Where the route comes from: `file` (labels come with discovery).
+    dependencies: Vec<DependencyEntry>,
+    /// Where the route comes from: `file`, or `labels` (a labelled container).
     source: &'static str,
 }
 
+/// A discovered route that is not routed (invalid labels, a clash with the file).
 #[derive(Serialize)]
-struct DependencyEntry<'a> {
-    backend: &'a str,
+pub(super) struct RejectedEntry<'a> {
+    name: &'a str,
+    container: &'a str,
+    state: &'static str,
+    source: &'static str,
+    /// Every problem, naming the container and its label.
+    errors: Vec<String>,
+}
+
+/// Every rejected route, after the routed ones.
+pub(super) fn rejected(list: &[RejectedRoute]) -> Vec<RejectedEntry<'_>> {
+    list.iter()
+        .map(|rejected| RejectedEntry {
+            name: &rejected.name,
+            container: &rejected.container,
+            state: "rejected",
+            source: "labels",
+            errors: rejected.errors.iter().map(ToString::to_string).collect(),
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct DependencyEntry {
+    backend: String,
     state: &'static str,
     held_by: Vec<String>,
 }
@@ -59,11 +84,11 @@ pub(super) fn entry<'a>(route: &'a Route, hosts: &'a [String]) -> RouteEntry<'a>
             .dependencies()
             .iter()
             .map(|(dependency, _)| DependencyEntry {
-                backend: dependency.backend(),
+                backend: dependency.backend().to_string(),
                 state: dependency.state().as_str(),
                 held_by: dependency.held_by(),
             })
             .collect(),
-        source: "file",
+        source: route.source,
     }
 }

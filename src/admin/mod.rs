@@ -7,6 +7,7 @@
 //! | `GET /api/routes` | every route with its backend, state and error, in full detail ([`listing`]) |
 //! | `POST /api/routes/{name}/wake` | wakes the backend and answers once it is ready, or 503 with why ([`actions`]) |
 //! | `POST /api/routes/{name}/sleep` | puts it to sleep; waits (bounded) for requests in flight, else 409 unless `?force=true` |
+//! | `POST /api/reload` | reads the configuration file again and applies it ([`reload`]): 200 with the routes added, removed, changed and the keys that need a restart; 400 with every problem of an invalid file (nothing changes) |
 //!
 //! `/api/*` needs `Authorization: Bearer <token>` when a token is configured ([`auth`]); errors
 //! are `application/problem+json`. Unlike the public endpoints, everything here is detailed:
@@ -16,6 +17,7 @@ mod actions;
 pub mod auth;
 mod gauges;
 mod listing;
+pub mod reload;
 
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ use crate::routes::LiveRoutes;
 use actions::ActionError;
 
 pub use auth::{AdminToken, TokenError};
+pub use reload::{Reload, ReloadRefused};
 
 /// Longest request body read (and thrown away): the API takes no bodies.
 const MAX_BODY: usize = 64 * 1024;
@@ -41,6 +44,7 @@ pub struct AdminApi {
     routes: Arc<LiveRoutes>,
     metrics: Arc<Metrics>,
     token: Option<AdminToken>,
+    reload: Option<Arc<dyn Reload>>,
 }
 
 impl AdminApi {
@@ -50,7 +54,14 @@ impl AdminApi {
             routes,
             metrics,
             token,
+            reload: None,
         }
+    }
+
+    /// The same API with `POST /api/reload` served by `reload`.
+    pub fn with_reload(mut self, reload: Arc<dyn Reload>) -> Self {
+        self.reload = Some(reload);
+        self
     }
 
     /// The Pingora service listening on `listen` (its own runtime, apart from the public
@@ -66,7 +77,16 @@ impl AdminApi {
         match (method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => self.metrics_text(),
             (&Method::GET, ["api", "routes"]) => {
-                json(StatusCode::OK, &listing::routes(&self.routes.snapshot()))
+                let table = self.routes.snapshot();
+                let rejected = self.routes.rejected();
+                let mut entries: Vec<serde_json::Value> = Vec::new();
+                for entry in listing::routes(&table) {
+                    entries.push(serde_json::to_value(entry).unwrap_or_default());
+                }
+                for entry in listing::rejected(&rejected) {
+                    entries.push(serde_json::to_value(entry).unwrap_or_default());
+                }
+                json(StatusCode::OK, &entries)
             }
             (&Method::POST, ["api", "routes", name, action @ ("wake" | "sleep")]) => {
                 let table = self.routes.snapshot();
@@ -84,13 +104,18 @@ impl AdminApi {
                     Err(error) => action_failed(&route.name, action, &error),
                 }
             }
-            (_, ["metrics"] | ["api", "routes"] | ["api", "routes", _, "wake" | "sleep"]) => {
-                problem(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    None,
-                    "this endpoint does not take that method",
-                )
-            }
+            (&Method::POST, ["api", "reload"]) => reload::answer(self.reload.as_ref()).await,
+            (
+                _,
+                ["metrics"]
+                | ["api", "routes"]
+                | ["api", "reload"]
+                | ["api", "routes", _, "wake" | "sleep"],
+            ) => problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+                "this endpoint does not take that method",
+            ),
             _ => problem(StatusCode::NOT_FOUND, None, "no such admin endpoint"),
         }
     }

@@ -162,6 +162,9 @@ pub enum WakeFailure {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// A reload removed the route the request was held on.
+    #[error("the route was removed by a reload")]
+    RouteRemoved,
     /// The request's own deadline passed first.
     #[error("{backend} did not become ready within {}", humantime::format_duration(*.timeout))]
     TimedOut {
@@ -190,6 +193,7 @@ impl WakeFailure {
             Self::Failed(_) => "wake_failed",
             Self::BackingOff { .. } => "backing_off",
             Self::ShuttingDown => "shutting_down",
+            Self::RouteRemoved => "route_removed",
             Self::TimedOut { .. } => "timeout",
         }
     }
@@ -200,6 +204,7 @@ impl WakeFailure {
         match self {
             Self::Failed(_) | Self::BackingOff { .. } => "The service could not be started",
             Self::ShuttingDown => "The gateway is shutting down",
+            Self::RouteRemoved => "The route no longer exists",
             Self::TimedOut { .. } => "The service did not become ready in time",
         }
     }
@@ -208,7 +213,7 @@ impl WakeFailure {
     pub fn wake_error(&self) -> Option<&WakeError> {
         match self {
             Self::Failed(error) | Self::BackingOff { error, .. } => Some(error),
-            Self::ShuttingDown | Self::TimedOut { .. } => None,
+            Self::ShuttingDown | Self::RouteRemoved | Self::TimedOut { .. } => None,
         }
     }
 }

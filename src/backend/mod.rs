@@ -28,4 +28,4 @@ mod watcher;
 pub use error::{ExitClue, WakeError, WakeFailure};
 pub use state::{State, Status};
 pub use upstream::{Upstream, UpstreamTarget};
-pub use watcher::{BackendSettings, InFlight, Watcher, WARM_UP};
+pub use watcher::{BackendSettings, Dependencies, InFlight, Watcher, WARM_UP};

@@ -57,6 +57,11 @@ impl BackendObserver for Watcher {
                     Some(error.to_string()),
                 );
             }
+            // Removed or created anew during our wake: a re-create, perhaps (the wake, if it
+            // fails, looks for the new backend; see `run_wake`).
+            (BackendEvent::Removed | BackendEvent::Created, State::Starting) => {
+                control.recreated = true;
+            }
             // Our own wake or stop is in charge; its own checks see what happened.
             _ => {}
         }

@@ -57,11 +57,11 @@ impl Watcher {
         if let Some(metrics) = self.metrics.get() {
             metrics.slept(result.is_ok());
         }
-        let settings = &self.settings;
+        let settings = self.settings.load_full();
         let mut control = self.control.lock();
         match &result {
             Ok(()) => {
-                for upstream in &self.upstreams {
+                for upstream in self.upstreams.load().iter() {
                     upstream.set_address(None);
                 }
                 self.nap(&mut control, "was put to sleep");
@@ -83,7 +83,7 @@ impl Watcher {
 
     /// The provider call for the configured stop method.
     pub(super) async fn send_to_sleep(&self) -> Result<(), ProviderError> {
-        let settings = &self.settings;
+        let settings = self.settings.load_full();
         let signal = settings.stop_signal.as_deref();
         match settings.stop_method {
             StopMethod::Pause => self.provider.pause().await,
@@ -96,7 +96,7 @@ impl Watcher {
         self.set_state(control, State::Napping, None);
         // A dependency's idle clock starts when its last dependent sleeps, not at its own last
         // traffic (a database serving no HTTP has none).
-        for (dependency, _) in &self.dependencies {
+        for (dependency, _) in self.dependencies.load().iter() {
             dependency.mark_activity();
         }
         self.events.clear();
@@ -136,7 +136,7 @@ impl Sleeper for Watcher {
     }
 
     fn may_sleep(&self) -> bool {
-        matches!(self.state(), State::Ready | State::Error)
+        !self.is_retired() && matches!(self.state(), State::Ready | State::Error)
     }
 
     fn idle_deadline(&self) -> Option<u64> {

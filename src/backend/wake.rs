@@ -11,7 +11,7 @@ use crate::backend::error::ExitClue;
 use crate::backend::events::WakeEventKind;
 use crate::backend::readiness::{self, ProbeError};
 use crate::backend::watcher::WARM_UP;
-use crate::backend::{State, UpstreamTarget, WakeError, WakeFailure, Watcher};
+use crate::backend::{State, Upstream, UpstreamTarget, WakeError, WakeFailure, Watcher};
 use crate::config::{DependencyCondition, HealthCheck};
 use crate::metrics::WakePhase;
 use crate::providers::{BackendHealth, BackendStatus, ProviderError};
@@ -24,23 +24,46 @@ const STATUS_RECHECK: Duration = Duration::from_secs(1);
 /// How often the backend's own health check status is read while waiting for `healthy`
 /// (Docker runs the check; reading its result is one inspect).
 const HEALTH_POLL: Duration = Duration::from_millis(200);
+/// How long a backend removed during its wake may take to come back under the same name (a
+/// re-create) before the wake fails.
+const RECREATE_WAIT: Duration = Duration::from_secs(2);
+/// How long a backend that stopped during its wake is watched for a removal (the first half of a
+/// re-create) before the wake fails.
+const REMOVAL_WAIT: Duration = Duration::from_millis(500);
 
 impl Watcher {
     /// Runs the wake of `generation` to its end, bounded by `wake_timeout`.
     pub(super) async fn run_wake(self: Arc<Self>, generation: u64) {
         let began = Instant::now();
-        let deadline = began + self.settings.wake_timeout;
+        let deadline = began + self.settings.load().wake_timeout;
         let mut last_probe = None;
         let mut phases = Vec::with_capacity(4);
-        let result = tokio::time::timeout_at(
-            deadline.into(),
-            self.wake_steps(generation, deadline, &mut last_probe, &mut phases),
-        )
+        let result = tokio::time::timeout_at(deadline.into(), async {
+            let mut result = self
+                .wake_steps(generation, deadline, &mut last_probe, &mut phases)
+                .await;
+            // Removed while waking: a re-create (`docker compose up` after a label edit) brings a
+            // new backend of the same name back at once; wake that one for the same waiters.
+            if let Err(WakeError::Exited { status, .. }) = &result {
+                let gone = *status == BackendStatus::Missing || self.removed_soon().await;
+                if gone && self.reappears().await {
+                    self.events.push(
+                        WakeEventKind::Starting,
+                        format!("{} was re-created; waking the new one", self.backend),
+                        None,
+                    );
+                    result = self
+                        .wake_steps(generation, deadline, &mut last_probe, &mut phases)
+                        .await;
+                }
+            }
+            result
+        })
         .await
         .unwrap_or_else(|_| {
             Err(WakeError::TimedOut {
                 backend: self.backend.clone(),
-                timeout: self.settings.wake_timeout,
+                timeout: self.settings.load().wake_timeout,
                 last_probe: last_probe.take(),
             })
         });
@@ -93,6 +116,7 @@ impl Watcher {
                 control.consecutive_failures += 1;
                 let backoff = self
                     .settings
+                    .load()
                     .retry_backoff
                     .saturating_mul(1 << (control.consecutive_failures - 1).min(16))
                     .min(MAX_RETRY_BACKOFF);
@@ -100,7 +124,7 @@ impl Watcher {
                 let error = Arc::new(error);
                 self.set_state(&mut control, State::Error, Some(Arc::clone(&error)));
                 // No longer held by this backend: its dependencies' idle clocks start now.
-                for (dependency, _) in &self.dependencies {
+                for (dependency, _) in self.dependencies.load().iter() {
                     dependency.mark_activity();
                 }
                 self.events.push(
@@ -129,12 +153,12 @@ impl Watcher {
         // a dependency shared by several paths of a diamond starts once); the first failure
         // fails this wake, naming the dependency. The dependencies' wakes are detached tasks:
         // they run on (and report to their own waiters) whatever happens here.
-        let dependencies = self
-            .dependencies
+        let dependencies = self.dependencies.load_full();
+        let waking = dependencies
             .iter()
             .map(|(dependency, condition)| self.wake_dependency(dependency, *condition, deadline));
-        futures_util::future::try_join_all(dependencies).await?;
-        if !self.dependencies.is_empty() {
+        futures_util::future::try_join_all(waking).await?;
+        if !dependencies.is_empty() {
             phases.push((WakePhase::Dependencies, phase_began.elapsed()));
         }
 
@@ -178,7 +202,8 @@ impl Watcher {
             None,
         );
 
-        let addresses = match self.resolve_addresses().await {
+        let upstreams = self.upstreams.load_full();
+        let addresses = match self.resolve_addresses(&upstreams).await {
             Ok(addresses) => addresses,
             // No address is often the symptom of a process that already exited: say that.
             Err(error) => match self.provider.status().await {
@@ -188,13 +213,11 @@ impl Watcher {
                 _ => return Err(error.into()),
             },
         };
-        let docker_only = !self.upstreams.is_empty()
-            && self
-                .upstreams
+        let docker_only = !upstreams.is_empty()
+            && upstreams
                 .iter()
                 .all(|upstream| upstream.health == HealthCheck::Docker);
-        let wants_docker = self
-            .upstreams
+        let wants_docker = upstreams
             .iter()
             .any(|upstream| upstream.health == HealthCheck::Docker);
         let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
@@ -208,8 +231,7 @@ impl Watcher {
             )
         };
         self.events.push(WakeEventKind::WaitingReady, waiting, None);
-        let all_default = self
-            .upstreams
+        let all_default = upstreams
             .iter()
             .filter(|upstream| upstream.probed)
             .all(|upstream| !upstream.explicit_health);
@@ -219,14 +241,13 @@ impl Watcher {
             self.wait_healthy(wants_docker).await?;
         }
         // What cannot be probed (UDP) is ready `ready_after` after the backend runs.
-        let ready_after = self
-            .upstreams
+        let ready_after = upstreams
             .iter()
             .map(|upstream| upstream.ready_after)
             .max()
             .unwrap_or_default();
         tokio::time::sleep_until((up_at + ready_after).into()).await;
-        for (upstream, address) in self.upstreams.iter().zip(addresses) {
+        for (upstream, address) in upstreams.iter().zip(addresses) {
             if upstream.probed && !docker_only && upstream.health != HealthCheck::Docker {
                 self.probe_until_ready(address, &upstream.health, last_probe)
                     .await?;
@@ -298,10 +319,28 @@ impl Watcher {
     }
 
     /// Resolves every route's upstream address afresh (container IPs change on restart).
-    async fn resolve_addresses(&self) -> Result<Vec<SocketAddr>, ProviderError> {
+    /// Resolves the upstreams that have no address yet (given to a ready backend by a reload).
+    pub(super) async fn resolve_missing(&self) -> Result<(), ProviderError> {
+        let upstreams = self.upstreams.load_full();
+        let missing: Vec<Arc<Upstream>> = upstreams
+            .iter()
+            .filter(|upstream| upstream.address().is_none())
+            .cloned()
+            .collect();
+        let addresses = self.resolve_addresses(&missing).await?;
+        for (upstream, address) in missing.iter().zip(addresses) {
+            upstream.set_address(Some(address));
+        }
+        Ok(())
+    }
+
+    async fn resolve_addresses(
+        &self,
+        upstreams: &[Arc<Upstream>],
+    ) -> Result<Vec<SocketAddr>, ProviderError> {
         let mut backend_ip = None;
-        let mut addresses = Vec::with_capacity(self.upstreams.len());
-        for upstream in &self.upstreams {
+        let mut addresses = Vec::with_capacity(upstreams.len());
+        for upstream in upstreams {
             let address = match &upstream.target {
                 UpstreamTarget::BackendPort(port) => {
                     let ip = match backend_ip {
@@ -353,6 +392,36 @@ impl Watcher {
             *last_probe = Some(failure);
             tokio::time::sleep(interval).await;
         }
+    }
+
+    /// Whether the engine reports the backend removed (or created anew) during this wake, within
+    /// a moment: a container removed by force is first seen stopped, then removed.
+    async fn removed_soon(&self) -> bool {
+        let until = Instant::now() + REMOVAL_WAIT;
+        loop {
+            if self.control.lock().recreated {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether a backend that vanished during a wake is back (re-created under the same name)
+    /// within [`RECREATE_WAIT`].
+    async fn reappears(&self) -> bool {
+        let until = Instant::now() + RECREATE_WAIT;
+        while Instant::now() < until {
+            if let Ok(status) = self.provider.status().await {
+                if status != BackendStatus::Missing {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     fn stopped_while_starting(&self, status: BackendStatus, clue: ExitClue) -> WakeError {

@@ -23,6 +23,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+
+use arc_swap::{ArcSwap, Guard};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -74,19 +76,26 @@ pub(super) struct Control {
     pub(super) cleaning_up: bool,
     /// What to go back to if putting the backend to sleep fails.
     pub(super) before_stop: (State, Option<Arc<WakeError>>),
+    /// The backend was removed or created anew (a re-create) during the current wake.
+    pub(super) recreated: bool,
 }
+
+/// The backends one backend wakes first, each with the condition it must reach.
+pub type Dependencies = Vec<(Arc<Watcher>, DependencyCondition)>;
 
 /// One backend's lifecycle. See the module docs.
 pub struct Watcher {
     pub(super) id: u32,
     pub(super) backend: String,
     pub(super) provider: Arc<dyn Provider>,
-    pub(super) settings: BackendSettings,
-    pub(super) dependencies: Vec<(Arc<Watcher>, DependencyCondition)>,
-    /// The backends that depend on this one, by route name: set once after assembly (weak, since
-    /// each of them holds this watcher strongly through its `dependencies`).
-    pub(super) dependents: OnceLock<Vec<(String, Weak<Watcher>)>>,
-    pub(super) upstreams: Vec<Arc<Upstream>>,
+    /// Swapped whole by a reload ([`reconfigure`](Watcher::reconfigure)); read off the request
+    /// path only.
+    pub(super) settings: ArcSwap<BackendSettings>,
+    pub(super) dependencies: ArcSwap<Dependencies>,
+    /// The backends that depend on this one, by route name: set after assembly and after each
+    /// reload (weak, since each of them holds this watcher strongly through its `dependencies`).
+    pub(super) dependents: ArcSwap<Vec<(String, Weak<Watcher>)>>,
+    pub(super) upstreams: ArcSwap<Vec<Arc<Upstream>>>,
     pub(super) state: AtomicU8,
     pub(super) control: Mutex<Control>,
     /// Told whenever the state, the generation or `backend_up` changes (under `control`):
@@ -104,6 +113,8 @@ pub struct Watcher {
     pub(super) this: Weak<Watcher>,
     /// A status re-check is under way (see `recheck.rs`): one at a time.
     pub(super) rechecking: AtomicBool,
+    /// A reload removed every route of this backend: the idle clock leaves it alone.
+    pub(super) retired: AtomicBool,
 }
 
 impl Watcher {
@@ -122,10 +133,10 @@ impl Watcher {
             id,
             backend,
             provider,
-            settings,
-            dependencies,
-            dependents: OnceLock::new(),
-            upstreams,
+            settings: ArcSwap::from_pointee(settings),
+            dependencies: ArcSwap::from_pointee(dependencies),
+            dependents: ArcSwap::from_pointee(Vec::new()),
+            upstreams: ArcSwap::from_pointee(upstreams),
             state: AtomicU8::new(State::Napping as u8),
             control: Mutex::new(Control {
                 generation: 0,
@@ -139,6 +150,7 @@ impl Watcher {
                 woke_it: false,
                 cleaning_up: false,
                 before_stop: (State::Napping, None),
+                recreated: false,
             }),
             changed: Notify::new(),
             events: EventLog::new(),
@@ -149,19 +161,64 @@ impl Watcher {
             metrics: OnceLock::new(),
             this: this.clone(),
             rechecking: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         })
+    }
+
+    /// Called when a reload removed every route fronting this backend: requests in flight
+    /// finish, and the idle clock no longer puts it to sleep (it is no longer ours to manage).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Called when a later reload fronts the backend again: the idle clock manages it again.
+    pub fn unretire(&self) {
+        self.retired.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether a reload removed every route of this backend.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// Tells this watcher which backends depend on it (`name` is the dependent's route name, for
     /// the status endpoint): while any of them is awake, waking, stopping or busy, this backend
-    /// is held awake. Set once, after every watcher is built (dependents are built after their
-    /// dependencies); returns false if it was already set.
+    /// is held awake. Set after every watcher is built (dependents are built after their
+    /// dependencies), and again by each reload; returns whether the list was empty before.
     pub fn set_dependents(&self, dependents: Vec<(String, &Arc<Watcher>)>) -> bool {
-        let weak = dependents
+        let weak: Vec<(String, Weak<Watcher>)> = dependents
             .into_iter()
             .map(|(name, watcher)| (name, Arc::downgrade(watcher)))
             .collect();
-        self.dependents.set(weak).is_ok()
+        self.dependents.swap(Arc::new(weak)).is_empty()
+    }
+
+    /// Applies a reload to a backend whose provider target did not change: it keeps its state,
+    /// idle timer, event history and requests in flight, and takes the new settings, dependencies
+    /// and upstreams. A changed idle timeout re-arms the timer (from the last traffic); a ready
+    /// backend's new upstreams get their addresses before this returns (so requests routed to
+    /// them after the swap find one).
+    pub async fn reconfigure(
+        &self,
+        settings: BackendSettings,
+        dependencies: Vec<(Arc<Watcher>, DependencyCondition)>,
+        upstreams: Vec<Arc<Upstream>>,
+    ) {
+        let idle_changed = self.settings.load().idle_ticks != settings.idle_ticks;
+        self.settings.store(Arc::new(settings));
+        self.dependencies.store(Arc::new(dependencies));
+        let unresolved = upstreams
+            .iter()
+            .any(|upstream| upstream.address().is_none());
+        self.upstreams.store(Arc::new(upstreams));
+        if unresolved && self.is_ready() {
+            if let Err(error) = self.resolve_missing().await {
+                tracing::warn!(backend = %self.backend, %error, "reload: a new upstream of a ready backend could not be resolved");
+            }
+        }
+        if idle_changed && self.is_ready() {
+            self.idle.arm(self.id);
+        }
     }
 
     /// Gives this watcher the metrics its wakes and sleeps count into; set once, after
@@ -176,8 +233,8 @@ impl Watcher {
     }
 
     /// The dependencies this backend wakes first, with the condition each must reach.
-    pub fn dependencies(&self) -> &[(Arc<Watcher>, DependencyCondition)] {
-        &self.dependencies
+    pub fn dependencies(&self) -> Guard<Arc<Dependencies>> {
+        self.dependencies.load()
     }
 
     /// Whether this backend keeps its dependencies awake: it is waking, awake or stopping, or
@@ -193,9 +250,8 @@ impl Watcher {
     /// endpoint. Empty for a backend nothing depends on.
     pub fn held_by(&self) -> Vec<String> {
         self.dependents
-            .get()
-            .into_iter()
-            .flatten()
+            .load()
+            .iter()
             .filter(|(_, dependent)| dependent.upgrade().is_some_and(|d| d.holds_dependencies()))
             .map(|(name, _)| name.clone())
             .collect()
@@ -204,11 +260,10 @@ impl Watcher {
     /// Whether any dependent holds this backend awake (see [`held_by`](Self::held_by)); no
     /// allocation, for the idle clock's every look.
     pub fn is_held(&self) -> bool {
-        self.dependents.get().is_some_and(|dependents| {
-            dependents
-                .iter()
-                .any(|(_, dependent)| dependent.upgrade().is_some_and(|d| d.holds_dependencies()))
-        })
+        self.dependents
+            .load()
+            .iter()
+            .any(|(_, dependent)| dependent.upgrade().is_some_and(|d| d.holds_dependencies()))
     }
 
     /// The dense index of this watcher.
@@ -221,9 +276,15 @@ impl Watcher {
         &self.backend
     }
 
+    /// The upstreams this backend resolves and probes on every wake (every route's and
+    /// stream's that fronts it).
+    pub fn upstreams(&self) -> Guard<Arc<Vec<Arc<Upstream>>>> {
+        self.upstreams.load()
+    }
+
     /// The backend-level settings.
-    pub fn settings(&self) -> &BackendSettings {
-        &self.settings
+    pub fn settings(&self) -> Guard<Arc<BackendSettings>> {
+        self.settings.load()
     }
 
     /// The current state: one atomic load, the whole cost of the request path's readiness check.
@@ -268,7 +329,7 @@ impl Watcher {
     /// its last traffic. The last-seen tick is coarse (the traffic may have come at its very
     /// end), so the timeout counts from the tick after it: a backend never sleeps early.
     pub fn idle_deadline(&self) -> Option<u64> {
-        let idle_ticks = self.settings.idle_ticks as u64;
+        let idle_ticks = self.settings.load().idle_ticks as u64;
         (idle_ticks > 0).then(|| self.last_seen() as u64 + 1 + idle_ticks)
     }
 
@@ -373,6 +434,7 @@ impl Watcher {
         control.backend_up = false;
         control.woke_it = false;
         control.wake_after_stop = false;
+        control.recreated = false;
         control.release = Some(ReleaseWindow::default());
         let generation = control.generation;
         self.set_state(control, State::Starting, None);
@@ -401,7 +463,7 @@ impl Watcher {
     pub fn timed_out(&self) -> WakeFailure {
         WakeFailure::TimedOut {
             backend: self.backend.clone(),
-            timeout: self.settings.wake_timeout,
+            timeout: self.settings.load().wake_timeout,
         }
     }
 

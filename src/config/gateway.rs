@@ -13,11 +13,9 @@ use super::error::ConfigError;
 use super::fields::Fields;
 use super::model::{
     AdminConfig, BackendConfig, ClientLimits, DockerEngine, GatewayConfig, ProxmoxConfig, PveTrust,
-    RouteConfig, StopMethod, TlsConfig, TokenSecret,
+    RouteConfig, RouteDefaults, StopMethod, TlsConfig, TokenSecret,
 };
-use super::route::{
-    docker_engine, draft_route, peek_name, RouteDefaults, RouteDraft, INHERIT_KEYS, ROUTE_KEYS,
-};
+use super::route::{docker_engine, draft_route, peek_name, RouteDraft, INHERIT_KEYS, ROUTE_KEYS};
 use super::values::{
     boolean, count, existing_file, integer, non_empty, path_prefix, positive_duration,
     pve_token_id, pve_url, sha256_fingerprint, socket_addr, tick, DEFAULT_PATH_PREFIX,
@@ -109,12 +107,13 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
         f.absorb(a);
         admin
     });
-    let docker = f
-        .sub("docker", &["host", "tls"])
+    let (docker, docker_labels) = f
+        .sub("docker", &["host", "tls", "labels"])
         .map(|mut d| {
             let engine = docker_engine(&mut d);
+            let labels = d.get("labels", boolean).unwrap_or(false);
             f.absorb(d);
-            engine
+            (engine, labels)
         })
         .unwrap_or_default();
     let proxmox_written = f.has("proxmox");
@@ -192,10 +191,12 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
         path_prefix,
         admin,
         docker,
+        docker_labels,
         proxmox,
         tick,
         max_concurrent_stops,
         clients,
+        defaults,
         routes: routes?,
     })
 }
@@ -439,7 +440,7 @@ fn parse_clients(c: &mut Fields) -> ClientLimits {
 /// A Docker route that names no engine runs on the gateway's (`docker: { host, tls }`); one
 /// naming the gateway's host without `tls` takes the gateway's TLS material too. Resolved before
 /// the cross-route checks, so routes on the same engine and container share one backend.
-fn inherit_engine(backend: &mut BackendConfig, default: &DockerEngine) {
+pub(super) fn inherit_engine(backend: &mut BackendConfig, default: &DockerEngine) {
     let BackendConfig::Docker { engine, .. } = backend else {
         return;
     };

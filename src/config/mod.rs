@@ -17,6 +17,8 @@
 //! | `gateway` | the `idlewatcher:` section and its list of routes |
 //! | `route` | one route, from the file or from any mapping ([`parse_route`]) |
 //! | `checks` | what routes must agree on (unique names and hosts, dependencies, shared backends) |
+//! | `labels` | Docker labels → routes, by the same route parser and checks |
+//! | `diff` | what a reload changes: routes added, removed, changed; keys that need a restart |
 //!
 //! A syntax error is the only early exit. Cross-route checks run on whatever could be parsed, so
 //! one broken route does not hide problems in the others. Problems are returned top-down in the
@@ -31,9 +33,11 @@
 
 pub mod certs;
 mod checks;
+mod diff;
 mod error;
 mod fields;
 mod gateway;
+mod labels;
 mod model;
 mod route;
 mod server;
@@ -46,13 +50,19 @@ mod tests;
 use std::path::Path;
 
 pub use certs::{load_certified_key, CertificateError, CertificateFiles};
+pub use diff::{diff, ConfigDiff};
 pub use error::{ConfigError, ConfigErrors};
+pub use labels::{
+    label_routes, route_from_labels, LabelRoutes, LabeledContainer, RejectedRoute, ENABLE_LABEL,
+    LABEL_PREFIX,
+};
+pub use model::RouteDefaults;
 pub use model::{
     AdminConfig, BackendConfig, ClientLimits, Config, Dependency, DependencyCondition,
     DockerEngine, GatewayConfig, HealthCheck, ProxmoxConfig, PveTrust, RouteConfig, StopMethod,
     StreamConfig, StreamProtocol, StreamSettings, TlsConfig, TokenSecret, Written,
 };
-pub use route::{parse_route, RouteDefaults};
+pub use route::parse_route;
 pub use yaml::Node;
 
 use fields::Fields;

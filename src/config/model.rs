@@ -41,6 +41,11 @@ pub struct GatewayConfig {
     /// The default Docker engine (`docker: { host, tls }`), for routes that name none; an empty
     /// one means `DOCKER_HOST` (with `DOCKER_TLS_VERIFY`/`DOCKER_CERT_PATH`), else the local socket.
     pub docker: DockerEngine,
+    /// Whether containers of the default engine labelled `idlewatcher.enable=true` become routes
+    /// (`docker: { labels: true }`), default false.
+    pub docker_labels: bool,
+    /// The `defaults:` section, for routes not read from the file (Docker labels).
+    pub defaults: RouteDefaults,
     /// The Proxmox VE cluster (`proxmox:`), if routes use Proxmox guests.
     pub proxmox: Option<ProxmoxConfig>,
     /// Resolution of the idle clock (`tick`), default 1 s.
@@ -419,4 +424,25 @@ pub enum StopMethod {
     Stop,
     /// Send `stop_signal` (default SIGKILL) and do not wait.
     Kill,
+}
+
+/// The route settings set under `idlewatcher.defaults` (each `None` when not set there), which a
+/// route uses for whatever it does not set itself; what neither sets gets the built-in default.
+/// [`RouteDefaults::default`] sets nothing, so only the built-in defaults apply.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteDefaults {
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) wake_timeout: Option<Duration>,
+    pub(crate) stop_method: Option<StopMethod>,
+    pub(crate) stop_signal: Option<String>,
+    pub(crate) stop_timeout: Option<Duration>,
+    pub(crate) max_waiters: Option<usize>,
+    pub(crate) retry_backoff: Option<Duration>,
+    pub(crate) health: Option<HealthCheck>,
+    pub(crate) no_loading_page: Option<bool>,
+    pub(crate) show_details: Option<bool>,
+    pub(crate) ignore_user_agents: Option<Vec<String>>,
+    pub(crate) udp_session_idle: Option<Duration>,
+    pub(crate) udp_buffer_datagrams: Option<usize>,
+    pub(crate) udp_buffer_bytes: Option<usize>,
 }

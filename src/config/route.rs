@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::error::ConfigError;
 use super::fields::Fields;
 use super::model::{
-    BackendConfig, Dependency, DockerEngine, HealthCheck, RouteConfig, StopMethod, StreamConfig,
-    StreamProtocol, StreamSettings, Written,
+    BackendConfig, Dependency, DockerEngine, HealthCheck, RouteConfig, RouteDefaults, StopMethod,
+    StreamConfig, StreamProtocol, StreamSettings, Written,
 };
 use super::values::{
     abs_path, boolean, condition_name, count, dependency, docker_cert_path, docker_host, duration,
@@ -66,27 +66,6 @@ const DEFAULT_MAX_WAITERS: usize = 10_000;
 const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 const DEFAULT_STATUSES: (u16, u16) = (200, 499);
 const VMID_RANGE: (u64, u64) = (100, 999_999_999);
-
-/// The route settings set under `idlewatcher.defaults` (each `None` when not set there), which a
-/// route uses for whatever it does not set itself; what neither sets gets the built-in default.
-/// [`RouteDefaults::default`] sets nothing, so only the built-in defaults apply.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RouteDefaults {
-    idle_timeout: Option<Duration>,
-    wake_timeout: Option<Duration>,
-    stop_method: Option<StopMethod>,
-    stop_signal: Option<String>,
-    stop_timeout: Option<Duration>,
-    max_waiters: Option<usize>,
-    retry_backoff: Option<Duration>,
-    health: Option<HealthCheck>,
-    no_loading_page: Option<bool>,
-    show_details: Option<bool>,
-    ignore_user_agents: Option<Vec<String>>,
-    udp_session_idle: Option<Duration>,
-    udp_buffer_datagrams: Option<usize>,
-    udp_buffer_bytes: Option<usize>,
-}
 
 impl RouteDefaults {
     /// Takes the inheritable keys out of `f` (the `defaults` section, or a route).

@@ -356,6 +356,11 @@ impl IdleGate {
         let host = classify::routing_host(&request.uri, header.map(|value| value.as_bytes()));
         let routes = self.routes.load();
         let Some(route) = host.and_then(|host| routes.by_host_bytes(host)) else {
+            if let Some((removed, failure)) = handover::take_removed() {
+                // Held early on a route a reload removed meanwhile: 503, as for a late hold.
+                wake_failed(session, &removed, &failure, "woken").await?;
+                return Ok(true);
+            }
             if self.unknown_host == UnknownHost::PassThrough {
                 return Ok(false);
             }

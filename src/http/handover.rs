@@ -50,6 +50,23 @@ pub(crate) fn take(route: &Arc<Route>) -> Option<Handover> {
     }
 }
 
+/// The early hold's failure for a route a reload removed while the request was held (the gate
+/// no longer finds the route by its host): the request is answered 503 for that route, not 404.
+pub(crate) fn take_removed() -> Option<(Arc<Route>, WakeFailure)> {
+    let taken = HANDOVER.try_with(Cell::take).ok().flatten();
+    match taken {
+        Some((route, Handover::Failed(failure @ WakeFailure::RouteRemoved))) => {
+            Some((route, failure))
+        }
+        Some(other) => {
+            // Not ours: put it back for the gate's own look-up.
+            let _ = HANDOVER.try_with(|cell| cell.set(Some(other)));
+            None
+        }
+        None => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::idle::wheel::Tick;
+use crate::idle::Sleeper;
 
 /// A request to (re-)arm a backend's idle timer.
 #[derive(Debug, Clone, Copy)]
@@ -18,12 +19,21 @@ pub(crate) struct Arm {
     pub(crate) not_before: Tick,
 }
 
+/// What the ticker is told through the clock's queue, in order: a backend added by a reload
+/// (before anything arms it), or an arm.
+pub(crate) enum Message {
+    /// A timer to (re-)arm.
+    Arm(Arm),
+    /// A new backend, whose `id()` is the next dense index (or one that is replaced).
+    Join(Arc<dyn Sleeper>),
+}
+
 /// The coarse clock shared by the request path and the ticker, and the queue of arms.
 pub struct IdleClock {
     now: AtomicU32,
     pub(crate) tick: Duration,
-    arms: mpsc::Sender<Arm>,
-    pub(crate) pending: Mutex<Option<mpsc::Receiver<Arm>>>,
+    arms: mpsc::Sender<Message>,
+    pub(crate) pending: Mutex<Option<mpsc::Receiver<Message>>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -64,7 +74,13 @@ impl IdleClock {
 
     pub(crate) fn arm_not_before(&self, id: u32, not_before: Tick) {
         // The receiver lives as long as the ticker; if it is gone nothing sleeps anyway.
-        let _ = self.arms.send(Arm { id, not_before });
+        let _ = self.arms.send(Message::Arm(Arm { id, not_before }));
+    }
+
+    /// Hands the ticker a backend added after start-up (by a reload). Ordered before any arm
+    /// sent after it, so its first arm is never lost.
+    pub fn join(&self, sleeper: Arc<dyn Sleeper>) {
+        let _ = self.arms.send(Message::Join(sleeper));
     }
 
     /// Sets the coarse clock (the ticker does this; tests may too).

@@ -37,9 +37,9 @@ impl IdleTicker {
             return; // Already running.
         };
         let stops = Arc::new(Semaphore::new(self.max_concurrent_stops));
-        let failures: Arc<Vec<AtomicU32>> = Arc::new(
+        let mut failures: Arc<Vec<Arc<AtomicU32>>> = Arc::new(
             (0..timers.backends.len())
-                .map(|_| AtomicU32::new(0))
+                .map(|_| Arc::new(AtomicU32::new(0)))
                 .collect(),
         );
         let started = Instant::now();
@@ -56,7 +56,14 @@ impl IdleTicker {
             }
             // Count ticks from real elapsed time, so a late wake-up never slows the clock.
             now = (started.elapsed().as_nanos() / tick.as_nanos().max(1)) as Tick;
-            for watcher in timers.tick(now) {
+            let to_stop = timers.tick(now);
+            if timers.backends.len() > failures.len() {
+                // Backends added by a reload: counters for them too (the old ones kept).
+                let mut grown: Vec<Arc<AtomicU32>> = failures.iter().cloned().collect();
+                grown.resize_with(timers.backends.len(), || Arc::new(AtomicU32::new(0)));
+                failures = Arc::new(grown);
+            }
+            for watcher in to_stop {
                 let stops = Arc::clone(&stops);
                 let clock = Arc::clone(&self.clock);
                 let failures = Arc::clone(&failures);
@@ -65,8 +72,9 @@ impl IdleTicker {
                         return;
                     };
                     let ok = watcher.put_to_sleep().await;
-                    let failures = &failures[watcher.id() as usize];
-                    IdleTimers::stop_finished(&clock, watcher.as_ref(), failures, ok);
+                    if let Some(failures) = failures.get(watcher.id() as usize) {
+                        IdleTimers::stop_finished(&clock, watcher.as_ref(), failures, ok);
+                    }
                 });
             }
         }

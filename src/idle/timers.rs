@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use crate::idle::clock::Arm;
+use crate::idle::clock::{Arm, Message};
 use crate::idle::wheel::{Expired, Tick, TimingWheel};
 use crate::idle::{IdleClock, Sleeper};
 
@@ -18,7 +18,7 @@ pub struct IdleTimers {
     pub(crate) backends: Vec<Arc<dyn Sleeper>>,
     generations: Vec<u32>,
     wheel: TimingWheel,
-    arms: mpsc::Receiver<Arm>,
+    arms: mpsc::Receiver<Message>,
     fired: Vec<Expired>,
 }
 
@@ -51,8 +51,11 @@ impl IdleTimers {
     /// that were moved to `stopping` and must now be put to sleep.
     pub fn tick(&mut self, now: Tick) -> Vec<Arc<dyn Sleeper>> {
         self.clock.set_now(now as u32);
-        while let Ok(arm) = self.arms.try_recv() {
-            self.arm(arm, now);
+        while let Ok(message) = self.arms.try_recv() {
+            match message {
+                Message::Arm(arm) => self.arm(arm, now),
+                Message::Join(sleeper) => self.join(sleeper),
+            }
         }
         let mut fired = std::mem::take(&mut self.fired);
         self.wheel.advance(now, &mut fired);
@@ -81,6 +84,25 @@ impl IdleTimers {
         }
         self.fired = fired;
         to_stop
+    }
+
+    /// A backend added by a reload: the next dense index, or a replacement of one.
+    fn join(&mut self, sleeper: Arc<dyn Sleeper>) {
+        let id = sleeper.id() as usize;
+        match id.cmp(&self.backends.len()) {
+            std::cmp::Ordering::Less => self.backends[id] = sleeper,
+            std::cmp::Ordering::Equal => {
+                self.backends.push(sleeper);
+                self.generations.push(0);
+            }
+            std::cmp::Ordering::Greater => {
+                tracing::error!(
+                    id,
+                    known = self.backends.len(),
+                    "idle timers: a backend joined out of order"
+                );
+            }
+        }
     }
 
     fn arm(&mut self, arm: Arm, now: Tick) {
@@ -274,6 +296,57 @@ mod tests {
         assert_eq!(f.watcher.state(), State::Ready);
         assert_eq!(f.engine.calls(BACKEND).starts, 2);
         assert_eq!(f.engine.calls(BACKEND).stops, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backend_joined_by_a_reload_sleeps_and_a_changed_idle_timeout_re_arms() {
+        let mut f = fixture(5).await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        f.engine.create("later").unwrap();
+        f.engine.listen_on("later", port).unwrap();
+        let upstream = Arc::new(Upstream::new(
+            UpstreamTarget::BackendPort(port),
+            HealthCheck::Tcp,
+        ));
+        let settings = |idle_ticks| BackendSettings {
+            idle_ticks,
+            wake_timeout: Duration::from_secs(5),
+            stop_method: StopMethod::Stop,
+            stop_signal: None,
+            stop_timeout: Duration::from_secs(1),
+            retry_backoff: Duration::from_millis(100),
+        };
+        // Added after the ticker started: the next dense id, handed over through the clock.
+        let later = Watcher::new(
+            1,
+            Arc::new(f.engine.provider("later")),
+            settings(50),
+            Vec::new(),
+            vec![Arc::clone(&upstream)],
+            f.clock.clone(),
+        );
+        f.clock.join(later.clone());
+        let generation = later.wake().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        later.wait_ready(generation, deadline).await.unwrap(); // Activity at tick 0, armed.
+        assert_eq!(f.run_until(3).await, None);
+        // A reload shortens its idle timeout to 5 ticks: re-armed, asleep at 0 + 1 + 5.
+        later
+            .reconfigure(settings(5), Vec::new(), vec![Arc::clone(&upstream)])
+            .await;
+        assert_eq!(later.state(), State::Ready, "kept as it was");
+        assert_eq!(f.run_until(30).await, Some(6));
+        assert_eq!(later.state(), State::Napping);
+        assert_eq!(f.engine.calls("later").starts, 1);
+        assert_eq!(
+            f.engine.calls(BACKEND).stops,
+            0,
+            "the other backend never woke"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,6 +317,44 @@ impl Gateway {
         text
     }
 
+    /// Replaces the config file with `config` (`@LISTEN@` and the server keys as in
+    /// [`start`](Self::start)), whole at once (written aside, then renamed): a reload never
+    /// reads half a file.
+    pub fn rewrite_config(&self, config: &str) {
+        let mut text = config.replace("@LISTEN@", &self.address.to_string());
+        if !text.contains("\nversion:") && !text.starts_with("version:") {
+            text = format!("{SERVER_KEYS}{text}");
+        }
+        let aside = self.dir.path().join("idlewatcher.yaml.new");
+        std::fs::write(&aside, text).expect("config written");
+        std::fs::rename(&aside, self.dir.path().join("idlewatcher.yaml")).expect("config renamed");
+    }
+
+    /// Sends `signal` (`HUP`, `QUIT`…) to the gateway process.
+    pub async fn signal(&self, signal: &str) {
+        let status = tokio::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits until the log contains `text`; `false` after `timeout`.
+    pub async fn wait_for_log(&self, text: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.logs().contains(text) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The temporary directory holding the config and the log.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

@@ -17,6 +17,7 @@ mod clock;
 mod container;
 mod engine;
 mod events;
+mod labels;
 mod tls;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 pub use container::DockerProvider;
 pub use engine::{connect, Endpoint, EngineLink};
 pub use events::DockerEvents;
+pub use labels::{LabelDiscovery, OnLabels};
 pub use tls::EngineTlsError;
 
 use crate::config::{BackendConfig, DockerEngine, GatewayConfig, StopMethod};
@@ -61,13 +63,15 @@ fn connect_family(
     config: &GatewayConfig,
 ) -> BoxFuture<'_, Result<Arc<dyn ProviderFamily>, ProviderError>> {
     async move {
+        // With label discovery, the default engine's containers may become routes at any time.
         let engines = config
             .routes
             .iter()
             .filter_map(|route| match &route.backend {
                 BackendConfig::Docker { engine, .. } => Some(engine),
                 _ => None,
-            });
+            })
+            .chain(config.docker_labels.then_some(&config.docker));
         let family = DockerFamily::connect(engines).await?;
         let family: Arc<dyn ProviderFamily> = Arc::new(family);
         Ok(family)

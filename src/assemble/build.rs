@@ -1,8 +1,10 @@
-//! Assembly: a validated configuration → the running parts (provider families connected, one
+//! Building: a validated configuration → the running parts (provider families connected, one
 //! watcher per backend with its dependencies, the route table, the idle timers). Linear in the
 //! routes. Names no provider family: it loops over [`FAMILIES`](crate::providers::FAMILIES).
+//! A reload builds with the same code, handing in the watchers, upstreams and routes in force
+//! so that whatever did not change is kept as it is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +65,15 @@ pub enum StartError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// A reload names a backend on an engine (or cluster) the gateway did not connect to at
+    /// start-up.
+    #[error("route {route:?}: its {family} engine was not connected at start-up; restart the gateway (-u) to use it")]
+    NotConnected {
+        /// The route.
+        route: String,
+        /// The backend's key in the route (`docker`).
+        family: &'static str,
     },
     /// A dependency cycle (the configuration check rules them out; kept as a guard).
     #[error("route {route:?}: dependency cycle")]
@@ -127,6 +138,7 @@ fn check_with(config: &GatewayConfig, families: &[&'static FamilyKind]) -> Vec<C
 pub(crate) struct Assembly {
     pub(crate) clock: Arc<IdleClock>,
     pub(crate) watchers: Vec<Arc<Watcher>>,
+    pub(crate) by_backend: HashMap<BackendConfig, Arc<Watcher>>,
     pub(crate) routes: RouteTable,
     pub(crate) timers: IdleTimers,
     pub(crate) families: Vec<Arc<dyn ProviderFamily>>,
@@ -139,33 +151,159 @@ impl Assembly {
     /// Connects the families the routes use, builds everything, and registers every backend
     /// with its family's event source. Call it inside a tokio runtime.
     pub(crate) async fn build(config: &GatewayConfig) -> Result<Self, StartError> {
-        let families = connect_families(config).await?;
+        let families = connect_families(config, &[]).await?;
+        let clock = IdleClock::new(config.tick);
+        let metrics = Metrics::new()?;
+        let parts = Parts::build(
+            config,
+            &families,
+            &clock,
+            &metrics,
+            &Kept::default(),
+            &HashSet::new(),
+        )?;
+        for (backend, watcher) in &parts.by_backend {
+            let observer: Arc<dyn BackendObserver> = watcher.clone();
+            if let Some(family) = families.iter().find(|f| (f.kind().claims)(backend)) {
+                family.watch(backend, observer);
+            }
+        }
+        let sleepers = parts
+            .watchers
+            .iter()
+            .map(|watcher| Arc::clone(watcher) as Arc<dyn Sleeper>)
+            .collect();
+        Ok(Self {
+            timers: IdleTimers::new(Arc::clone(&clock), sleepers),
+            clock,
+            watchers: parts.watchers,
+            by_backend: parts.by_backend,
+            routes: RouteTable::new(parts.routes),
+            families,
+            metrics,
+            streams: parts.streams,
+        })
+    }
+}
+
+/// What is in force when a reload builds anew: kept wherever nothing changed.
+#[derive(Default)]
+pub(crate) struct Kept {
+    /// The configuration in force.
+    pub(crate) config: Option<GatewayConfig>,
+    /// Its watchers, by backend.
+    pub(crate) by_backend: HashMap<BackendConfig, Arc<Watcher>>,
+    /// Its route table.
+    pub(crate) routes: Option<Arc<RouteTable>>,
+    /// The next free watcher id.
+    pub(crate) next_id: u32,
+}
+
+/// The parts built from a configuration (nothing started, nothing registered yet).
+pub(crate) struct Parts {
+    /// Every watcher of the configuration, kept ones included.
+    pub(crate) watchers: Vec<Arc<Watcher>>,
+    /// The same, by backend.
+    pub(crate) by_backend: HashMap<BackendConfig, Arc<Watcher>>,
+    /// Watchers kept from the configuration in force, with what they must now be
+    /// (settings, dependencies, upstreams): applied by the reload, after nothing can fail.
+    pub(crate) kept: Vec<KeptWatcher>,
+    /// New watchers (to give to the idle clock and the event sources).
+    pub(crate) fresh: Vec<Arc<Watcher>>,
+    /// The routes with their hosts, in file order.
+    pub(crate) routes: Vec<(Arc<Route>, Vec<String>)>,
+    /// Every route's streams, in file order.
+    pub(crate) streams: Vec<StreamRoute>,
+    /// The next free watcher id.
+    pub(crate) next_id: u32,
+}
+
+/// A watcher kept by a reload, with its new settings, dependencies and upstreams.
+pub(crate) struct KeptWatcher {
+    pub(crate) watcher: Arc<Watcher>,
+    pub(crate) settings: BackendSettings,
+    pub(crate) dependencies: Vec<(Arc<Watcher>, DependencyCondition)>,
+    pub(crate) upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Parts {
+    /// Builds every part of `config` over the connected `families`, keeping from `kept` the
+    /// watchers of unchanged backends, the upstreams that did not change and the routes that
+    /// did not change. Fails before anything is changed (a backend no family can drive).
+    /// `labelled` names the routes that come from Docker labels (for listings).
+    pub(crate) fn build(
+        config: &GatewayConfig,
+        families: &[Arc<dyn ProviderFamily>],
+        clock: &Arc<IdleClock>,
+        metrics: &Arc<Metrics>,
+        kept: &Kept,
+        labelled: &HashSet<String>,
+    ) -> Result<Self, StartError> {
         let mut providers: HashMap<&BackendConfig, Arc<dyn Provider>> = HashMap::new();
         for route in &config.routes {
-            if providers.contains_key(&route.backend) {
+            if providers.contains_key(&route.backend)
+                || kept.by_backend.contains_key(&route.backend)
+            {
                 continue;
             }
-            let provider = families
+            let provider = match families
                 .iter()
                 .find_map(|family| family.driver(&route.backend))
-                .ok_or_else(|| StartError::Unsupported {
-                    route: route.name.clone(),
-                    family: backend_key(&route.backend),
-                })?;
+            {
+                Some(provider) => provider,
+                None if families
+                    .iter()
+                    .any(|family| (family.kind().claims)(&route.backend)) =>
+                {
+                    return Err(StartError::NotConnected {
+                        route: route.name.clone(),
+                        family: backend_key(&route.backend),
+                    })
+                }
+                None => {
+                    return Err(StartError::Unsupported {
+                        route: route.name.clone(),
+                        family: backend_key(&route.backend),
+                    })
+                }
+            };
             providers.insert(&route.backend, provider);
         }
 
+        // An upstream equal to one the kept watcher already has is that one (it keeps the
+        // address its last wake resolved, and stream fronts keep theirs).
+        let reuse = |backend: &BackendConfig, upstream: Upstream| -> Arc<Upstream> {
+            kept.by_backend
+                .get(backend)
+                .and_then(|watcher| {
+                    watcher
+                        .upstreams()
+                        .iter()
+                        .find(|known| same_upstream(known, &upstream))
+                        .cloned()
+                })
+                .unwrap_or_else(|| Arc::new(upstream))
+        };
         let mut built = Built {
-            clock: IdleClock::new(config.tick),
+            clock: Arc::clone(clock),
             watchers: Vec::new(),
             by_backend: HashMap::new(),
+            old: &kept.by_backend,
+            next_id: kept.next_id,
+            kept: Vec::new(),
+            fresh: Vec::new(),
         };
-        let plan = Plan::new(config, &providers);
+        let plan = Plan::new(config, &providers, &reuse);
         for index in 0..config.routes.len() {
             built.watcher_for(&plan, index, &mut Vec::new())?;
         }
         link_dependents(config, &built.by_backend);
-        let metrics = Metrics::new()?;
+        let old_routes: HashMap<&str, &RouteConfig> = kept
+            .config
+            .iter()
+            .flat_map(|config| &config.routes)
+            .map(|route| (route.name.as_str(), route))
+            .collect();
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut streams = Vec::new();
         for ((route, upstream), stream_upstreams) in config
@@ -179,26 +317,44 @@ impl Assembly {
             if watcher.metrics().is_none() {
                 watcher.set_metrics(metrics.for_backend(&route.name));
             }
-            let entry = Route::new(
-                route.name.clone(),
-                watcher,
-                Arc::clone(upstream),
-                route.start_endpoint.clone(),
-                route.no_loading_page,
-                route.max_waiters,
-            )
-            .with_policy(RoutePolicy {
-                show_details: route.show_details,
-                ignore_user_agents: route.ignore_user_agents.clone(),
-            })
-            .with_streams(
-                route
-                    .streams
-                    .iter()
-                    .map(|stream| format!("{} {}", stream.protocol.as_str(), stream.listen))
-                    .collect(),
-            );
-            let entry = Arc::new(entry);
+            // A route that did not change, over the same watcher and upstream, is kept as it is
+            // (with the requests held on it).
+            let unchanged = old_routes
+                .get(route.name.as_str())
+                .filter(|old| **old == route)
+                .and_then(|_| kept.routes.as_ref()?.by_name(&route.name).cloned())
+                .filter(|old| {
+                    Arc::ptr_eq(&old.watcher, &watcher) && Arc::ptr_eq(&old.upstream, upstream)
+                });
+            let entry = match unchanged {
+                Some(old) => old,
+                None => Arc::new(
+                    Route::new(
+                        route.name.clone(),
+                        watcher,
+                        Arc::clone(upstream),
+                        route.start_endpoint.clone(),
+                        route.no_loading_page,
+                        route.max_waiters,
+                    )
+                    .with_policy(RoutePolicy {
+                        show_details: route.show_details,
+                        ignore_user_agents: route.ignore_user_agents.clone(),
+                    })
+                    .with_source(if labelled.contains(&route.name) {
+                        "labels"
+                    } else {
+                        "file"
+                    })
+                    .with_streams(
+                        route
+                            .streams
+                            .iter()
+                            .map(|stream| format!("{} {}", stream.protocol.as_str(), stream.listen))
+                            .collect(),
+                    ),
+                ),
+            };
             for (stream, upstream) in route.streams.iter().zip(stream_upstreams) {
                 streams.push(StreamRoute {
                     route: Arc::clone(&entry),
@@ -210,30 +366,27 @@ impl Assembly {
             }
             routes.push((entry, route.hosts.clone()));
         }
-        for (backend, watcher) in &built.by_backend {
-            let observer: Arc<dyn BackendObserver> = watcher.clone();
-            if let Some(family) = families.iter().find(|f| (f.kind().claims)(backend)) {
-                family.watch(backend, observer);
-            }
-        }
-        let sleepers = built
-            .watchers
-            .iter()
-            .map(|watcher| Arc::clone(watcher) as Arc<dyn Sleeper>)
-            .collect();
         Ok(Self {
-            timers: IdleTimers::new(Arc::clone(&built.clock), sleepers),
-            clock: built.clock,
             watchers: built.watchers,
-            routes: RouteTable::new(routes),
-            families,
-            metrics,
+            by_backend: built.by_backend,
+            kept: built.kept,
+            fresh: built.fresh,
+            routes,
             streams,
+            next_id: built.next_id,
         })
     }
 }
 
-/// Connects every registered family that at least one route uses, each within its timeout.
+/// Whether two upstreams are configured alike (the address they resolved aside).
+fn same_upstream(a: &Upstream, b: &Upstream) -> bool {
+    a.target == b.target
+        && a.health == b.health
+        && a.explicit_health == b.explicit_health
+        && a.probed == b.probed
+        && a.ready_after == b.ready_after
+}
+
 /// Gives every dependency its dependents (each dependent backend once, under the name of the
 /// first route that declares the dependency), so it is held awake while they are.
 fn link_dependents(config: &GatewayConfig, by_backend: &HashMap<BackendConfig, Arc<Watcher>>) {
@@ -261,22 +414,37 @@ fn link_dependents(config: &GatewayConfig, by_backend: &HashMap<BackendConfig, A
         }
     }
     for watcher in by_backend.values() {
-        if let Some(list) = dependents.remove(&watcher.id()) {
-            watcher.set_dependents(list);
-        }
+        // Every watcher, so that one whose dependents a reload removed holds nothing any more.
+        watcher.set_dependents(dependents.remove(&watcher.id()).unwrap_or_default());
     }
 }
 
-async fn connect_families(
+/// Connects every registered family that at least one route uses, each within its timeout.
+/// Families already connected (`connected`, on a reload) are not connected again.
+pub(crate) async fn connect_families(
     config: &GatewayConfig,
+    connected: &[Arc<dyn ProviderFamily>],
 ) -> Result<Vec<Arc<dyn ProviderFamily>>, StartError> {
     let mut families = Vec::new();
     for kind in FAMILIES {
-        if !config
+        if connected
+            .iter()
+            .any(|family| std::ptr::eq(family.kind(), *kind))
+        {
+            continue;
+        }
+        // Label discovery routes Docker containers of the default engine: its family is used
+        // even before any is found.
+        let labelled = BackendConfig::Docker {
+            container: String::new(),
+            engine: config.docker.clone(),
+        };
+        let used = config
             .routes
             .iter()
             .any(|route| (kind.claims)(&route.backend))
-        {
+            || (config.docker_labels && (kind.claims)(&labelled));
+        if !used {
             continue;
         }
         let family = match tokio::time::timeout(kind.connect_timeout, (kind.connect)(config)).await
@@ -320,9 +488,11 @@ struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
+    /// `reuse` turns each upstream into the one to use (a kept one equal to it, on a reload).
     fn new(
         config: &'a GatewayConfig,
         providers: &'a HashMap<&'a BackendConfig, Arc<dyn Provider>>,
+        reuse: &dyn Fn(&BackendConfig, Upstream) -> Arc<Upstream>,
     ) -> Self {
         let route_index: HashMap<&str, usize> = config
             .routes
@@ -351,7 +521,8 @@ impl<'a> Plan<'a> {
                     (None, None) => UpstreamTarget::BackendPort(80),
                 };
                 let upstream = Upstream::new(target, route.health.clone());
-                Arc::new(
+                reuse(
+                    &route.backend,
                     if route.health_set || !awaited_healthy.contains(&route.backend) {
                         upstream
                     } else {
@@ -360,7 +531,16 @@ impl<'a> Plan<'a> {
                 )
             })
             .collect();
-        let stream_upstreams = config.routes.iter().map(stream_upstreams).collect();
+        let stream_upstreams = config
+            .routes
+            .iter()
+            .map(|route| {
+                stream_upstreams(route)
+                    .into_iter()
+                    .map(|upstream| reuse(&route.backend, upstream))
+                    .collect()
+            })
+            .collect();
         let mut plan = Plan {
             config,
             providers,
@@ -386,7 +566,7 @@ impl<'a> Plan<'a> {
 /// A route's streams' upstreams: a TCP stream is probed with a connection (or, with
 /// `health: { docker: true }`, left to the container's health check); a UDP stream cannot be
 /// probed, and is ready `ready_after` after the backend runs (if set).
-fn stream_upstreams(route: &RouteConfig) -> Vec<Arc<Upstream>> {
+fn stream_upstreams(route: &RouteConfig) -> Vec<Upstream> {
     let health = match route.health {
         HealthCheck::Docker => HealthCheck::Docker,
         _ => HealthCheck::Tcp,
@@ -399,26 +579,32 @@ fn stream_upstreams(route: &RouteConfig) -> Vec<Arc<Upstream>> {
                 (Some(fixed), _) => UpstreamTarget::Fixed(fixed.clone()),
                 (None, port) => UpstreamTarget::BackendPort(port.unwrap_or(stream.listen.port())),
             };
-            Arc::new(match stream.protocol {
+            match stream.protocol {
                 StreamProtocol::Tcp => Upstream::new(target, health.clone()),
                 StreamProtocol::Udp => Upstream::unprobed(
                     target,
                     health.clone(),
                     route.stream_settings.ready_after.unwrap_or_default(),
                 ),
-            })
+            }
         })
         .collect()
 }
 
 /// The watchers built so far.
-struct Built {
+struct Built<'k> {
     clock: Arc<IdleClock>,
     watchers: Vec<Arc<Watcher>>,
     by_backend: HashMap<BackendConfig, Arc<Watcher>>,
+    /// The watchers in force (on a reload), by backend: kept for the same backend.
+    old: &'k HashMap<BackendConfig, Arc<Watcher>>,
+    /// The next free id (ids are never reused: the idle clock's slots are by id).
+    next_id: u32,
+    kept: Vec<KeptWatcher>,
+    fresh: Vec<Arc<Watcher>>,
 }
 
-impl Built {
+impl Built<'_> {
     /// The watcher of route `index`'s backend, created (after its dependencies, depth first)
     /// if needed. The configuration guarantees there is no cycle; `visiting` guards anyway.
     fn watcher_for(
@@ -451,14 +637,36 @@ impl Built {
             .get(&route.backend)
             .cloned()
             .unwrap_or_default();
-        let watcher = Watcher::new(
-            self.watchers.len() as u32,
-            Arc::clone(&plan.providers[&route.backend]),
-            self.settings(route),
-            dependencies,
-            sharing,
-            Arc::clone(&self.clock),
-        );
+        let watcher = match self.old.get(&route.backend) {
+            Some(old) => {
+                self.kept.push(KeptWatcher {
+                    watcher: Arc::clone(old),
+                    settings: self.settings(route),
+                    dependencies,
+                    upstreams: sharing,
+                });
+                Arc::clone(old)
+            }
+            None => {
+                let Some(provider) = plan.providers.get(&route.backend) else {
+                    return Err(StartError::Unsupported {
+                        route: route.name.clone(),
+                        family: backend_key(&route.backend),
+                    });
+                };
+                let watcher = Watcher::new(
+                    self.next_id,
+                    Arc::clone(provider),
+                    self.settings(route),
+                    dependencies,
+                    sharing,
+                    Arc::clone(&self.clock),
+                );
+                self.next_id += 1;
+                self.fresh.push(Arc::clone(&watcher));
+                watcher
+            }
+        };
         self.watchers.push(Arc::clone(&watcher));
         self.by_backend
             .insert(route.backend.clone(), Arc::clone(&watcher));

@@ -1,0 +1,187 @@
+//! What a reload changes: two validated configurations compared, without touching anything
+//! running. Routes are compared by name and whole value (where a key was written does not count);
+//! the keys a running gateway cannot apply (its listeners and the other start-up settings) are
+//! named so the operator knows a restart (`-u` upgrade) is needed for them.
+
+use std::collections::HashMap;
+
+use super::model::{Config, RouteConfig, StreamConfig};
+
+/// The difference between the configuration in force and a new one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigDiff {
+    /// Routes only in the new file, by name, in its order.
+    pub added: Vec<String>,
+    /// Routes only in the old one, by name, in its order.
+    pub removed: Vec<String>,
+    /// Routes in both whose settings differ, by name, in the new file's order.
+    pub changed: Vec<String>,
+    /// Keys that changed but take effect only after a restart (`idlewatcher.listen`,
+    /// `idlewatcher.admin.listen`, a route's `streams`…): reported, not applied.
+    pub restart_needed: Vec<String>,
+}
+
+impl ConfigDiff {
+    /// Whether the routes in force change at all.
+    pub fn changes_routes(&self) -> bool {
+        !(self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty())
+    }
+}
+
+/// Compares `old` (in force) with `new` (just validated).
+pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
+    let before: HashMap<&str, &RouteConfig> = old
+        .gateway
+        .routes
+        .iter()
+        .map(|route| (route.name.as_str(), route))
+        .collect();
+    let after: HashMap<&str, &RouteConfig> = new
+        .gateway
+        .routes
+        .iter()
+        .map(|route| (route.name.as_str(), route))
+        .collect();
+    let mut result = ConfigDiff::default();
+    for route in &new.gateway.routes {
+        match before.get(route.name.as_str()) {
+            None => result.added.push(route.name.clone()),
+            Some(previous) if *previous != route => result.changed.push(route.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for route in &old.gateway.routes {
+        if !after.contains_key(route.name.as_str()) {
+            result.removed.push(route.name.clone());
+        }
+    }
+    result.restart_needed = restart_needed(old, new);
+    result
+}
+
+/// The keys that differ but are only read at start-up.
+fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (&old.gateway, &new.gateway);
+    let mut keys = Vec::new();
+    let mut check = |changed: bool, key: &str| {
+        if changed {
+            keys.push(key.to_string());
+        }
+    };
+    check(a.listen != b.listen, "idlewatcher.listen");
+    check(
+        a.admin.as_ref().map(|admin| &admin.listen) != b.admin.as_ref().map(|admin| &admin.listen),
+        "idlewatcher.admin.listen",
+    );
+    check(
+        a.admin.as_ref().map(|admin| &admin.token_file)
+            != b.admin.as_ref().map(|admin| &admin.token_file),
+        "idlewatcher.admin.token_file",
+    );
+    check(a.path_prefix != b.path_prefix, "idlewatcher.path_prefix");
+    check(a.tick != b.tick, "idlewatcher.tick");
+    check(
+        a.max_concurrent_stops != b.max_concurrent_stops,
+        "idlewatcher.max_concurrent_stops",
+    );
+    check(a.clients != b.clients, "idlewatcher.clients");
+    check(a.docker != b.docker, "idlewatcher.docker");
+    check(
+        a.docker_labels != b.docker_labels,
+        "idlewatcher.docker.labels",
+    );
+    check(a.proxmox != b.proxmox, "idlewatcher.proxmox");
+    check(old.server_yaml != new.server_yaml, "(server)");
+    // Stream listeners are bound at start-up: any change to the set of streams waits for a
+    // restart (the streams of routes kept go on as they were).
+    let streams = |config: &Config| -> Vec<(String, Vec<StreamConfig>)> {
+        config
+            .gateway
+            .routes
+            .iter()
+            .filter(|route| !route.streams.is_empty())
+            .map(|route| (route.name.clone(), route.streams.clone()))
+            .collect()
+    };
+    let (before, after) = (streams(old), streams(new));
+    for (name, list) in &after {
+        if before
+            .iter()
+            .find(|(known, _)| known == name)
+            .map(|(_, l)| l)
+            != Some(list)
+        {
+            keys.push(format!("idlewatcher.routes[{name}].streams"));
+        }
+    }
+    for (name, _) in &before {
+        if !after.iter().any(|(known, _)| known == name) {
+            keys.push(format!("idlewatcher.routes[{name}].streams"));
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn config(gateway: &str, routes: &str) -> Config {
+        let text = format!("idlewatcher:\n{gateway}  routes:\n{routes}");
+        match parse(&text) {
+            Ok(config) => config,
+            Err(errors) => panic!("{errors}"),
+        }
+    }
+
+    const A: &str = "    - { name: a, hosts: [a.test], docker: { container: a }, port: 80 }\n";
+    const B: &str = "    - { name: b, hosts: [b.test], docker: { container: b }, port: 80 }\n";
+
+    #[test]
+    fn routes_added_removed_and_changed_are_named() {
+        let old = config("", &format!("{A}{B}"));
+        let c = "    - { name: c, hosts: [c.test], docker: { container: c }, port: 80 }\n";
+        let b2 = "    - { name: b, hosts: [b.test], docker: { container: b }, port: 80, idle_timeout: 5m }\n";
+        let new = config("", &format!("{b2}{c}"));
+        let found = diff(&old, &new);
+        assert_eq!(found.added, ["c"]);
+        assert_eq!(found.removed, ["a"]);
+        assert_eq!(found.changed, ["b"]);
+        assert!(found.restart_needed.is_empty(), "{found:?}");
+        assert!(found.changes_routes());
+    }
+
+    #[test]
+    fn a_route_written_elsewhere_in_the_file_is_unchanged() {
+        let old = config("", &format!("{A}{B}"));
+        let new = config("  tick: 1s\n", &format!("{B}\n\n{A}"));
+        let found = diff(&old, &new);
+        assert_eq!(found, ConfigDiff::default());
+        assert!(!found.changes_routes());
+    }
+
+    #[test]
+    fn listeners_and_start_up_settings_need_a_restart() {
+        let old = config(
+            "  listen: [\"127.0.0.1:8080\"]\n  admin: { listen: \"127.0.0.1:9090\" }\n",
+            A,
+        );
+        let streams = "    - { name: a, hosts: [a.test], docker: { container: a }, port: 80, streams: [{ listen: \"127.0.0.1:2525\", port: 25 }] }\n";
+        let new = config(
+            "  listen: [\"127.0.0.1:8081\"]\n  admin: { listen: \"127.0.0.1:9091\" }\n  tick: 2s\n",
+            streams,
+        );
+        let found = diff(&old, &new);
+        assert_eq!(
+            found.restart_needed,
+            [
+                "idlewatcher.listen",
+                "idlewatcher.admin.listen",
+                "idlewatcher.tick",
+                "idlewatcher.routes[a].streams"
+            ]
+        );
+        assert_eq!(found.changed, ["a"], "the route's own change is applied");
+    }
+}
