@@ -55,7 +55,7 @@
 //! | [`routes`] | the live Host → route table |
 //! | [`wait`] | waiting through a wake, for any protocol |
 //! | [`metrics`] | Prometheus metrics of wakes, sleeps and refused requests |
-//! | [`http`] | the HTTP front: gate, early hold, loading page, event stream, bundled proxy |
+//! | [`http`] | the HTTP front: gate, early hold, loading page, event stream, HTTPS (`http::tls`), bundled proxy |
 //! | [`stream`] | the TCP and UDP fronts: hold unread, wake, splice or replay |
 //! | [`admin`] | the admin listener: `/metrics`, the routes, wake and sleep by hand |
 //! | [`assemble`] | configuration → running parts, at start-up and on every reload |

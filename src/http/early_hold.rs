@@ -339,15 +339,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
     /// Reads the first request of a new connection, until `deadline`.
     async fn first_request(&self, stream: Stream, deadline: Instant) -> First {
         if !stream.as_any().is::<TcpStream>() {
-            // TLS (handshake done by the listener): HTTP/2 by ALPN is Pingora's h2 server's;
-            // HTTP/1.1 is read and held here as cleartext is.
-            let http1 = stream.get_ssl_digest().is_some()
-                && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-            return if http1 {
-                self.first_tls_request(stream, deadline).await
-            } else {
-                First::Other(stream)
-            };
+            // TLS, HTTP/2 by ALPN (HTTP/1.1 over TLS never comes here: `serve_tls_http1`).
+            return First::Other(stream);
         }
         let client = client_ip(&stream);
         let Ok(mut stream) = stream.into_any().downcast::<TcpStream>() else {
@@ -368,6 +361,28 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
                     First::Http1(stream)
                 }
             }
+        }
+    }
+
+    /// A TLS connection that chose HTTP/1.1 by ALPN (the listener did the handshake): its first
+    /// request read, held if the gate would hold it, then the connection served, all in a task
+    /// of its own. Not in Pingora's connection task: tokio-rustls reads until the socket would
+    /// block, so the task that read last stays registered with the socket until its next
+    /// event, and Pingora's (≈ 9 kB) would outlive its end by the whole hold.
+    async fn serve_tls_http1(
+        self: Arc<Self>,
+        stream: Stream,
+        shutdown: ShutdownWatch,
+        place: PerIpPlace,
+        deadline: Instant,
+    ) {
+        match self.first_tls_request(stream, deadline).await {
+            First::Hold(held) => self.hold_then_serve(held, shutdown, place).await,
+            First::Http1(stream) => {
+                let _place = place;
+                self.serve_http1(stream, &shutdown, deadline).await;
+            }
+            First::Other(_) | First::Gone => {}
         }
     }
 
@@ -507,6 +522,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EarlyHold<A> {
         let deadline = Instant::now() + self.gate.clients().limits.header_timeout;
         // Over the client's connection cap: closed at once, nothing read.
         let place = self.gate.clients().connections.take(client_ip(&stream))?;
+        let tls_http1 = stream.get_ssl_digest().is_some()
+            && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        if tls_http1 {
+            let task = Arc::clone(self).serve_tls_http1(stream, shutdown.clone(), place, deadline);
+            tokio::spawn(task);
+            return None;
+        }
         match self.first_request(stream, deadline).await {
             First::Gone => None,
             First::Other(stream) => self.app.process_new(stream, shutdown).await,
