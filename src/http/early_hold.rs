@@ -229,6 +229,40 @@ fn taken_on(stream: HeldStream, mut head: Vec<u8>, early: Early, client: Option<
     }
 }
 
+/// A first request subscribing to a route's events (see [`EarlyHold::events`]).
+struct EarlyEvents<'a, A> {
+    hold: &'a EarlyHold<A>,
+    stream: HeldStream,
+    head: Vec<u8>,
+    to_stream: ToStream,
+    client: Option<IpAddr>,
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> EarlyEvents<'_, A> {
+    /// Serves the stream here (`early_events`) within the caps; over a cap, the connection
+    /// goes to the gate, which answers 429 or 503 as for any other. `place` is the connection's
+    /// own, held to the end.
+    async fn serve(self, place: PerIpPlace, shutdown: &ShutdownWatch, deadline: Instant) {
+        let _place = place;
+        let ToStream { route, last_id } = self.to_stream;
+        let gate = &self.hold.gate;
+        match gate.clients().take_event_stream(self.client, &route.name) {
+            Ok(places) => {
+                let connection = EventConnection {
+                    stream: self.stream.into_stream(),
+                    route,
+                    last_id,
+                };
+                early_events::serve(connection, places, gate.shutdown_signal()).await;
+            }
+            Err(_) => {
+                let stream = self.stream.put_back(self.head);
+                self.hold.serve_http1(stream, shutdown, deadline).await;
+            }
+        }
+    }
+}
+
 /// The client's address, if the stream is a TCP connection.
 fn client_ip(stream: &Stream) -> Option<IpAddr> {
     let digest = stream.get_socket_digest()?;
@@ -378,11 +412,32 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
     ) {
         match self.first_tls_request(stream, deadline).await {
             First::Hold(held) => self.hold_then_serve(held, shutdown, place).await,
+            First::Events(stream, head, to_stream, client) => {
+                let events = self.events(stream, head, to_stream, client);
+                events.serve(place, &shutdown, deadline).await;
+            }
             First::Http1(stream) => {
                 let _place = place;
                 self.serve_http1(stream, &shutdown, deadline).await;
             }
             First::Other(_) | First::Gone => {}
+        }
+    }
+
+    /// A connection whose first request subscribes to a route's events, ready to be served.
+    fn events(
+        &self,
+        stream: HeldStream,
+        head: Vec<u8>,
+        to_stream: ToStream,
+        client: Option<IpAddr>,
+    ) -> EarlyEvents<'_, A> {
+        EarlyEvents {
+            hold: self,
+            stream,
+            head,
+            to_stream,
+            client,
         }
     }
 
@@ -536,28 +591,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EarlyHold<A> {
                 self.serve_http1(stream, shutdown, deadline).await;
                 None
             }
-            First::Events(stream, head, ToStream { route, last_id }, client) => {
-                match self.gate.clients().take_event_stream(client, &route.name) {
-                    Ok(places) => {
-                        // Like a held request, a task of its own; Pingora's connection task
-                        // ends here.
-                        let connection = EventConnection {
-                            stream: stream.into_stream(),
-                            route,
-                            last_id,
-                        };
-                        let shutdown = self.gate.shutdown_signal();
-                        tokio::spawn(async move {
-                            let _place = place;
-                            early_events::serve(connection, places, shutdown).await;
-                        });
-                    }
-                    // Over a cap: the gate answers it (429 or 503).
-                    Err(_) => {
-                        self.serve_http1(stream.put_back(head), shutdown, deadline)
-                            .await
-                    }
-                }
+            First::Events(stream, head, to_stream, client) => {
+                // Like a held request, a task of its own; Pingora's connection task ends here.
+                let this = Arc::clone(self);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let events = this.events(stream, head, to_stream, client);
+                    events.serve(place, &shutdown, deadline).await;
+                });
                 None
             }
             First::Hold(held) => {
