@@ -140,7 +140,6 @@ impl IdleWatcher {
         let clock = assembled.clock;
         let routes = Arc::new(LiveRoutes::new(assembled.routes));
         let reloader = Arc::new(Reloader::new(
-            config,
             Arc::clone(&routes),
             Arc::clone(&clock),
             Arc::clone(&assembled.metrics),
@@ -217,7 +216,7 @@ impl IdleWatcher {
 
     /// Lets the gateway reload `path` (the file `config` was read from) on SIGHUP and
     /// `POST /api/reload`. Call it before [`background_services`](Self::background_services).
-    pub fn enable_reload(&self, path: std::path::PathBuf, config: &config::Config) {
+    pub fn enable_reload(&self, path: std::path::PathBuf, config: config::Config) {
         self.reloader.set_file(path, config);
     }
 

@@ -47,7 +47,6 @@ pub async fn hold_until_admitted<E>(
     };
     let watcher = &route.watcher;
     let deadline = Instant::now() + watcher.settings().wake_timeout;
-    let mut removed = route.removed();
     tokio::pin!(client_left);
     loop {
         // In a block of its own, so that the wait's state and the window's share memory.
@@ -61,14 +60,18 @@ pub async fn hold_until_admitted<E>(
                 if *shutdown.borrow_and_update() {
                     break Err(WakeFailure::ShuttingDown);
                 }
-                if *removed.borrow_and_update() {
+                // Listening before looking: a removal in between is not missed.
+                let removal = route.removal();
+                tokio::pin!(removal);
+                removal.as_mut().enable();
+                if route.is_removed() {
                     break Err(WakeFailure::RouteRemoved);
                 }
                 tokio::select! {
                     result = &mut wait => break result,
                     gone = &mut client_left => return HoldOutcome::ClientLeft(gone),
                     _ = shutdown.changed() => {}
-                    _ = removed.changed() => {}
+                    () = &mut removal => {}
                 }
             }
         };

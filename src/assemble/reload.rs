@@ -44,7 +44,9 @@ pub enum ReloadError {
         /// Every problem, top-down.
         errors: Vec<ConfigError>,
     },
-    /// The gateway was not started from a file.
+    /// Reloading was not enabled: the gateway was not started from a file
+    /// ([`IdleWatcher::enable_reload`](crate::IdleWatcher::enable_reload) names it, with the
+    /// configuration in force).
     #[error("no configuration file to reload (the gateway was not started from one)")]
     NoFile,
     /// The file is valid but cannot be applied (a family unreachable, an engine not connected).
@@ -54,10 +56,12 @@ pub enum ReloadError {
 
 /// What is in force, as the next reload starts from it.
 struct Live {
-    /// The configuration in force: the file's routes and the accepted label routes.
-    config: Config,
+    /// The configuration in force: the file's routes and the accepted label routes (the same
+    /// `Arc` as `file` without label discovery: one copy per route, not two). `None` until
+    /// reloading is enabled: nothing is kept for a gateway that never reloads.
+    config: Option<Arc<Config>>,
     /// The file as last read (or as at start-up).
-    file: Config,
+    file: Option<Arc<Config>>,
     /// The labelled containers last discovered.
     labels: Vec<LabeledContainer>,
     families: Vec<Arc<dyn ProviderFamily>>,
@@ -83,10 +87,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// The reloader of a gateway assembled from `config`: its route table, clock, metrics,
-    /// families and watchers.
+    /// The reloader of a gateway: its route table, clock, metrics, families and watchers. It
+    /// reloads once [`set_file`](Self::set_file) gave it the file and the configuration in force.
     pub(crate) fn new(
-        config: &config::GatewayConfig,
         routes: Arc<LiveRoutes>,
         clock: Arc<IdleClock>,
         metrics: Arc<Metrics>,
@@ -100,14 +103,8 @@ impl Reloader {
             clock,
             metrics,
             live: Mutex::new(Live {
-                config: Config {
-                    server_yaml: String::new(),
-                    gateway: config.clone(),
-                },
-                file: Config {
-                    server_yaml: String::new(),
-                    gateway: config.clone(),
-                },
+                config: None,
+                file: None,
                 labels: Vec::new(),
                 families,
                 by_backend,
@@ -121,11 +118,14 @@ impl Reloader {
 
     /// Names the file reloads read, and the whole configuration read from it at start-up (its
     /// Pingora part too, so that a change there is reported as needing a restart). Set once.
-    pub fn set_file(&self, path: PathBuf, config: &Config) {
+    /// Taken, not copied: the configuration in force is kept for the life of the gateway, so a
+    /// copy would cost every route its size again.
+    pub fn set_file(&self, path: PathBuf, config: Config) {
         if self.path.set(path).is_ok() {
+            let config = Arc::new(config);
             let mut live = self.live.lock();
-            live.config = config.clone();
-            live.file = config.clone();
+            live.config = Some(Arc::clone(&config));
+            live.file = Some(config);
         }
     }
 
@@ -175,20 +175,33 @@ impl Reloader {
     /// Applies a new set of labelled containers (label discovery), with the file in force.
     pub async fn apply_labels(&self, containers: Vec<LabeledContainer>) {
         let _one_at_a_time = self.serial.lock().await;
-        let file = self.live.lock().file.clone();
+        let Some(file) = self.live.lock().file.as_deref().cloned() else {
+            return; // Reloading is not enabled: nothing to add the label routes to.
+        };
         let result = self.apply_locked(file, Some(containers)).await;
         log_outcome("(docker labels)", &result);
     }
 
     /// Whether the configuration in force asks for label discovery.
     pub fn discovers_labels(&self) -> bool {
-        self.live.lock().file.gateway.docker_labels
+        let live = self.live.lock();
+        live.file
+            .as_ref()
+            .is_some_and(|file| file.gateway.docker_labels)
     }
 
     /// Follows the labelled containers of the gateway's engine until `shutdown`, applying each
     /// change (`docker: { labels: true }`).
     pub async fn run_label_discovery(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let engine = self.live.lock().file.gateway.docker.clone();
+        let Some(engine) = self
+            .live
+            .lock()
+            .file
+            .as_ref()
+            .map(|file| file.gateway.docker.clone())
+        else {
+            return;
+        };
         let discovery = match LabelDiscovery::connect(&engine) {
             Ok(discovery) => discovery,
             Err(error) => {
@@ -232,8 +245,11 @@ impl Reloader {
     ) -> Result<ConfigDiff, ReloadError> {
         let (old, families, by_backend, mut retired, next_id, labels) = {
             let live = self.live.lock();
+            let Some(old) = live.config.clone() else {
+                return Err(ReloadError::NoFile);
+            };
             (
-                live.config.clone(),
+                old,
                 live.families.clone(),
                 live.by_backend.clone(),
                 live.retired.clone(),
@@ -330,9 +346,16 @@ impl Reloader {
                 route.remove();
             }
         }
+        // Without label discovery the configuration in force is the file: one copy.
+        let file = Arc::new(file);
+        let config = if file.gateway.docker_labels {
+            Arc::new(config)
+        } else {
+            Arc::clone(&file)
+        };
         *self.live.lock() = Live {
-            config,
-            file,
+            config: Some(config),
+            file: Some(file),
             labels,
             families: all,
             by_backend: parts.by_backend,
