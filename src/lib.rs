@@ -220,6 +220,12 @@ impl IdleWatcher {
         self.reloader.set_file(path, config);
     }
 
+    /// The certificates the HTTPS listeners serve ([`http::tls::listener`]): every reload of
+    /// the file reads them again (a set that cannot be read leaves the current one serving).
+    pub fn serve_certificates(&self, certificates: Arc<http::tls::Certificates>) {
+        self.reloader.set_certificates(certificates);
+    }
+
     /// The reloader: applies a configuration read again without a restart.
     pub fn reloader(&self) -> &Arc<Reloader> {
         &self.reloader

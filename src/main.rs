@@ -152,6 +152,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        idle.serve_certificates(Arc::clone(&certificates));
         for address in &tls_config.listen {
             match tls::listener(address, &certificates) {
                 Ok(listener) => proxy.add_listener(listener),

@@ -706,3 +706,52 @@ async fn memory_per_held_request() {
         bytes_per_held(carrier, count).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_the_certificates_again_and_a_bad_set_leaves_the_current_one_serving() {
+    let sites = SiteCa::new();
+    let first = sites.leaf("site", &["a.test"]);
+    let config = format!(
+        "idlewatcher:\n  listen: [\"@LISTEN@\"]\n  tls:\n    listen: [\"@TLS_LISTEN@\"]\n    certificates:\n      - {{ cert: \"{}\", key: \"{}\" }}\n  routes: []\n",
+        first.cert.display(),
+        first.key.display()
+    );
+    let gateway = Gateway::start(&config).await;
+    let address = gateway.tls_address.unwrap();
+    let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    assert!(handshake(address, "a.test", both, tls13).await.leaf == first.der);
+
+    // The files renewed in place (same names, as certbot does), then SIGHUP: the new leaf.
+    let renewed = sites.leaf("site", &["a.test", "www.a.test"]);
+    assert!(renewed.der != first.der);
+    gateway.rewrite_config(&config);
+    gateway.signal("HUP").await;
+    assert!(
+        gateway
+            .wait_for_log("certificates read again", Duration::from_secs(10))
+            .await,
+        "{}",
+        gateway.logs()
+    );
+    let got = handshake(address, "www.a.test", both, tls13).await;
+    assert!(got.leaf == renewed.der, "the renewed certificate is served");
+
+    // A key that no longer matches its certificate: the reload is refused as a whole (the
+    // file is checked first) and the renewed certificate keeps serving.
+    let other = sites.leaf("other", &["b.test"]);
+    std::fs::copy(&other.key, &renewed.key).unwrap();
+    gateway.signal("HUP").await;
+    assert!(
+        gateway
+            .wait_for_log("is not the private key", Duration::from_secs(10))
+            .await,
+        "{}",
+        gateway.logs()
+    );
+    let got = handshake(address, "a.test", both, tls13).await;
+    assert!(
+        got.leaf == renewed.der,
+        "the previous certificate still serves"
+    );
+}

@@ -25,8 +25,9 @@ use crate::assemble::build::{check, connect_families, Kept, Parts, StartError};
 use crate::backend::Watcher;
 use crate::config::{
     self, label_routes, BackendConfig, Config, ConfigDiff, ConfigError, LabeledContainer,
-    RejectedRoute,
+    RejectedRoute, TlsConfig,
 };
+use crate::http::tls::Certificates;
 use crate::idle::IdleClock;
 use crate::metrics::Metrics;
 use crate::providers::docker::{LabelDiscovery, OnLabels};
@@ -84,6 +85,8 @@ pub struct Reloader {
     serial: tokio::sync::Mutex<()>,
     /// The gateway's shutdown signal, for the event sources of families a reload connects.
     shutdown: OnceLock<watch::Receiver<bool>>,
+    /// The certificates the HTTPS listeners serve: read again by every reload of the file.
+    certificates: OnceLock<Arc<Certificates>>,
 }
 
 impl Reloader {
@@ -113,6 +116,26 @@ impl Reloader {
             }),
             serial: tokio::sync::Mutex::new(()),
             shutdown: OnceLock::new(),
+            certificates: OnceLock::new(),
+        }
+    }
+
+    /// The certificates the HTTPS listeners serve, for reloads to read again. Set once.
+    pub fn set_certificates(&self, certificates: Arc<Certificates>) {
+        let _ = self.certificates.set(certificates);
+    }
+
+    /// Reads the certificate files of `tls` again (after the file in force changed): a set
+    /// that cannot be read leaves the current one serving, with the error logged.
+    fn reread_certificates(&self, tls: Option<&TlsConfig>) {
+        let (Some(certificates), Some(tls)) = (self.certificates.get(), tls) else {
+            return;
+        };
+        match certificates.reload(tls) {
+            Ok(()) => tracing::info!(certificates = certificates.len(), "certificates read again"),
+            Err(error) => {
+                tracing::error!(%error, "certificates not read again; the previous ones keep serving")
+            }
         }
     }
 
@@ -154,7 +177,14 @@ impl Reloader {
             Err(errors) => Err(errors.0),
         };
         let result = match loaded {
-            Ok(loaded) => self.apply_locked(loaded, None).await,
+            Ok(loaded) => {
+                let tls = loaded.gateway.tls.clone();
+                let applied = self.apply_locked(loaded, None).await;
+                if applied.is_ok() {
+                    self.reread_certificates(tls.as_ref());
+                }
+                applied
+            }
             Err(errors) => Err(ReloadError::Invalid {
                 path: path.clone(),
                 errors,

@@ -69,6 +69,11 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         }
     };
     check(a.listen != b.listen, "idlewatcher.listen");
+    // A changed certificate set is read again by the reload; the listeners are not.
+    check(
+        a.tls.as_ref().map(|tls| &tls.listen) != b.tls.as_ref().map(|tls| &tls.listen),
+        "idlewatcher.tls.listen",
+    );
     check(
         a.admin.as_ref().map(|admin| &admin.listen) != b.admin.as_ref().map(|admin| &admin.listen),
         "idlewatcher.admin.listen",
@@ -172,11 +177,18 @@ mod tests {
             "  listen: [\"127.0.0.1:8081\"]\n  admin: { listen: \"127.0.0.1:9091\" }\n  tick: 2s\n",
             streams,
         );
+        // HTTPS listeners added (the certificate files are not read by the diff).
+        let mut new = new;
+        new.gateway.tls = Some(crate::config::TlsConfig {
+            listen: vec!["127.0.0.1:8443".to_string()],
+            certificates: Vec::new(),
+        });
         let found = diff(&old, &new);
         assert_eq!(
             found.restart_needed,
             [
                 "idlewatcher.listen",
+                "idlewatcher.tls.listen",
                 "idlewatcher.admin.listen",
                 "idlewatcher.tick",
                 "idlewatcher.routes[a].streams"

@@ -322,6 +322,9 @@ impl Gateway {
     /// reads half a file.
     pub fn rewrite_config(&self, config: &str) {
         let mut text = config.replace("@LISTEN@", &self.address.to_string());
+        if let Some(tls) = self.tls_address {
+            text = text.replace("@TLS_LISTEN@", &tls.to_string());
+        }
         if !text.contains("\nversion:") && !text.starts_with("version:") {
             text = format!("{SERVER_KEYS}{text}");
         }
