@@ -32,9 +32,10 @@ async fn event_millis(gateway: &Gateway, host: &str, kind: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loading_page_follows_the_wake_and_lands_on_the_backend_page() {
-    // A backend that takes ~2 s to listen, so the page has something to show.
+    // A backend that takes ~5 s to listen, so the page has something to show (and is still
+    // the loading page when it is read, even when the browser is slow on a loaded machine).
     let container =
-        TestContainer::with_cmd("page-ok", &["sh", "-c", "sleep 2; exec /bin/serve"]).await;
+        TestContainer::with_cmd("page-ok", &["sh", "-c", "sleep 5; exec /bin/serve"]).await;
     let gateway = Gateway::start(&one_route("pageok", &container.name, "")).await;
     let browser = Browser::start().await;
     let url = gateway.url("pageok.test", "/");

@@ -487,8 +487,10 @@ async fn chromium_opens_the_loading_page_over_https_and_lands_on_the_backend() {
     let sites = SiteCa::new();
     let leaf = sites.leaf("site", &["tlspage.test"]);
     // A backend that takes ~2 s to listen, so the page has something to show.
+    // Listening 5 s after its start: the page is still the loading page when it is read, even
+    // when the browser is slow to come up on a loaded machine.
     let container =
-        TestContainer::with_cmd("tls-page", &["sh", "-c", "sleep 2; exec /bin/serve"]).await;
+        TestContainer::with_cmd("tls-page", &["sh", "-c", "sleep 5; exec /bin/serve"]).await;
     let gateway = Gateway::start(&tls_route("tlspage", &container.name, &[&leaf])).await;
     // The browser does not know the test CA: certificate errors are ignored, and the SNI it
     // sent is checked on the gateway's side instead.
