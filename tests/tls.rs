@@ -45,6 +45,31 @@ fn https_client(gateway: &Gateway, sites: &SiteCa) -> reqwest::Client {
         .unwrap()
 }
 
+/// A plain request to `url` (not a browser navigation): held through the wake, then proxied
+/// over `version` with the backend's page; the backend started once.
+async fn held_and_proxied(
+    client: &reqwest::Client,
+    url: String,
+    version: reqwest::Version,
+    engine: &EventCounter,
+) {
+    let response = client
+        .get(url)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), version);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), INDEX_BODY);
+    assert_eq!(
+        engine.count("start"),
+        1,
+        "one start: {:?}",
+        engine.actions()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_client_is_held_through_the_wake_and_proxied_with_status_and_events_over_h2() {
     let sites = SiteCa::new();
@@ -73,21 +98,13 @@ async fn an_h2_client_is_held_through_the_wake_and_proxied_with_status_and_event
     let mut events = common::http::SseStream::new(events);
 
     // A plain request (not a browser navigation) is held through the wake and proxied.
-    let response = client
-        .get(gateway.https_url("tlsh2.test", "/"))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.version(), reqwest::Version::HTTP_2);
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), INDEX_BODY);
-    assert_eq!(
-        engine.count("start"),
-        1,
-        "one start: {:?}",
-        engine.actions()
-    );
+    held_and_proxied(
+        &client,
+        gateway.https_url("tlsh2.test", "/"),
+        reqwest::Version::HTTP_2,
+        &engine,
+    )
+    .await;
 
     // The event stream opened before the wake saw it through to `ready`.
     let seen = events.until("ready", Duration::from_secs(10)).await;
@@ -126,21 +143,13 @@ async fn an_http1_client_over_tls_is_held_and_proxied_and_a_browser_navigation_g
     assert!(html.contains("tlsh1"), "the loading page names the route");
 
     // A plain request over HTTP/1.1 on TLS is held until ready, then proxied.
-    let response = client
-        .get(gateway.https_url("tlsh1.test", "/"))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.version(), reqwest::Version::HTTP_11);
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), INDEX_BODY);
-    assert_eq!(
-        engine.count("start"),
-        1,
-        "one start: {:?}",
-        engine.actions()
-    );
+    held_and_proxied(
+        &client,
+        gateway.https_url("tlsh1.test", "/"),
+        reqwest::Version::HTTP_11,
+        &engine,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
