@@ -51,6 +51,11 @@ fn names(value: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// The status `url` answers to a plain GET.
+async fn status_of(client: &reqwest::Client, url: String) -> reqwest::StatusCode {
+    client.get(url).send().await.unwrap().status()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_reloads_under_load_leave_the_steady_route_alone() {
     let a = TestContainer::http("reload-a").await;
@@ -271,15 +276,7 @@ async fn an_invalid_file_on_sighup_changes_nothing_and_every_error_is_logged_wit
     let good = config(admin, &[route("a", &a.name, "")]);
     let gateway = Gateway::start(&good).await;
     let client = gateway.client();
-    assert_eq!(
-        client
-            .get(gateway.url("a.test", "/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(&client, gateway.url("a.test", "/")).await, 200);
     // Line numbers below count the four server keys the helper puts first.
     let bad = config(
         admin,
@@ -316,24 +313,8 @@ async fn an_invalid_file_on_sighup_changes_nothing_and_every_error_is_logged_wit
         "{logs}"
     );
     // Still serving on the old configuration; `b` never came.
-    assert_eq!(
-        client
-            .get(gateway.url("a.test", "/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        client
-            .get(gateway.url("b.test", "/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(status_of(&client, gateway.url("a.test", "/")).await, 200);
+    assert_eq!(status_of(&client, gateway.url("b.test", "/")).await, 404);
     // The API answers the same file with 400 and the list.
     let (status, answer) = reload(admin).await;
     assert_eq!(status, 400, "{answer}");
@@ -355,15 +336,7 @@ async fn an_invalid_file_on_sighup_changes_nothing_and_every_error_is_logged_wit
         "{}",
         gateway.logs()
     );
-    assert_eq!(
-        client
-            .get(gateway.url("b.test", "/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(&client, gateway.url("b.test", "/")).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
