@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use crate::backend::{BackendSettings, Upstream, UpstreamTarget, Watcher};
 use crate::config::{
-    BackendConfig, ConfigError, DependencyCondition, GatewayConfig, HealthCheck, RouteConfig,
-    StreamProtocol,
+    fingerprint, BackendConfig, ConfigError, DependencyCondition, GatewayConfig, HealthCheck,
+    InForce, RouteConfig, StreamProtocol,
 };
 use crate::idle::{IdleClock, IdleTimers, Sleeper};
 use crate::metrics::Metrics;
@@ -189,8 +189,8 @@ impl Assembly {
 /// What is in force when a reload builds anew: kept wherever nothing changed.
 #[derive(Default)]
 pub(crate) struct Kept {
-    /// The configuration in force.
-    pub(crate) config: Option<GatewayConfig>,
+    /// What the configuration in force is (its routes' fingerprints).
+    pub(crate) in_force: Option<InForce>,
     /// Its watchers, by backend.
     pub(crate) by_backend: HashMap<BackendConfig, Arc<Watcher>>,
     /// Its route table.
@@ -298,12 +298,11 @@ impl Parts {
             built.watcher_for(&plan, index, &mut Vec::new())?;
         }
         link_dependents(config, &built.by_backend);
-        let old_routes: HashMap<&str, &RouteConfig> = kept
-            .config
-            .iter()
-            .flat_map(|config| &config.routes)
-            .map(|route| (route.name.as_str(), route))
-            .collect();
+        let old_routes: HashMap<&str, u64> = kept
+            .in_force
+            .as_ref()
+            .map(InForce::fingerprints)
+            .unwrap_or_default();
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut streams = Vec::new();
         for ((route, upstream), stream_upstreams) in config
@@ -321,7 +320,7 @@ impl Parts {
             // (with the requests held on it).
             let unchanged = old_routes
                 .get(route.name.as_str())
-                .filter(|old| **old == route)
+                .filter(|old| **old == fingerprint(route))
                 .and_then(|_| kept.routes.as_ref()?.by_name(&route.name).cloned())
                 .filter(|old| {
                     Arc::ptr_eq(&old.watcher, &watcher) && Arc::ptr_eq(&old.upstream, upstream)

@@ -24,7 +24,7 @@ use crate::admin::{Reload, ReloadRefused};
 use crate::assemble::build::{check, connect_families, Kept, Parts, StartError};
 use crate::backend::Watcher;
 use crate::config::{
-    self, label_routes, BackendConfig, Config, ConfigDiff, ConfigError, LabeledContainer,
+    self, label_routes, BackendConfig, Config, ConfigDiff, ConfigError, InForce, LabeledContainer,
     RejectedRoute, TlsConfig,
 };
 use crate::http::tls::Certificates;
@@ -57,11 +57,12 @@ pub enum ReloadError {
 
 /// What is in force, as the next reload starts from it.
 struct Live {
-    /// The configuration in force: the file's routes and the accepted label routes (the same
-    /// `Arc` as `file` without label discovery: one copy per route, not two). `None` until
-    /// reloading is enabled: nothing is kept for a gateway that never reloads.
-    config: Option<Arc<Config>>,
-    /// The file as last read (or as at start-up).
+    /// What the configuration in force (the file's routes and the accepted label routes) is,
+    /// as the next reload compares with it: its routes as fingerprints. `None` until reloading
+    /// is enabled.
+    in_force: Option<InForce>,
+    /// The file as last read, kept whole only with label discovery on (each change of the
+    /// labelled containers is applied on top of it).
     file: Option<Arc<Config>>,
     /// The labelled containers last discovered.
     labels: Vec<LabeledContainer>,
@@ -106,7 +107,7 @@ impl Reloader {
             clock,
             metrics,
             live: Mutex::new(Live {
-                config: None,
+                in_force: None,
                 file: None,
                 labels: Vec::new(),
                 families,
@@ -141,14 +142,12 @@ impl Reloader {
 
     /// Names the file reloads read, and the whole configuration read from it at start-up (its
     /// Pingora part too, so that a change there is reported as needing a restart). Set once.
-    /// Taken, not copied: the configuration in force is kept for the life of the gateway, so a
-    /// copy would cost every route its size again.
+    /// Only its fingerprint is kept (and, with label discovery on, the file itself).
     pub fn set_file(&self, path: PathBuf, config: Config) {
         if self.path.set(path).is_ok() {
-            let config = Arc::new(config);
             let mut live = self.live.lock();
-            live.config = Some(Arc::clone(&config));
-            live.file = Some(config);
+            live.in_force = Some(InForce::of(&config));
+            live.file = config.gateway.docker_labels.then(|| Arc::new(config));
         }
     }
 
@@ -215,9 +214,9 @@ impl Reloader {
     /// Whether the configuration in force asks for label discovery.
     pub fn discovers_labels(&self) -> bool {
         let live = self.live.lock();
-        live.file
+        live.in_force
             .as_ref()
-            .is_some_and(|file| file.gateway.docker_labels)
+            .is_some_and(|in_force| in_force.gateway().docker_labels)
     }
 
     /// Follows the labelled containers of the gateway's engine until `shutdown`, applying each
@@ -226,9 +225,9 @@ impl Reloader {
         let Some(engine) = self
             .live
             .lock()
-            .file
+            .in_force
             .as_ref()
-            .map(|file| file.gateway.docker.clone())
+            .map(|in_force| in_force.gateway().docker.clone())
         else {
             return;
         };
@@ -275,7 +274,7 @@ impl Reloader {
     ) -> Result<ConfigDiff, ReloadError> {
         let (old, families, by_backend, mut retired, next_id, labels) = {
             let live = self.live.lock();
-            let Some(old) = live.config.clone() else {
+            let Some(old) = live.in_force.clone() else {
                 return Err(ReloadError::NoFile);
             };
             (
@@ -305,7 +304,7 @@ impl Reloader {
                 .map(|(backend, watcher)| (backend.clone(), Arc::clone(watcher))),
         );
         let kept = Kept {
-            config: Some(old.gateway.clone()),
+            in_force: Some(old),
             by_backend: reusable,
             routes: Some(self.routes.snapshot()),
             next_id,
@@ -376,16 +375,9 @@ impl Reloader {
                 route.remove();
             }
         }
-        // Without label discovery the configuration in force is the file: one copy.
-        let file = Arc::new(file);
-        let config = if file.gateway.docker_labels {
-            Arc::new(config)
-        } else {
-            Arc::clone(&file)
-        };
         *self.live.lock() = Live {
-            config: Some(config),
-            file: Some(file),
+            in_force: Some(InForce::of(&config)),
+            file: file.gateway.docker_labels.then(|| Arc::new(file)),
             labels,
             families: all,
             by_backend: parts.by_backend,

@@ -4,8 +4,9 @@
 //! named so the operator knows a restart (`-u` upgrade) is needed for them.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
-use super::model::{Config, RouteConfig, StreamConfig};
+use super::model::{Config, GatewayConfig, RouteConfig, StreamConfig, Written};
 
 /// The difference between the configuration in force and a new one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,14 +29,80 @@ impl ConfigDiff {
     }
 }
 
+/// What the next reload compares with: the configuration in force, its routes kept as
+/// fingerprints. A running gateway keeps this for the life of the process, so it does not keep
+/// the parsed routes (≈ 800 bytes each; a fingerprint is 8).
+#[derive(Debug, Clone)]
+pub struct InForce {
+    /// Gateway-level settings, without the routes.
+    gateway: GatewayConfig,
+    /// Pingora's part of the file.
+    server_yaml: String,
+    /// Each route by name: its fingerprint and its stream listeners (bound at start-up).
+    routes: Vec<RouteInForce>,
+}
+
+#[derive(Debug, Clone)]
+struct RouteInForce {
+    name: String,
+    fingerprint: u64,
+    streams: Vec<StreamConfig>,
+}
+
+impl InForce {
+    /// The record of `config`.
+    pub fn of(config: &Config) -> Self {
+        let gateway = GatewayConfig {
+            routes: Vec::new(),
+            ..config.gateway.clone()
+        };
+        let routes = config
+            .gateway
+            .routes
+            .iter()
+            .map(|route| RouteInForce {
+                name: route.name.clone(),
+                fingerprint: fingerprint(route),
+                streams: route.streams.clone(),
+            })
+            .collect();
+        Self {
+            gateway,
+            server_yaml: config.server_yaml.clone(),
+            routes,
+        }
+    }
+
+    /// The gateway-level settings in force (no routes).
+    pub fn gateway(&self) -> &GatewayConfig {
+        &self.gateway
+    }
+
+    /// The fingerprint of each route in force, by name.
+    pub fn fingerprints(&self) -> HashMap<&str, u64> {
+        self.routes
+            .iter()
+            .map(|route| (route.name.as_str(), route.fingerprint))
+            .collect()
+    }
+}
+
+/// A route's fingerprint: equal for routes configured alike, different as soon as one setting
+/// differs. It hashes the route's whole value as `Debug` shows it (every field), but for where
+/// its keys were written in the file, which does not make a route another (as for `==`).
+pub fn fingerprint(route: &RouteConfig) -> u64 {
+    let unplaced = RouteConfig {
+        written: Written::default(),
+        ..route.clone()
+    };
+    let mut hasher = DefaultHasher::new();
+    format!("{unplaced:?}").hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Compares `old` (in force) with `new` (just validated).
-pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
-    let before: HashMap<&str, &RouteConfig> = old
-        .gateway
-        .routes
-        .iter()
-        .map(|route| (route.name.as_str(), route))
-        .collect();
+pub fn diff(old: &InForce, new: &Config) -> ConfigDiff {
+    let before = old.fingerprints();
     let after: HashMap<&str, &RouteConfig> = new
         .gateway
         .routes
@@ -46,11 +113,13 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     for route in &new.gateway.routes {
         match before.get(route.name.as_str()) {
             None => result.added.push(route.name.clone()),
-            Some(previous) if *previous != route => result.changed.push(route.name.clone()),
+            Some(previous) if *previous != fingerprint(route) => {
+                result.changed.push(route.name.clone())
+            }
             Some(_) => {}
         }
     }
-    for route in &old.gateway.routes {
+    for route in &old.routes {
         if !after.contains_key(route.name.as_str()) {
             result.removed.push(route.name.clone());
         }
@@ -60,7 +129,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
 }
 
 /// The keys that differ but are only read at start-up.
-fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+fn restart_needed(old: &InForce, new: &Config) -> Vec<String> {
     let (a, b) = (&old.gateway, &new.gateway);
     let mut keys = Vec::new();
     let mut check = |changed: bool, key: &str| {
@@ -99,16 +168,19 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     check(old.server_yaml != new.server_yaml, "(server)");
     // Stream listeners are bound at start-up: any change to the set of streams waits for a
     // restart (the streams of routes kept go on as they were).
-    let streams = |config: &Config| -> Vec<(String, Vec<StreamConfig>)> {
-        config
-            .gateway
-            .routes
-            .iter()
-            .filter(|route| !route.streams.is_empty())
-            .map(|route| (route.name.clone(), route.streams.clone()))
-            .collect()
-    };
-    let (before, after) = (streams(old), streams(new));
+    let before: Vec<(String, Vec<StreamConfig>)> = old
+        .routes
+        .iter()
+        .filter(|route| !route.streams.is_empty())
+        .map(|route| (route.name.clone(), route.streams.clone()))
+        .collect();
+    let after: Vec<(String, Vec<StreamConfig>)> = new
+        .gateway
+        .routes
+        .iter()
+        .filter(|route| !route.streams.is_empty())
+        .map(|route| (route.name.clone(), route.streams.clone()))
+        .collect();
     for (name, list) in &after {
         if before
             .iter()
@@ -149,7 +221,7 @@ mod tests {
         let c = "    - { name: c, hosts: [c.test], docker: { container: c }, port: 80 }\n";
         let b2 = "    - { name: b, hosts: [b.test], docker: { container: b }, port: 80, idle_timeout: 5m }\n";
         let new = config("", &format!("{b2}{c}"));
-        let found = diff(&old, &new);
+        let found = diff(&InForce::of(&old), &new);
         assert_eq!(found.added, ["c"]);
         assert_eq!(found.removed, ["a"]);
         assert_eq!(found.changed, ["b"]);
@@ -161,7 +233,7 @@ mod tests {
     fn a_route_written_elsewhere_in_the_file_is_unchanged() {
         let old = config("", &format!("{A}{B}"));
         let new = config("  tick: 1s\n", &format!("{B}\n\n{A}"));
-        let found = diff(&old, &new);
+        let found = diff(&InForce::of(&old), &new);
         assert_eq!(found, ConfigDiff::default());
         assert!(!found.changes_routes());
     }
@@ -183,7 +255,7 @@ mod tests {
             listen: vec!["127.0.0.1:8443".to_string()],
             certificates: Vec::new(),
         });
-        let found = diff(&old, &new);
+        let found = diff(&InForce::of(&old), &new);
         assert_eq!(
             found.restart_needed,
             [

@@ -50,7 +50,7 @@ mod tests;
 use std::path::Path;
 
 pub use certs::{load_certified_key, CertificateError, CertificateFiles};
-pub use diff::{diff, ConfigDiff};
+pub use diff::{diff, fingerprint, ConfigDiff, InForce};
 pub use error::{ConfigError, ConfigErrors};
 pub use labels::{
     label_routes, route_from_labels, LabelRoutes, LabeledContainer, RejectedRoute, ENABLE_LABEL,
