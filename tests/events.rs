@@ -378,6 +378,15 @@ async fn hostile_names_stay_text_in_the_page_and_the_events() {
         hostile.replace('\'', "''")
     );
     let gateway = Gateway::start(&config).await;
+    // The engine answered (start-up does not wait for it): the wake's error is the missing
+    // container, not an engine still connecting on a loaded machine.
+    assert!(
+        gateway
+            .wait_for_log("Docker event stream connected", Duration::from_secs(30))
+            .await,
+        "{}",
+        gateway.logs()
+    );
     let page = gateway
         .client()
         .get(gateway.url("hostile.test", "/"))
@@ -402,7 +411,11 @@ async fn hostile_names_stay_text_in_the_page_and_the_events() {
         error.data["route"], hostile,
         "the name survives JSON intact"
     );
-    assert!(error.data["error"]
-        .as_str()
-        .is_some_and(|e| e.contains("not found")));
+    assert!(
+        error.data["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not found")),
+        "{:?}",
+        error.data
+    );
 }
