@@ -312,14 +312,6 @@ mod tests {
             UpstreamTarget::BackendPort(port),
             HealthCheck::Tcp,
         ));
-        let settings = |idle_ticks| BackendSettings {
-            idle_ticks,
-            wake_timeout: Duration::from_secs(5),
-            stop_method: StopMethod::Stop,
-            stop_signal: None,
-            stop_timeout: Duration::from_secs(1),
-            retry_backoff: Duration::from_millis(100),
-        };
         // Added after the ticker started: the next dense id, handed over through the clock.
         let later = Watcher::new(
             1,
