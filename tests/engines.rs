@@ -53,6 +53,13 @@ async fn until_served(gateway: &Gateway, host: &str, timeout: Duration) {
     }
 }
 
+/// One GET of `host`'s `/` through `gateway`, woken if it must be: the backend's page.
+async fn serves(gateway: &Gateway, client: &reqwest::Client, host: &str) {
+    expect_index(client, &gateway.url(host, "/"), Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
 /// One GET of `host`'s `/` that must be a 503 problem with `Retry-After`, naming `engine`;
 /// returns how long the answer took and its detail.
 async fn expect_engine_down(gateway: &Gateway, host: &str, engine: &str) -> (Duration, String) {
@@ -96,13 +103,7 @@ async fn two_engines_each_wake_their_own_container_and_fail_and_heal_alone() {
     // other route wakes on its own engine.
     let (took, detail) = expect_engine_down(&gateway, "b.test", &second_engine).await;
     eprintln!("engine down at start-up: 503 in {took:?}: {detail}");
-    expect_index(
-        &client,
-        &gateway.url("a.test", "/"),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    serves(&gateway, &client, "a.test").await;
 
     // The engine comes up: retried in the background, its route wakes, no restart.
     let began = Instant::now();
@@ -140,13 +141,7 @@ async fn two_engines_each_wake_their_own_container_and_fail_and_heal_alone() {
     let (took, detail) = expect_engine_down(&gateway, "b.test", &second_engine).await;
     eprintln!("engine cut: 503 in {took:?}: {detail}");
     assert!(took < Duration::from_secs(1), "503 after {took:?}");
-    expect_index(
-        &client,
-        &gateway.url("a.test", "/"),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    serves(&gateway, &client, "a.test").await;
     assert_eq!(a_events.count("start"), 2, "{:?}", a_events.actions());
     assert_eq!(b_events.count("start"), 1, "{:?}", b_events.actions());
 
@@ -186,24 +181,12 @@ async fn the_same_name_on_docker_and_podman_is_two_backends_and_podman_changes_a
     let client = gateway.client();
 
     // Waking the Podman one starts only that one.
-    expect_index(
-        &client,
-        &gateway.url("p.test", "/"),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    serves(&gateway, &client, "p.test").await;
     assert_eq!(podman.state(&name).await.as_deref(), Some("running"));
     assert_eq!(docker_side.status().await, "created");
     assert_eq!(gateway.status("d.test").await["state"], "napping");
     // And the Docker one only that one.
-    expect_index(
-        &client,
-        &gateway.url("d.test", "/"),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    serves(&gateway, &client, "d.test").await;
     assert_eq!(docker_side.status().await, "running");
 
     // A hand stop on Podman (its compatible API spells events its own way) is seen, and only
@@ -214,13 +197,7 @@ async fn the_same_name_on_docker_and_podman_is_two_backends_and_podman_changes_a
         .await;
     assert_eq!(gateway.status("d.test").await["state"], "ready");
     // Woken again, then removed by hand: seen too.
-    expect_index(
-        &client,
-        &gateway.url("p.test", "/"),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    serves(&gateway, &client, "p.test").await;
     podman.cli(&["rm", "-f", "-t", "2", &name]).await;
     gateway
         .wait_state("p.test", "error", Duration::from_secs(20))
@@ -252,13 +229,7 @@ async fn a_tls_engine_with_a_client_certificate_works_and_a_wrong_ca_is_refused(
     ]))
     .await;
     let client = gateway.client();
-    expect_index(
-        &client,
-        &gateway.url("t.test", "/"),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    serves(&gateway, &client, "t.test").await;
     assert_eq!(trusted.status().await, "running");
 
     let engine = format!("Docker engine at {}", front.host);
