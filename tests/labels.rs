@@ -220,26 +220,11 @@ async fn a_re_create_during_a_wake_answers_the_held_requests() {
         .create()
         .await;
     wait_listed(admin, &container.name, true).await;
-    let client = gateway.client();
-    let url = gateway.url(&host, "/");
-    let held: Vec<_> = (0..20)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
-            tokio::spawn(async move {
-                match client.get(url).send().await {
-                    Ok(response) => response.status().as_u16(),
-                    Err(_) => 0,
-                }
-            })
-        })
-        .collect();
+    let held = gateway.burst(&host, 20).await;
     container.wait_status("running", WAIT).await;
     // docker rm -f, then docker create with the same name and labels (a new id).
     container.recreate().await;
-    let mut statuses = Vec::new();
-    for request in held {
-        statuses.push(request.await.unwrap());
-    }
+    let statuses = held.await.unwrap();
     assert!(
         statuses.iter().all(|status| *status == 200),
         "the held requests were answered by the re-created container: {statuses:?}\n{}",

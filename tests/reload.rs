@@ -140,30 +140,6 @@ async fn twenty_reloads_under_load_leave_the_steady_route_alone() {
     );
 }
 
-/// `count` requests to `host`, all sent at once; their statuses.
-async fn burst(gateway: &Gateway, host: &str, count: usize) -> tokio::task::JoinHandle<Vec<u16>> {
-    let client = gateway.client();
-    let url = gateway.url(host, "/");
-    tokio::spawn(async move {
-        let requests: Vec<_> = (0..count)
-            .map(|_| {
-                let (client, url) = (client.clone(), url.clone());
-                tokio::spawn(async move {
-                    match client.get(url).send().await {
-                        Ok(response) => response.status().as_u16(),
-                        Err(_) => 0,
-                    }
-                })
-            })
-            .collect();
-        let mut statuses = Vec::new();
-        for request in requests {
-            statuses.push(request.await.unwrap());
-        }
-        statuses
-    })
-}
-
 /// Waits until `route` holds `count` requests (admin API), or panics after `WAIT`.
 async fn wait_held(admin: u16, route: &str, count: u64) {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -201,7 +177,7 @@ async fn a_reload_during_a_wake_answers_the_held_requests_of_a_kept_route() {
     let events = EventCounter::new(&slow.name);
     let admin = free_port();
     let gateway = Gateway::start(&config(admin, &[route("slow", &slow.name, "")])).await;
-    let held = burst(&gateway, "slow.test", 100).await;
+    let held = gateway.burst("slow.test", 100).await;
     wait_held(admin, "slow", 100).await;
     // The kept route changes (its idle timeout) and another is added, mid-wake.
     gateway.rewrite_config(&config(
@@ -238,7 +214,7 @@ async fn a_removed_route_answers_its_held_requests_503_at_once() {
         ],
     ))
     .await;
-    let held = burst(&gateway, "gone.test", 20).await;
+    let held = gateway.burst("gone.test", 20).await;
     wait_held(admin, "gone", 20).await;
     gateway.rewrite_config(&config(admin, &[route("stay", &other.name, "")]));
     let (status, answer) = reload(admin).await;

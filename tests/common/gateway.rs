@@ -333,6 +333,31 @@ impl Gateway {
         std::fs::rename(&aside, self.dir.path().join("idlewatcher.yaml")).expect("config renamed");
     }
 
+    /// `count` GETs of `host`'s `/`, all sent at once (each its own task, started now); their
+    /// statuses (0 for a request that got no answer), in order, once all are answered.
+    pub async fn burst(&self, host: &str, count: usize) -> tokio::task::JoinHandle<Vec<u16>> {
+        let client = self.client();
+        let url = self.url(host, "/");
+        let requests: Vec<_> = (0..count)
+            .map(|_| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    match client.get(url).send().await {
+                        Ok(response) => response.status().as_u16(),
+                        Err(_) => 0,
+                    }
+                })
+            })
+            .collect();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for request in requests {
+                statuses.push(request.await.unwrap());
+            }
+            statuses
+        })
+    }
+
     /// Sends `signal` (`HUP`, `QUIT`…) to the gateway process.
     pub async fn signal(&self, signal: &str) {
         let status = tokio::process::Command::new("kill")
