@@ -221,7 +221,7 @@ pub(crate) struct Parts {
 /// A watcher kept by a reload, with its new settings, dependencies and upstreams.
 pub(crate) struct KeptWatcher {
     pub(crate) watcher: Arc<Watcher>,
-    pub(crate) settings: BackendSettings,
+    pub(crate) settings: Arc<BackendSettings>,
     pub(crate) dependencies: Vec<(Arc<Watcher>, DependencyCondition)>,
     pub(crate) upstreams: Vec<Arc<Upstream>>,
 }
@@ -292,6 +292,7 @@ impl Parts {
             next_id: kept.next_id,
             kept: Vec::new(),
             fresh: Vec::new(),
+            settings: HashMap::new(),
         };
         let plan = Plan::new(config, &providers, &reuse);
         for index in 0..config.routes.len() {
@@ -601,6 +602,8 @@ struct Built<'k> {
     next_id: u32,
     kept: Vec<KeptWatcher>,
     fresh: Vec<Arc<Watcher>>,
+    /// Each distinct settings once: most backends share their route defaults.
+    settings: HashMap<BackendSettings, Arc<BackendSettings>>,
 }
 
 impl Built<'_> {
@@ -636,11 +639,12 @@ impl Built<'_> {
             .get(&route.backend)
             .cloned()
             .unwrap_or_default();
+        let settings = self.settings(route);
         let watcher = match self.old.get(&route.backend) {
             Some(old) => {
                 self.kept.push(KeptWatcher {
                     watcher: Arc::clone(old),
-                    settings: self.settings(route),
+                    settings,
                     dependencies,
                     upstreams: sharing,
                 });
@@ -656,7 +660,7 @@ impl Built<'_> {
                 let watcher = Watcher::new(
                     self.next_id,
                     Arc::clone(provider),
-                    self.settings(route),
+                    settings,
                     dependencies,
                     sharing,
                     Arc::clone(&self.clock),
@@ -672,8 +676,9 @@ impl Built<'_> {
         Ok(watcher)
     }
 
-    fn settings(&self, route: &RouteConfig) -> BackendSettings {
-        BackendSettings {
+    /// Route `route`'s backend settings, shared with every backend whose settings are equal.
+    fn settings(&mut self, route: &RouteConfig) -> Arc<BackendSettings> {
+        let settings = BackendSettings {
             idle_ticks: if route.idle_timeout.is_zero() {
                 0
             } else {
@@ -684,7 +689,12 @@ impl Built<'_> {
             stop_signal: route.stop_signal.clone(),
             stop_timeout: route.stop_timeout,
             retry_backoff: route.retry_backoff,
-        }
+        };
+        Arc::clone(
+            self.settings
+                .entry(settings)
+                .or_insert_with_key(|settings| Arc::new(settings.clone())),
+        )
     }
 }
 

@@ -12,7 +12,7 @@ impl BackendObserver for Watcher {
     fn observe(&self, event: BackendEvent) {
         let mut control = self.control.lock();
         let state = self.state();
-        tracing::debug!(backend = %self.backend, ?event, ?state, "backend event");
+        tracing::debug!(backend = %self.backend(), ?event, ?state, "backend event");
         match (event, state) {
             // Started by hand (or by anything but our own wake): probe, then serve.
             (BackendEvent::Started, State::Napping | State::Error)
@@ -45,7 +45,7 @@ impl BackendObserver for Watcher {
                 State::Napping | State::Ready | State::Error,
             ) => {
                 let error = Arc::new(WakeError::Removed {
-                    backend: self.backend.clone(),
+                    backend: self.backend().to_string(),
                     noun: self.provider.noun(),
                 });
                 control.retry_at = None;
@@ -53,7 +53,7 @@ impl BackendObserver for Watcher {
                 self.events.clear();
                 self.events.push(
                     WakeEventKind::Error,
-                    format!("{} was removed", self.backend),
+                    format!("{} was removed", self.backend()),
                     Some(error.to_string()),
                 );
             }

@@ -28,11 +28,11 @@ impl Watcher {
             this.rechecking.store(false, Ordering::Release);
             match status {
                 Ok(status) => {
-                    tracing::debug!(backend = %this.backend, ?status, "re-checked after connect failures");
+                    tracing::debug!(backend = %this.backend(), ?status, "re-checked after connect failures");
                     this.observe(BackendEvent::Resync(status));
                 }
                 Err(error) => {
-                    tracing::warn!(backend = %this.backend, %error, "cannot re-check the backend's status");
+                    tracing::warn!(backend = %this.backend(), %error, "cannot re-check the backend's status");
                 }
             }
         });

@@ -68,14 +68,14 @@ impl Watcher {
                 if control.wake_after_stop {
                     self.start_flight(&mut control);
                 }
-                tracing::info!(backend = %self.backend, method = ?settings.stop_method, "asleep");
+                tracing::info!(backend = %self.backend(), method = ?settings.stop_method, "asleep");
             }
             Err(error) => {
                 // The backend keeps serving; the idle clock retries later.
                 let (state, previous_error) = control.before_stop.clone();
                 control.wake_after_stop = false; // Requests that came meanwhile find it up.
                 self.set_state(&mut control, state, previous_error);
-                tracing::warn!(backend = %self.backend, %error, "could not put to sleep");
+                tracing::warn!(backend = %self.backend(), %error, "could not put to sleep");
             }
         }
         result
@@ -102,7 +102,7 @@ impl Watcher {
         self.events.clear();
         self.events.push(
             WakeEventKind::Napping,
-            format!("{} {why}", self.backend),
+            format!("{} {why}", self.backend()),
             None,
         );
     }
@@ -115,13 +115,13 @@ impl Watcher {
         };
         let mut control = self.control.lock();
         if control.generation == generation && self.state() == State::Ready {
-            tracing::debug!(backend = %self.backend, ?status, "stopped outside idlewatcher");
+            tracing::debug!(backend = %self.backend(), ?status, "stopped outside idlewatcher");
             self.nap(&mut control, "was stopped outside idlewatcher");
         }
     }
 
     pub(super) fn adopt(&self, control: &mut Control) {
-        tracing::info!(backend = %self.backend, "started outside idlewatcher: adopting");
+        tracing::info!(backend = %self.backend(), "started outside idlewatcher: adopting");
         control.retry_at = None;
         control.consecutive_failures = 0;
         self.start_flight(control);

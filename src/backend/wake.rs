@@ -49,7 +49,7 @@ impl Watcher {
                 if gone && self.reappears().await {
                     self.events.push(
                         WakeEventKind::Starting,
-                        format!("{} was re-created; waking the new one", self.backend),
+                        format!("{} was re-created; waking the new one", self.backend()),
                         None,
                     );
                     result = self
@@ -62,7 +62,7 @@ impl Watcher {
         .await
         .unwrap_or_else(|_| {
             Err(WakeError::TimedOut {
-                backend: self.backend.clone(),
+                backend: self.backend().to_string(),
                 timeout: self.settings.load().wake_timeout,
                 last_probe: last_probe.take(),
             })
@@ -76,7 +76,7 @@ impl Watcher {
             // A failed wake leaves nothing running (the next wake restarts it afresh); a
             // backend started by hand is left alone.
             if let Err(error) = self.send_to_sleep().await {
-                tracing::warn!(backend = %self.backend, %error, "could not stop after a failed wake");
+                tracing::warn!(backend = %self.backend(), %error, "could not stop after a failed wake");
             }
             self.control.lock().cleaning_up = false;
         }
@@ -104,10 +104,10 @@ impl Watcher {
                 self.set_state(&mut control, State::Ready, None);
                 self.events.push(
                     WakeEventKind::Ready,
-                    format!("{} is ready", self.backend),
+                    format!("{} is ready", self.backend()),
                     None,
                 );
-                tracing::info!(backend = %self.backend, "ready");
+                tracing::info!(backend = %self.backend(), "ready");
                 false
             }
             Err(error) => {
@@ -129,10 +129,10 @@ impl Watcher {
                 }
                 self.events.push(
                     WakeEventKind::Error,
-                    format!("Could not wake {}", self.backend),
+                    format!("Could not wake {}", self.backend()),
                     Some(error.to_string()),
                 );
-                tracing::warn!(backend = %self.backend, %error, retry_in = ?backoff, "wake failed");
+                tracing::warn!(backend = %self.backend(), %error, retry_in = ?backoff, "wake failed");
                 woke_it
             }
         }
@@ -182,7 +182,7 @@ impl Watcher {
             }
             BackendStatus::Missing => {
                 return Err(WakeError::Missing {
-                    backend: self.backend.clone(),
+                    backend: self.backend().to_string(),
                 })
             }
         };
@@ -198,7 +198,7 @@ impl Watcher {
         }
         self.events.push(
             WakeEventKind::ContainerWoke,
-            format!("{} {woke}", self.backend),
+            format!("{} {woke}", self.backend()),
             None,
         );
 
@@ -222,11 +222,11 @@ impl Watcher {
             .any(|upstream| upstream.health == HealthCheck::Docker);
         let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
         let waiting = if docker_only || shown.is_empty() {
-            format!("Waiting for {} to be ready", self.backend)
+            format!("Waiting for {} to be ready", self.backend())
         } else {
             format!(
                 "Waiting for {} to answer on {}",
-                self.backend,
+                self.backend(),
                 shown.join(", ")
             )
         };
@@ -266,7 +266,7 @@ impl Watcher {
                 Some(BackendHealth::Healthy) => return Ok(()),
                 Some(BackendHealth::Unhealthy { reason }) => {
                     return Err(WakeError::Unhealthy {
-                        backend: self.backend.clone(),
+                        backend: self.backend().to_string(),
                         reason,
                     })
                 }
@@ -276,7 +276,7 @@ impl Watcher {
                     match self.provider.status().await? {
                         BackendStatus::Running => {
                             return Err(WakeError::NoHealthCheck {
-                                backend: self.backend.clone(),
+                                backend: self.backend().to_string(),
                             })
                         }
                         status => return Err(self.stopped_while_starting(status, ExitClue::Health)),
@@ -297,11 +297,11 @@ impl Watcher {
     ) -> Result<(), WakeError> {
         self.events.push(
             WakeEventKind::WakingDep,
-            format!("Waking dependency {}", dependency.backend),
+            format!("Waking dependency {}", dependency.backend()),
             None,
         );
         let dependency_failed = |cause: WakeFailure| WakeError::Dependency {
-            dependency: dependency.backend.clone(),
+            dependency: dependency.backend().to_string(),
             cause,
         };
         let dep_generation = dependency.wake().map_err(dependency_failed)?;
@@ -312,7 +312,7 @@ impl Watcher {
         .map_err(dependency_failed)?;
         self.events.push(
             WakeEventKind::DepReady,
-            format!("Dependency {} is up", dependency.backend),
+            format!("Dependency {} is up", dependency.backend()),
             None,
         );
         Ok(())
@@ -426,7 +426,7 @@ impl Watcher {
 
     fn stopped_while_starting(&self, status: BackendStatus, clue: ExitClue) -> WakeError {
         WakeError::Exited {
-            backend: self.backend.clone(),
+            backend: self.backend().to_string(),
             status,
             clue,
         }

@@ -22,7 +22,7 @@
 //!   (probed, then ready, with no start call of ours); stopped by hand → napping; removed → error.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, OnceLock, Weak};
 
 use arc_swap::{ArcSwap, Guard};
 use std::time::{Duration, Instant, SystemTime};
@@ -41,8 +41,9 @@ use crate::providers::Provider;
 /// After a wake, how long new requests still enter through the slow start (at most).
 pub const WARM_UP: Duration = Duration::from_secs(3);
 
-/// How a backend is woken and put to sleep: the backend-level route settings.
-#[derive(Debug, Clone)]
+/// How a backend is woken and put to sleep: the backend-level route settings. Equal settings
+/// are shared between backends (assembly interns them), hence `Eq` and `Hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackendSettings {
     /// Idle time before sleep, in idle-clock ticks; 0 = never.
     pub idle_ticks: u32,
@@ -83,10 +84,43 @@ pub(super) struct Control {
 /// The backends one backend wakes first, each with the condition it must reach.
 pub type Dependencies = Vec<(Arc<Watcher>, DependencyCondition)>;
 
+/// The backends that depend on one backend, by route name.
+type Dependents = Vec<(String, Weak<Watcher>)>;
+
+/// `list` in an `Arc`; an empty list (most backends have no dependencies and no dependents)
+/// gets one `Arc` shared by all of them, so that it costs a napping backend no heap.
+fn shared_if_empty<T: EmptyShared>(list: Vec<T>) -> Arc<Vec<T>> {
+    if list.is_empty() {
+        T::empty()
+    } else {
+        Arc::new(list)
+    }
+}
+
+/// A list type with one shared empty instance ([`shared_if_empty`]).
+trait EmptyShared: Sized {
+    fn empty() -> Arc<Vec<Self>>;
+}
+
+impl EmptyShared for (Arc<Watcher>, DependencyCondition) {
+    fn empty() -> Arc<Dependencies> {
+        static EMPTY: LazyLock<Arc<Dependencies>> = LazyLock::new(|| Arc::new(Vec::new()));
+        Arc::clone(&EMPTY)
+    }
+}
+
+impl EmptyShared for (String, Weak<Watcher>) {
+    fn empty() -> Arc<Dependents> {
+        static EMPTY: LazyLock<Arc<Dependents>> = LazyLock::new(|| Arc::new(Vec::new()));
+        Arc::clone(&EMPTY)
+    }
+}
+
 /// One backend's lifecycle. See the module docs.
 pub struct Watcher {
     pub(super) id: u32,
-    pub(super) backend: String,
+    /// Also what the backend is called ([`backend`](Watcher::backend)): its provider describes
+    /// it, so the watcher keeps no copy of the name.
     pub(super) provider: Arc<dyn Provider>,
     /// Swapped whole by a reload ([`reconfigure`](Watcher::reconfigure)); read off the request
     /// path only.
@@ -94,7 +128,7 @@ pub struct Watcher {
     pub(super) dependencies: ArcSwap<Dependencies>,
     /// The backends that depend on this one, by route name: set after assembly and after each
     /// reload (weak, since each of them holds this watcher strongly through its `dependencies`).
-    pub(super) dependents: ArcSwap<Vec<(String, Weak<Watcher>)>>,
+    pub(super) dependents: ArcSwap<Dependents>,
     pub(super) upstreams: ArcSwap<Vec<Arc<Upstream>>>,
     pub(super) state: AtomicU8,
     pub(super) control: Mutex<Control>,
@@ -123,19 +157,17 @@ impl Watcher {
     pub fn new(
         id: u32,
         provider: Arc<dyn Provider>,
-        settings: BackendSettings,
+        settings: impl Into<Arc<BackendSettings>>,
         dependencies: Vec<(Arc<Watcher>, DependencyCondition)>,
         upstreams: Vec<Arc<Upstream>>,
         idle: Arc<IdleClock>,
     ) -> Arc<Self> {
-        let backend = provider.describe().to_string();
         Arc::new_cyclic(|this| Self {
             id,
-            backend,
             provider,
-            settings: ArcSwap::from_pointee(settings),
-            dependencies: ArcSwap::from_pointee(dependencies),
-            dependents: ArcSwap::from_pointee(Vec::new()),
+            settings: ArcSwap::new(settings.into()),
+            dependencies: ArcSwap::new(shared_if_empty(dependencies)),
+            dependents: ArcSwap::new(shared_if_empty(Vec::new())),
             upstreams: ArcSwap::from_pointee(upstreams),
             state: AtomicU8::new(State::Napping as u8),
             control: Mutex::new(Control {
@@ -190,7 +222,7 @@ impl Watcher {
             .into_iter()
             .map(|(name, watcher)| (name, Arc::downgrade(watcher)))
             .collect();
-        self.dependents.swap(Arc::new(weak)).is_empty()
+        self.dependents.swap(shared_if_empty(weak)).is_empty()
     }
 
     /// Applies a reload to a backend whose provider target did not change: it keeps its state,
@@ -200,20 +232,21 @@ impl Watcher {
     /// them after the swap find one).
     pub async fn reconfigure(
         &self,
-        settings: BackendSettings,
+        settings: impl Into<Arc<BackendSettings>>,
         dependencies: Vec<(Arc<Watcher>, DependencyCondition)>,
         upstreams: Vec<Arc<Upstream>>,
     ) {
+        let settings = settings.into();
         let idle_changed = self.settings.load().idle_ticks != settings.idle_ticks;
-        self.settings.store(Arc::new(settings));
-        self.dependencies.store(Arc::new(dependencies));
+        self.settings.store(settings);
+        self.dependencies.store(shared_if_empty(dependencies));
         let unresolved = upstreams
             .iter()
             .any(|upstream| upstream.address().is_none());
         self.upstreams.store(Arc::new(upstreams));
         if unresolved && self.is_ready() {
             if let Err(error) = self.resolve_missing().await {
-                tracing::warn!(backend = %self.backend, %error, "reload: a new upstream of a ready backend could not be resolved");
+                tracing::warn!(backend = %self.backend(), %error, "reload: a new upstream of a ready backend could not be resolved");
             }
         }
         if idle_changed && self.is_ready() {
@@ -273,7 +306,7 @@ impl Watcher {
 
     /// The backend, as its provider describes it (`docker container "whoami"`).
     pub fn backend(&self) -> &str {
-        &self.backend
+        self.provider.describe()
     }
 
     /// The upstreams this backend resolves and probes on every wake (every route's and
@@ -441,7 +474,7 @@ impl Watcher {
         self.events.clear();
         self.events.push(
             WakeEventKind::Starting,
-            format!("Waking {}", self.backend),
+            format!("Waking {}", self.backend()),
             None,
         );
         if let Some(this) = self.this.upgrade() {
@@ -462,7 +495,7 @@ impl Watcher {
     /// The failure of a request whose own `wake_timeout` deadline passed.
     pub fn timed_out(&self) -> WakeFailure {
         WakeFailure::TimedOut {
-            backend: self.backend.clone(),
+            backend: self.backend().to_string(),
             timeout: self.settings.load().wake_timeout,
         }
     }
@@ -551,5 +584,21 @@ impl Control {
         self.error
             .clone()
             .unwrap_or_else(|| Arc::new(WakeError::Unknown))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_lists_share_one_allocation_and_others_get_their_own() {
+        let none: Arc<Dependencies> = shared_if_empty(Vec::new());
+        assert!(Arc::ptr_eq(&none, &shared_if_empty(Vec::new())));
+        let no_dependents: Arc<Dependents> = shared_if_empty(Vec::new());
+        assert!(Arc::ptr_eq(&no_dependents, &shared_if_empty(Vec::new())));
+        let one: Arc<Dependents> = shared_if_empty(vec![("a".to_string(), Weak::new())]);
+        assert!(!Arc::ptr_eq(&one, &no_dependents));
+        assert_eq!(one.len(), 1);
     }
 }

@@ -416,7 +416,7 @@ pub enum HealthCheck {
 }
 
 /// How an idle backend is put to sleep: a trade between memory freed and time to wake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StopMethod {
     /// Freeze in memory; fastest wake.
     Pause,

@@ -34,9 +34,8 @@ const SINCE_MARGIN: Duration = Duration::from_secs(1);
 const RESYNC_CONCURRENCY: usize = 8;
 
 /// One watched container and everyone watching it.
+/// One watched container, under its reference as configured (leading `/` stripped) in the map.
 struct Watched {
-    /// As configured (leading `/` stripped).
-    reference: String,
     /// The reference may be an id (prefix): 12 to 64 lowercase hex digits.
     maybe_id: bool,
     /// The full id of the container currently bearing the reference, learned at resync or from
@@ -47,14 +46,14 @@ struct Watched {
 }
 
 impl Watched {
-    /// Whether an event about container `id` (named `name`, if the engine said) is for us, and
-    /// whether the match was by name.
-    fn matches(&self, id: &str, name: Option<&str>) -> Option<bool> {
-        if name.map(normalize_ref) == Some(self.reference.as_str()) {
+    /// Whether an event about container `id` (named `name`, if the engine said) is for the
+    /// container watched as `reference`, and whether the match was by name.
+    fn matches(&self, reference: &str, id: &str, name: Option<&str>) -> Option<bool> {
+        if name.map(normalize_ref) == Some(reference) {
             return Some(true);
         }
         if !id.is_empty()
-            && ((self.maybe_id && id.starts_with(&self.reference))
+            && ((self.maybe_id && id.starts_with(reference))
                 || self.learned_id.as_deref() == Some(id))
         {
             return Some(false);
@@ -161,7 +160,6 @@ impl DockerEvents {
                 watched.insert(
                     reference.to_string(),
                     Watched {
-                        reference: reference.to_string(),
                         maybe_id: (12..=64).contains(&reference.len())
                             && reference
                                 .bytes()
@@ -343,7 +341,7 @@ impl DockerEvents {
                 };
                 let (learned_id, status) = seen.unwrap_or((None, BackendStatus::Missing));
                 entry.learned_id = learned_id;
-                tracing::debug!(container = %entry.reference, ?status, "resync");
+                tracing::debug!(container = %reference, ?status, "resync");
                 entry.deliver(&BackendEvent::Resync(status));
             }
         }
@@ -387,8 +385,8 @@ impl DockerEvents {
             .and_then(|attrs| attrs.get("name"))
             .map(String::as_str);
         let mut watched = self.watched.lock();
-        for watched in watched.values_mut() {
-            let Some(by_name) = watched.matches(id, name) else {
+        for (reference, watched) in watched.iter_mut() {
+            let Some(by_name) = watched.matches(reference, id, name) else {
                 continue;
             };
             if by_name && !id.is_empty() {
@@ -399,7 +397,7 @@ impl DockerEvents {
                 watched.learned_id = None;
             }
             tracing::debug!(
-                container = %watched.reference,
+                container = %reference,
                 action,
                 event = ?mapped,
                 "Docker event"
