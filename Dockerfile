@@ -11,10 +11,11 @@ FROM rust:1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --bin idlewatcher
+# The shipped build (as `make run`): fat LTO and mimalloc, chosen by `make bench` (BENCHMARKS.md).
+RUN cargo build --profile dist --features mimalloc --bin idlewatcher
 
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/idlewatcher /usr/local/bin/idlewatcher
+COPY --from=build /src/target/dist/idlewatcher /usr/local/bin/idlewatcher
 COPY conf/idlewatcher.yaml /etc/idlewatcher/idlewatcher.yaml
 EXPOSE 8080
 # Root to reach the mounted Docker socket (its group id differs per host); use --user with the

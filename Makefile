@@ -10,11 +10,16 @@ BENCH_DEPS  := cmake busybox-static wrk nginx-light file python3 procps valgrind
 
 .PHONY: run test lint demo bench build fuzz-smoke deps-build deps-test deps-demo deps-bench deps-fuzz clean-test-containers
 
+# The shipped build: the `dist` profile (fat LTO) with mimalloc, chosen by `make bench`'s
+# `builds` stage (BENCHMARKS.md). Tests use the faster-to-build `release` profile.
+PROFILE     ?= dist
+FEATURES    ?= mimalloc
+
 # The shipped config fronts the demo container (created stopped when missing).
 run: deps-demo
-	$(CARGO) build --release --bin idlewatcher
+	$(CARGO) build --profile $(PROFILE) --features "$(FEATURES)" --bin idlewatcher
 	scripts/demo-backend.sh
-	./target/release/idlewatcher -c $(CONFIG)
+	./target/$(PROFILE)/idlewatcher -c $(CONFIG)
 
 build: deps-build
 	$(CARGO) build --release --all-targets
@@ -47,7 +52,7 @@ demo: run
 
 # Benchmarks (not part of `make test`): about 10–12 minutes (valgrind included); BENCH_ARGS go to scripts/bench.py.
 bench: deps-bench
-	scripts/bench.sh $(BENCH_ARGS)
+	PROFILE=$(PROFILE) FEATURES="$(FEATURES)" scripts/bench.sh $(BENCH_ARGS)
 
 deps-build:
 	@scripts/ensure-packages.sh $(BUILD_DEPS)

@@ -40,7 +40,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ["gate", "footprint", "warm", "herd", "cold", "sse", "streams", "scale"]
+STAGES = ["gate", "footprint", "warm", "herd", "cold", "sse", "streams", "scale", "builds"]
 LABEL = "idlewatcher-test=1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -51,6 +51,24 @@ grace_period_seconds: 1
 graceful_shutdown_timeout_seconds: 3
 upstream_keepalive_pool_size: 1024
 """
+
+# The builds the `builds` stage compares (name, cargo profile, features): the release profile
+# the tests use, and the `dist` profile (fat LTO, one codegen unit) with each allocator.
+BUILD_VARIANTS = [
+    ("release + glibc", "release", ""),
+    ("dist + glibc", "dist", ""),
+    ("dist + mimalloc", "dist", "mimalloc"),
+    ("dist + jemalloc", "dist", "jemalloc"),
+]
+# What `make run` and `scripts/bench.sh` build (Makefile SHIPPED_BUILD): the variant the
+# `builds` stage chose; its runtime settings are compared on it.
+SHIPPED_VARIANT = "dist + mimalloc"
+# Pingora runtime settings compared on the shipped build (replacing SERVER_KEYS' `threads: 2`).
+RUNTIME_VARIANTS = [
+    ("threads 2, work stealing (shipped)", "threads: 2\n"),
+    ("threads 1", "threads: 1\n"),
+    ("threads 2, no work stealing", "threads: 2\nwork_stealing: false\n"),
+]
 
 # The bench's backend image: FROM scratch + Debian's static busybox. `serve` waits
 # $LISTEN_DELAY seconds (a backend that takes a while to listen), then runs busybox httpd, and
@@ -232,13 +250,42 @@ class Bench:
         self.image = None
 
     # -- binaries ---------------------------------------------------------------------------
-    def bin(self, name):
-        path = os.path.join(self.target, "release", name)
+    def bin(self, name, profile=None):
+        profile = profile or self.opts.profile
+        path = os.path.join(self.target, profile, name)
         if not os.path.exists(path):
-            path = os.path.join(self.target, "release", "examples", name)
+            path = os.path.join(self.target, profile, "examples", name)
         if not os.path.exists(path):
-            raise RuntimeError(f"{name} is not built under {self.target}/release (run scripts/bench.sh)")
+            raise RuntimeError(f"{name} is not built under {self.target}/{profile} (run scripts/bench.sh)")
         return path
+
+    def build_variant(self, name, profile, features, reuse=False):
+        """Builds the gateway and the bare proxy as `name` (a cargo profile and features) and
+        copies both aside: how long the build took and where the two binaries are. `reuse`
+        takes the copies an earlier run left (the build time is then that run's)."""
+        where = os.path.join(self.target, "bench", "variants", re.sub(r"\W+", "-", name))
+        os.makedirs(where, exist_ok=True)
+        cmd = ["cargo", "build", "--profile", profile, "--bin", "idlewatcher", "--example", "bare_proxy"]
+        if features:
+            cmd += ["--features", features]
+        record = os.path.join(where, "build.json")
+        if reuse and os.path.exists(record):
+            with open(record) as f:
+                return json.load(f)
+        log("$ " + " ".join(cmd))
+        t0 = time.time()
+        run(cmd, timeout=3600, capture=False, env=dict(os.environ, CARGO_TARGET_DIR=self.target))
+        seconds = time.time() - t0
+        binaries = {}
+        for binary in ["idlewatcher", "bare_proxy"]:
+            copy = os.path.join(where, binary)
+            shutil.copy2(self.bin(binary, profile), copy)
+            binaries[binary] = copy
+        built = {"build_s": seconds, "command": " ".join(cmd), "binaries": binaries,
+                 "size_bytes": os.path.getsize(binaries["idlewatcher"])}
+        with open(record, "w") as f:
+            json.dump(built, f)
+        return built
 
     def loadgen(self, *args, timeout=600):
         cmd = [self.bin("loadgen"), *map(str, args)]
@@ -377,6 +424,40 @@ class Bench:
         proc, log_path = self.spawn(name, ["nginx", "-p", root, "-c", conf])
         return proc, log_path, conf
 
+    def nginx_proxy(self, name, upstream_port):
+        """nginx as a reverse proxy to `upstream_port` with its best settings here (2 workers,
+        upstream keepalive, access log off): the listening port and the configuration's path."""
+        nginx_port = free_port()
+        _, _, nginx_conf = self.nginx(name, f"""daemon off;
+worker_processes 2;
+worker_rlimit_nofile 20000;
+pid @ROOT@/nginx.pid;
+error_log @ROOT@/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+@TEMPS@    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    upstream static {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 256;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen 127.0.0.1:{nginx_port} backlog=4096;
+        location / {{
+            proxy_pass http://static;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+""")
+        wait_listening(nginx_port, None, 10, "the nginx proxy")
+        return nginx_port, nginx_conf
+
     def static_upstream(self):
         port = free_port()
         www = os.path.join(self.tmp, "www")
@@ -406,10 +487,10 @@ http {{
         return port, conf
 
     # -- idlewatcher ------------------------------------------------------------------------
-    def gateway_config(self, name, listen, routes_yaml, extra=""):
+    def gateway_config(self, name, listen, routes_yaml, extra="", server_keys=SERVER_KEYS):
         path = os.path.join(self.tmp, f"{name}.yaml")
         with open(path, "w") as f:
-            f.write(SERVER_KEYS)
+            f.write(server_keys)
             f.write("idlewatcher:\n")
             f.write(f'  listen: ["{listen}"]\n')
             f.write(extra)
@@ -417,10 +498,10 @@ http {{
             f.write(routes_yaml)
         return path
 
-    def start_gateway(self, name, config, port, wait_resync=True, timeout=300):
+    def start_gateway(self, name, config, port, wait_resync=True, timeout=300, binary=None):
         env = dict(os.environ, RUST_LOG=os.environ.get("BENCH_RUST_LOG", "info"))
         t0 = time.time()
-        proc, log_path = self.spawn(name, [self.bin("idlewatcher"), "-c", config], env=env)
+        proc, log_path = self.spawn(name, [binary or self.bin("idlewatcher"), "-c", config], env=env)
         wait_listening(port, proc, timeout, f"idlewatcher ({name})", log_path)
         listening = time.time() - t0
         resynced = None
@@ -580,35 +661,7 @@ http {{
         bare, bare_log = self.spawn("bare", bare_cmd)
         wait_listening(bare_port, bare, 30, "bare_proxy", bare_log)
         # (c) nginx as a reverse proxy with upstream keepalive.
-        nginx_port = free_port()
-        _, nginx_log, nginx_conf = self.nginx("proxy", f"""daemon off;
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid @ROOT@/nginx.pid;
-error_log @ROOT@/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-@TEMPS@    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    upstream static {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 256;
-        keepalive_requests 1000000;
-        keepalive_timeout 60s;
-    }}
-    server {{
-        listen 127.0.0.1:{nginx_port} backlog=4096;
-        location / {{
-            proxy_pass http://static;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-        }}
-    }}
-}}
-""")
-        wait_listening(nginx_port, None, 10, "the nginx proxy")
+        nginx_port, nginx_conf = self.nginx_proxy("proxy", upstream_port)
         # (b) the target route becomes ready: its container is started by hand and adopted.
         run(["docker", "start", f"{self.prefix}-target"], timeout=60)
         self.wait_state(gw_port, "target.bench", "ready")
@@ -721,6 +774,116 @@ http {{
             "others_busy": busy,
         }
 
+    def stage_builds(self, upstream_port):
+        """The build profile and allocator, then Pingora's runtime settings, chosen by measurement.
+
+        Each of BUILD_VARIANTS is built (the gateway and the bare proxy alike), then measured side
+        by side: interleaved wrk rounds over every build's bare proxy (a) and gateway (b, one ready
+        route) and nginx (c); instructions per request under callgrind (a and b of each build);
+        RSS per napping route (1 and 10,000 routes, as the scale stage). RUNTIME_VARIANTS run the
+        shipped build's gateway with other `threads`/`work_stealing` keys in the same rounds."""
+        builds = {}
+        for name, profile, features in BUILD_VARIANTS:
+            builds[name] = self.build_variant(name, profile, features, reuse=self.opts.reuse_builds)
+        self.create(f"{self.prefix}-builds")
+        run(["docker", "start", f"{self.prefix}-builds"], timeout=60)
+        route = (f"    - {{ name: target, hosts: [target.bench], docker: {{ container: {self.prefix}-builds }}, "
+                 f'upstream: "127.0.0.1:{upstream_port}", health: {{ tcp: true }} }}\n')
+        # label -> (command, port, process, is the gateway)
+        targets = {}
+
+        def slug(label):
+            return re.sub(r"\W+", "-", label).strip("-")
+
+        def add(label, binary, server_keys, gateway):
+            port = free_port()
+            if gateway:
+                config = self.gateway_config(f"builds-{slug(label)}", f"127.0.0.1:{port}", route,
+                                             "  defaults: { idle_timeout: 1h }\n", server_keys)
+                cmd = [binary, "-c", config]
+            else:
+                keys = os.path.join(self.tmp, f"builds-{slug(label)}.yaml")
+                with open(keys, "w") as f:
+                    f.write(server_keys)
+                cmd = [binary, "-c", keys, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{upstream_port}"]
+            proc, log_path = self.spawn(f"builds-{slug(label)}", cmd)
+            wait_listening(port, proc, 60, label, log_path)
+            if gateway:
+                self.wait_state(port, "target.bench", "ready")
+            targets[label] = (cmd, port, proc, gateway)
+
+        for name, build in builds.items():
+            add(f"{name}: a", build["binaries"]["bare_proxy"], SERVER_KEYS, False)
+            add(f"{name}: b", build["binaries"]["idlewatcher"], SERVER_KEYS, True)
+        shipped = builds[SHIPPED_VARIANT]["binaries"]["idlewatcher"]
+        for label, keys in RUNTIME_VARIANTS[1:]:
+            add(f"{SHIPPED_VARIANT}: b, {label}", shipped, SERVER_KEYS.replace("threads: 2\n", keys), True)
+        nginx_port, nginx_conf = self.nginx_proxy("builds-nginx", upstream_port)
+        nginx_proc = next(p for n, p in self.procs if n == "builds-nginx")
+        for label, (_, port, _, _) in targets.items():
+            status, _ = http_get(port, "target.bench")
+            if status != 200:
+                raise RuntimeError(f"{label} answered {status}")
+        every = {label: (port, lambda proc=proc: [proc.pid]) for label, (_, port, proc, _) in targets.items()}
+        every["c: nginx"] = (nginx_port, lambda: [nginx_proc.pid] + children(nginx_proc.pid))
+        for port, _ in every.values():
+            self.wrk(port, "target.bench", 2)
+        rounds = {label: [] for label in every}
+        load_before = loadavg()
+        for r in range(self.opts.build_rounds):
+            for label, (port, pids) in every.items():
+                before = sum(proc_stat(pid)["cpu_s"] for pid in pids())
+                res = self.wrk(port, "target.bench", self.opts.wrk_seconds)
+                res["cpu_us_per_request"] = 1e6 * (sum(proc_stat(pid)["cpu_s"] for pid in pids()) - before) / max(res["requests"], 1)
+                rounds[label].append(res)
+                log(f"builds round {r + 1}/{self.opts.build_rounds} {label}: {res['rps']:.0f} req/s, "
+                    f"{res['cpu_us_per_request']:.1f} µs CPU per request")
+        load_after = loadavg()
+        for _, _, proc, _ in targets.values():
+            self.stop(proc)
+        rps = {label: [x["rps"] for x in res] for label, res in rounds.items()}
+        cpu = {label: [x["cpu_us_per_request"] for x in res] for label, res in rounds.items()}
+        median = statistics.median
+        rows = []
+        for name, build in builds.items():
+            a, b = f"{name}: a", f"{name}: b"
+            row = {
+                "build": name, "build_s": build["build_s"], "size_bytes": build["size_bytes"],
+                "command": build["command"],
+                "rps_a": median(rps[a]), "rps_b": median(rps[b]),
+                "cpu_us_a": median(cpu[a]), "cpu_us_b": median(cpu[b]),
+                "b_over_a": median(rps[b]) / median(rps[a]),
+                "b_over_a_ci95": bootstrap_ratio_ci(rps[b], rps[a]),
+                "b_over_c": median(rps[b]) / median(rps["c: nginx"]),
+                "b_over_c_ci95": bootstrap_ratio_ci(rps[b], rps["c: nginx"]),
+            }
+            if self.opts.callgrind_requests > 0:
+                for side, label in [("a", a), ("b", b)]:
+                    cmd, port, _, gateway = targets[label]
+                    counted = self.instructions_per_request(
+                        f"builds-{slug(label)}", cmd, port, "target.bench" if gateway else None, 0)
+                    row[f"instructions_{side}"] = median(counted["per_request"])
+            napping = self.rss_per_route(build["binaries"]["idlewatcher"], [1, 10_000])
+            row["bytes_per_napping_route"] = napping[-1].get("bytes_per_route")
+            rows.append(row)
+            log(f"builds: {row}")
+        runtime = []
+        for label, _ in RUNTIME_VARIANTS:
+            key = f"{SHIPPED_VARIANT}: b" + ("" if label == RUNTIME_VARIANTS[0][0] else f", {label}")
+            runtime.append({
+                "settings": label, "rps": median(rps[key]), "cpu_us": median(cpu[key]),
+                "over_shipped": median(rps[key]) / median(rps[f"{SHIPPED_VARIANT}: b"]),
+                "over_shipped_ci95": bootstrap_ratio_ci(rps[key], rps[f"{SHIPPED_VARIANT}: b"]),
+                "over_c": median(rps[key]) / median(rps["c: nginx"]),
+            })
+        return {
+            "rows": rows, "runtime": runtime, "shipped": SHIPPED_VARIANT,
+            "nginx": {"rps": median(rps["c: nginx"]), "cpu_us": median(cpu["c: nginx"]), "conf": nginx_conf},
+            "rounds": self.opts.build_rounds, "seconds_per_round": self.opts.wrk_seconds,
+            "per_round_rps": rps, "loadavg": [load_before, load_after],
+            "wrk_command": rounds["c: nginx"][0]["command"],
+        }
+
     def instructions_per_request(self, name, cmd, port, ready_host, launch, windows=2, idle_seconds=5):
         """`cmd` under callgrind: instructions per request over `--callgrind-requests` GETs.
 
@@ -812,9 +975,16 @@ http {{
         """RSS of a gateway with 1, 10,000 and 100,000 napping routes whose engine is unreachable
         (`tcp://127.0.0.1:1`): what the gateway itself keeps per route, without the engine's
         resync. Per route = (RSS(N) - RSS(1)) / (N - 1)."""
+        return {"rows": self.rss_per_route(self.bin("idlewatcher"), self.opts.scale_routes),
+                "reproduce": "scripts/bench.sh --only scale --no-write (config: one line per route, "
+                             "`- { name: rN, hosts: [rN.bench], docker: { container: scale-N }, port: 80 }`, "
+                             "`docker: { host: \"tcp://127.0.0.1:1\" }`)"}
+
+    def rss_per_route(self, binary, counts):
+        """The rows of `stage_scale` for the gateway `binary`, one per count of routes."""
         results = []
         base = None
-        for count in self.opts.scale_routes:
+        for count in counts:
             port = free_port()
             routes = "".join(
                 f"    - {{ name: r{i}, hosts: [r{i}.bench], docker: {{ container: scale-{i} }}, port: 80 }}\n"
@@ -826,7 +996,7 @@ http {{
                 "  defaults: { idle_timeout: 1h }\n",
             )
             t0 = time.time()
-            proc, _, _ = self.start_gateway(f"scale-{count}", config, port, wait_resync=False)
+            proc, _, _ = self.start_gateway(f"scale-{count}", config, port, wait_resync=False, binary=binary)
             self.wait_state(port, f"r{count - 1}.bench", "napping", timeout=300)
             ready_s = time.time() - t0
             time.sleep(5)
@@ -840,10 +1010,7 @@ http {{
                 row["bytes_per_route"] = (stat["rss_kib"] - base) * 1024 / (count - 1)
             results.append(row)
             log(f"scale: {row}")
-        return {"rows": results,
-                "reproduce": "scripts/bench.sh --only scale --no-write (config: one line per route, "
-                             "`- { name: rN, hosts: [rN.bench], docker: { container: scale-N }, port: 80 }`, "
-                             "`docker: { host: \"tcp://127.0.0.1:1\" }`)"}
+        return results
 
     def stage_streams(self):
         """A ready TCP stream route in front of a host echo server (`loadgen echo`; the route's
@@ -926,7 +1093,7 @@ http {{
             result = self.timed("gate", self.stage_gate)
             if result:
                 stages["gate"] = result
-        docker_stages = only & {"footprint", "warm", "herd", "cold", "sse", "streams"}
+        docker_stages = only & {"footprint", "warm", "herd", "cold", "sse", "streams", "builds"}
         if docker_stages:
             self.build_image()
             upstream_port, _ = self.static_upstream()
@@ -966,6 +1133,10 @@ http {{
             result = self.timed("scale", self.stage_scale)
             if result:
                 stages["scale"] = result
+        if "builds" in only:
+            result = self.timed("builds", self.stage_builds, upstream_port)
+            if result:
+                stages["builds"] = result
         if "streams" in only:
             result = self.timed("streams", self.stage_streams)
             if result:
@@ -985,6 +1156,10 @@ def main():
     parser.add_argument("--create-concurrency", type=int, default=16)
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--build-rounds", type=int, default=5, help="interleaved wrk rounds of the builds stage")
+    parser.add_argument("--reuse-builds", action="store_true",
+                        help="builds stage: measure the binaries an earlier run built (target/bench/variants)")
+    parser.add_argument("--profile", default="release", help="the cargo profile scripts/bench.sh built")
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--wrk-connections", type=int, default=64)

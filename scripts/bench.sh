@@ -6,6 +6,9 @@
 set -eu
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
+# The build that ships (`make run`): PROFILE and FEATURES, as the Makefile passes them.
+PROFILE=${PROFILE:-dist}
+FEATURES=${FEATURES:-mimalloc}
 
 for tool in docker wrk nginx python3; do
     command -v "$tool" >/dev/null 2>&1 || { echo "bench: $tool is missing (make bench installs it)" >&2; exit 1; }
@@ -13,11 +16,11 @@ done
 docker info >/dev/null 2>&1 || { echo "bench: the Docker engine is not reachable" >&2; exit 1; }
 
 started=$(date +%s)
-echo "bench: building (release): the gateway, examples/bare_proxy, examples/bare_splice, examples/loadgen, benches/gate" >&2
-$CARGO build --release --bin idlewatcher --example bare_proxy --example bare_splice --example loadgen
+echo "bench: building (profile $PROFILE, features '$FEATURES'): the gateway, examples/bare_proxy, examples/bare_splice, examples/loadgen, benches/gate" >&2
+$CARGO build --profile "$PROFILE" ${FEATURES:+--features "$FEATURES"} --bin idlewatcher --example bare_proxy --example bare_splice --example loadgen
 $CARGO bench --bench gate --no-run
 target_dir=$($CARGO metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 echo "bench: build took $(( $(date +%s) - started )) s" >&2
 
-exec python3 scripts/bench.py --target-dir "$target_dir" --build-seconds "$(( $(date +%s) - started ))" "$@"
+exec python3 scripts/bench.py --target-dir "$target_dir" --profile "$PROFILE" --build-seconds "$(( $(date +%s) - started ))" "$@"

@@ -301,11 +301,56 @@ container when it connects to the engine's event stream (8 at a time).
     return "".join(out)
 
 
+def render_builds(results):
+    """The `builds` stage: build profile and allocator, then runtime settings (empty if not run)."""
+    b = results["stages"].get("builds")
+    if not b or "rows" not in b:
+        return ""
+    ci = lambda pair: f"{pair[0]:.2f}–{pair[1]:.2f}"  # noqa: E731
+    count = lambda row, side: f"{row[f'instructions_{side}']:,.0f}" if f"instructions_{side}" in row else "n/a"  # noqa: E731
+    napping = lambda row: f"{row['bytes_per_napping_route']:,.0f} B" if row.get("bytes_per_napping_route") else "n/a"  # noqa: E731
+    out = [f"""## Allocator and build profile (`make bench`, stage `builds`)
+
+Each build below is made with its cargo command (the gateway and the bare proxy alike), then
+measured side by side in one run: {b['rounds']} interleaved rounds of {b['seconds_per_round']} s over
+every build's bare Pingora proxy (a) and gateway (b, one ready route; the same server keys) and
+nginx (c, 2 workers, upstream keepalive, access log off), `{b['wrk_command']}`; then each a and b
+under callgrind (instructions per request, the stable figure on this shared machine); then RSS
+per napping route (1 and 10,000 routes, engine unreachable). Figures are medians over the rounds;
+intervals are 95 % bootstrap intervals of the ratio of medians. nginx: {b['nginx']['rps']:,.0f}
+requests/s at {b['nginx']['cpu_us']:.1f} µs CPU per request. Shipped (`make run`): **{b['shipped']}**.
+
+| build | build time | binary | (a) req/s | (b) req/s | b/a | b/c | CPU/request a / b | instructions/request a / b | napping route |
+|---|---|---|---|---|---|---|---|---|---|
+"""]
+    for row in b["rows"]:
+        out.append(
+            f"| {row['build']} | {row['build_s']:.0f} s | {row['size_bytes'] / 2**20:.1f} MiB | {row['rps_a']:,.0f} | "
+            f"{row['rps_b']:,.0f} | {row['b_over_a']:.3f} ({ci(row['b_over_a_ci95'])}) | "
+            f"{row['b_over_c']:.3f} ({ci(row['b_over_c_ci95'])}) | {row['cpu_us_a']:.1f} / {row['cpu_us_b']:.1f} µs | "
+            f"{count(row, 'a')} / {count(row, 'b')} | {napping(row)} |\n")
+    out.append("\nPingora's runtime settings, on the shipped build's gateway, in the same rounds:\n\n"
+               "| settings | req/s | against the shipped settings | b/c | CPU/request |\n|---|---|---|---|---|\n")
+    for row in b["runtime"]:
+        out.append(f"| {row['settings']} | {row['rps']:,.0f} | {row['over_shipped']:.3f} ({ci(row['over_shipped_ci95'])}) | "
+                   f"{row['over_c']:.3f} | {row['cpu_us']:.1f} µs |\n")
+    out.append(f"\n- Load average before/after the rounds: {b['loadavg'][0]} / {b['loadavg'][1]}.\n"
+               "- Commands: " + "; ".join(f"`{row['command']}`" for row in b["rows"]) + ".\n"
+               "- Reproduce: `scripts/bench.sh --only builds` (`--build-rounds N`).\n")
+    return "".join(out)
+
+
 def render(results):
-    report = {"e2e": render_e2e(results)}
+    report = {}
+    # A run of the `builds` stage alone leaves the end-to-end section as it was.
+    if set(results["stages"]) - {"builds"}:
+        report["e2e"] = render_e2e(results)
     gate = render_gate(results)
     if gate:
         report["gate"] = gate
+    builds = render_builds(results)
+    if builds:
+        report["builds"] = builds
     return report
 
 
@@ -327,6 +372,9 @@ def update_benchmarks_md(path, report):
     # The gate section goes in first so that the end-to-end one ends up above it.
     if "gate" in report:
         text = _replace(text, "gate", report["gate"])
-    text = _replace(text, "e2e", report["e2e"])
+    if "e2e" in report:
+        text = _replace(text, "e2e", report["e2e"])
+    if "builds" in report:
+        text = _replace(text, "builds", report["builds"])
     with open(path, "w") as f:
         f.write(text)

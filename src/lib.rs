@@ -61,6 +61,21 @@
 //! | [`assemble`] | configuration → running parts, at start-up and on every reload |
 //! | this file | the public facade, [`IdleWatcher`] |
 
+#[cfg(all(feature = "mimalloc", feature = "jemalloc"))]
+compile_error!(
+    "the features `mimalloc` and `jemalloc` each choose the global allocator: enable one"
+);
+
+/// The global allocator when built with `--features mimalloc` (glibc's otherwise).
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The global allocator when built with `--features jemalloc` (glibc's otherwise).
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod admin;
 pub mod assemble;
 pub mod backend;
