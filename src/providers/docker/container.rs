@@ -26,7 +26,10 @@ use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 
 use super::engine::{error_chain, EngineLink};
-use crate::providers::{BackendHealth, BackendStatus, Provider, ProviderError};
+use super::traffic::TrafficVeto;
+use crate::providers::{
+    Activity, BackendHealth, BackendStatus, Provider, ProviderError, SleepVerdict,
+};
 
 /// The first API version whose `stop` endpoint accepts a `signal` parameter.
 const STOP_SIGNAL_API: ClientVersion = ClientVersion {
@@ -64,6 +67,8 @@ pub struct DockerProvider {
     describe: String,
     /// Whether its engine answers (`None`: assumed to, the engine is the caller's business).
     link: Option<Arc<EngineLink>>,
+    /// The traffic veto (`docker: { traffic_veto }`), when on.
+    veto: Option<Arc<TrafficVeto>>,
 }
 
 impl fmt::Debug for DockerProvider {
@@ -85,7 +90,16 @@ impl DockerProvider {
             container,
             describe,
             link: None,
+            veto: None,
         }
+    }
+
+    /// Postpones this container's stop while its network counters grow by more than
+    /// `threshold` bytes without this gateway (another gateway on the same engine uses it);
+    /// 0: never.
+    pub fn with_traffic_veto(mut self, threshold: u64) -> Self {
+        self.veto = (threshold > 0).then(|| Arc::new(TrafficVeto::new(threshold)));
+        self
     }
 
     /// A provider for `container` on the engine `link` follows: failing at once while the
@@ -259,6 +273,30 @@ impl Provider for DockerProvider {
         Ok(self.inspect().await?.as_ref().and_then(health_of))
     }
 
+    fn reports_activity(&self) -> bool {
+        self.veto.is_some()
+    }
+
+    /// A traffic baseline, for the veto.
+    async fn activity(&self, _activity: Activity) -> Result<(), ProviderError> {
+        let Some(veto) = &self.veto else {
+            return Ok(());
+        };
+        self.online()?;
+        veto.record(&self.docker, &self.container, &self.describe)
+            .await
+    }
+
+    /// No while the container's counters grow without this gateway (the traffic veto).
+    async fn may_sleep(&self, activity: Activity) -> Result<SleepVerdict, ProviderError> {
+        let Some(veto) = &self.veto else {
+            return Ok(SleepVerdict::Now);
+        };
+        self.online()?;
+        veto.verdict(&self.docker, &self.container, &self.describe, activity)
+            .await
+    }
+
     async fn start(&self) -> Result<(), ProviderError> {
         self.online()?;
         let options: Option<StartContainerOptions> = None;
@@ -409,7 +447,7 @@ pub(super) async fn inspect_ref(
 }
 
 /// The engine's HTTP status for an error answer, if the error is one.
-fn http_status(err: &DockerError) -> Option<u16> {
+pub(crate) fn http_status(err: &DockerError) -> Option<u16> {
     match err {
         DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
@@ -418,7 +456,7 @@ fn http_status(err: &DockerError) -> Option<u16> {
 
 /// Maps a bollard error: 404 → [`ProviderError::NotFound`], anything else →
 /// [`ProviderError::Api`] with the engine's own message (or the transport failure).
-fn map_error(action: &'static str, backend: &str, err: DockerError) -> ProviderError {
+pub(crate) fn map_error(action: &'static str, backend: &str, err: DockerError) -> ProviderError {
     match err {
         DockerError::DockerResponseServerError {
             status_code: 404, ..
