@@ -1973,13 +1973,30 @@ fn a_swarm_route_names_its_service_and_replicas() {
 
 #[test]
 fn instance_and_traffic_veto_are_gateway_keys() {
-    let config = valid("idlewatcher:\n  instance: gw-1.site_a\n  docker: { traffic_veto: 65536 }\n");
+    let config =
+        valid("idlewatcher:\n  instance: gw-1.site_a\n  docker: { traffic_veto: 65536 }\n");
     assert_eq!(config.gateway.instance, "gw-1.site_a");
     assert_eq!(config.gateway.docker_traffic_veto, 65536);
     let defaults = valid("idlewatcher: {}\n");
-    assert!(!defaults.gateway.instance.is_empty(), "the host name by default");
-    assert_eq!(defaults.gateway.docker_traffic_veto, 0, "no veto by default");
+    assert!(
+        !defaults.gateway.instance.is_empty(),
+        "the host name by default"
+    );
+    assert_eq!(
+        defaults.gateway.docker_traffic_veto, 0,
+        "no veto by default"
+    );
     let e = errors("idlewatcher:\n  instance: \"a b\"\n  docker: { traffic_veto: -1 }\n");
-    has(&e, None, "instance", "not a usable instance name");
-    has(&e, None, "docker.traffic_veto", "");
+    has(
+        &e,
+        None,
+        "idlewatcher.instance",
+        "not a usable instance name",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.docker.traffic_veto",
+        "an integer >= 0",
+    );
 }

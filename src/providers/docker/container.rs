@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
@@ -20,13 +20,14 @@ use bollard::models::{
     ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings, HealthStatusEnum,
 };
 use bollard::query_parameters::{
-    KillContainerOptions, StartContainerOptions, StopContainerOptions, WaitContainerOptions,
+    KillContainerOptions, StartContainerOptions, StatsOptions, StopContainerOptions,
+    WaitContainerOptions,
 };
 use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 
 use super::engine::{error_chain, EngineLink};
-use super::traffic::TrafficVeto;
+use super::traffic::{network_bytes, TrafficVeto};
 use crate::providers::{
     Activity, BackendHealth, BackendStatus, Provider, ProviderError, SleepVerdict,
 };
@@ -116,6 +117,26 @@ impl DockerProvider {
         }
         provider.link = Some(link);
         provider
+    }
+
+    /// The container's network bytes, received plus sent (`stats`, one shot); `None` when it
+    /// has no counters of its own.
+    async fn network_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        self.online()?;
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        match self
+            .docker
+            .stats(&self.container, Some(options))
+            .next()
+            .await
+        {
+            Some(Ok(stats)) => Ok(network_bytes(&stats)),
+            Some(Err(error)) => Err(self.error("read the counters of", error)),
+            None => Ok(None),
+        }
     }
 
     /// `Ok` unless the engine is known to be down (then the error naming it).
@@ -282,9 +303,9 @@ impl Provider for DockerProvider {
         let Some(veto) = &self.veto else {
             return Ok(());
         };
-        self.online()?;
-        veto.record(&self.docker, &self.container, &self.describe)
-            .await
+        let bytes = self.network_bytes().await?;
+        veto.record(bytes, SystemTime::now(), &self.describe);
+        Ok(())
     }
 
     /// No while the container's counters grow without this gateway (the traffic veto).
@@ -292,9 +313,8 @@ impl Provider for DockerProvider {
         let Some(veto) = &self.veto else {
             return Ok(SleepVerdict::Now);
         };
-        self.online()?;
-        veto.verdict(&self.docker, &self.container, &self.describe, activity)
-            .await
+        let bytes = self.network_bytes().await?;
+        Ok(veto.verdict(bytes, SystemTime::now(), &self.describe, activity))
     }
 
     async fn start(&self) -> Result<(), ProviderError> {

@@ -33,8 +33,8 @@ use tokio::sync::watch;
 
 pub use container::DockerProvider;
 pub(crate) use container::{http_status, map_error};
-pub(crate) use engine::{error_chain, negotiate, reason_of};
 pub use engine::{connect, Endpoint, EngineLink};
+pub(crate) use engine::{error_chain, negotiate, reason_of};
 pub use events::DockerEvents;
 pub use labels::{LabelDiscovery, OnLabels};
 pub use tls::EngineTlsError;

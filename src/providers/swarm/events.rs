@@ -61,10 +61,12 @@ impl ServiceEvents {
     /// Tells `observer` what happens to `service` (by name or id) from now on.
     pub fn watch(&self, service: &str, observer: Arc<dyn BackendObserver>) {
         let mut watched = self.watched.lock();
-        let entry = watched.entry(service.to_string()).or_insert_with(|| Watched {
-            observers: Vec::new(),
-            last: None,
-        });
+        let entry = watched
+            .entry(service.to_string())
+            .or_insert_with(|| Watched {
+                observers: Vec::new(),
+                last: None,
+            });
         entry.observers.push(observer);
         entry.last = None;
         self.kick.notify_one();

@@ -146,11 +146,23 @@ impl SwarmService {
     }
 
     /// Another gateway's lease holding the service, as the error a scale-down gives.
-    fn held(&self, spec: &bollard::models::ServiceSpec, idle_timeout: Duration) -> Option<ProviderError> {
-        let (holder, left) = other_lease(spec, &self.instance, lease_hold(idle_timeout), SystemTime::now())?;
+    fn held(
+        &self,
+        spec: &bollard::models::ServiceSpec,
+        idle_timeout: Duration,
+    ) -> Option<ProviderError> {
+        let (holder, left) = other_lease(
+            spec,
+            &self.instance,
+            lease_hold(idle_timeout),
+            SystemTime::now(),
+        )?;
         Some(ProviderError::InUse {
             backend: self.describe.clone(),
-            reason: format!("gateway \"{holder}\" saw traffic for it recently (its lease holds {}s more)", left.as_secs()),
+            reason: format!(
+                "gateway \"{holder}\" saw traffic for it recently (its lease holds {}s more)",
+                left.as_secs()
+            ),
             retry_in: left.max(Duration::from_secs(1)),
         })
     }
@@ -172,9 +184,11 @@ impl SwarmService {
 
     /// A running task, if any.
     async fn running_task(&self) -> Result<Option<Task>, ProviderError> {
-        Ok(self.tasks().await?.into_iter().find(|task| {
-            task.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
-        }))
+        Ok(self
+            .tasks()
+            .await?
+            .into_iter()
+            .find(|task| task.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)))
     }
 
     /// Waits until `done` says yes of the running task (or its absence), for at most `limit`;

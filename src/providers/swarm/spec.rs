@@ -39,7 +39,11 @@ pub(crate) enum Decision {
 /// The replicas the service's spec asks for; `None` when it is not a replicated service.
 pub(crate) fn replicas(spec: &ServiceSpec) -> Option<u64> {
     let replicated = spec.mode.as_ref()?.replicated.as_ref()?;
-    Some(replicated.replicas.map_or(1, |n| u64::try_from(n).unwrap_or(0)))
+    Some(
+        replicated
+            .replicas
+            .map_or(1, |n| u64::try_from(n).unwrap_or(0)),
+    )
 }
 
 /// Sets the replicas of a replicated service's spec.
@@ -92,9 +96,11 @@ pub(crate) fn set_lease(spec: &mut ServiceSpec, instance: &str, seconds: u64) ->
 
 /// Removes gateway `instance`'s lease; false when it had none.
 pub(crate) fn drop_lease(spec: &mut ServiceSpec, instance: &str) -> bool {
-    spec.labels
-        .as_mut()
-        .is_some_and(|labels| labels.remove(&format!("{LEASE_PREFIX}{instance}")).is_some())
+    spec.labels.as_mut().is_some_and(|labels| {
+        labels
+            .remove(&format!("{LEASE_PREFIX}{instance}"))
+            .is_some()
+    })
 }
 
 /// The youngest lease of a gateway other than `instance` still in force at `now`: one younger
@@ -244,7 +250,10 @@ mod tests {
     fn leases_only_move_forward_and_replicas_are_set() {
         let mut s = spec(0, &[]);
         assert!(set_lease(&mut s, "a", 100));
-        assert!(!set_lease(&mut s, "a", 90), "an older time never replaces a newer");
+        assert!(
+            !set_lease(&mut s, "a", 90),
+            "an older time never replaces a newer"
+        );
         assert_eq!(lease_of(&s, "a"), Some(100));
         assert!(drop_lease(&mut s, "a"));
         assert!(!drop_lease(&mut s, "a"));
