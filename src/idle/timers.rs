@@ -427,4 +427,71 @@ mod tests {
         assert_eq!(asleep_at, Some(23));
         assert_eq!(db.state(), State::Napping);
     }
+
+    /// A backend whose provider wants activity reports; it never gets idle on its own and its
+    /// stop is only handed out (`try_begin_stop` true) once `stoppable` is set.
+    struct Shared {
+        deadline: u64,
+        stoppable: std::sync::atomic::AtomicBool,
+        reports: parking_lot::Mutex<Vec<Tick>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Sleeper for Shared {
+        fn id(&self) -> u32 {
+            0
+        }
+        fn may_sleep(&self) -> bool {
+            true
+        }
+        fn idle_deadline(&self) -> Option<u64> {
+            Some(self.deadline)
+        }
+        fn in_flight(&self) -> u32 {
+            0
+        }
+        fn try_begin_stop(&self) -> bool {
+            self.stoppable.load(Ordering::Relaxed)
+        }
+        async fn put_to_sleep(&self) -> SleepOutcome {
+            SleepOutcome::Asleep
+        }
+        fn report_every(&self) -> Option<Tick> {
+            Some(2)
+        }
+        fn report_activity(&self, now: Tick) {
+            self.reports.lock().push(now);
+        }
+    }
+
+    #[test]
+    fn a_reporting_backend_is_looked_at_every_period_and_a_postponement_re_arms() {
+        let clock = IdleClock::new(Duration::from_secs(1));
+        let shared = Arc::new(Shared {
+            deadline: 9,
+            stoppable: std::sync::atomic::AtomicBool::new(false),
+            reports: parking_lot::Mutex::new(Vec::new()),
+        });
+        let mut timers = IdleTimers::new(clock.clone(), vec![shared.clone() as Arc<dyn Sleeper>]);
+        clock.arm(0);
+        for now in 0..=9 {
+            assert!(timers.tick(now).is_empty());
+        }
+        // Reported every 2 ticks until the idle deadline (not only at it).
+        assert_eq!(*shared.reports.lock(), vec![2, 4, 6, 8]);
+        shared.stoppable.store(true, Ordering::Relaxed);
+        let stopped = timers.tick(10);
+        assert_eq!(stopped.len(), 1, "handed out once idle");
+        // Another gateway still uses it: asked again 5 ticks later, not before.
+        IdleTimers::stop_finished(
+            &clock,
+            stopped[0].as_ref(),
+            &AtomicU32::new(0),
+            SleepOutcome::Postponed(Duration::from_secs(5)),
+        );
+        for now in 11..15 {
+            assert!(timers.tick(now).is_empty(), "asked again early, at {now}");
+        }
+        assert_eq!(timers.tick(15).len(), 1);
+    }
 }
