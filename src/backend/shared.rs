@@ -4,7 +4,6 @@
 //! the backend ([`Provider::may_sleep`](crate::providers::Provider::may_sleep)).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::backend::Watcher;
@@ -61,19 +60,19 @@ impl Watcher {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
         if self.reporting.swap(true, Ordering::AcqRel) {
             return;
         }
         self.reported_at.store(now, Ordering::Relaxed);
         let activity = self.activity();
-        let provider = Arc::clone(&self.provider);
-        let reporting = Arc::clone(&self.reporting);
-        let backend = self.backend.clone();
         runtime.spawn(async move {
-            if let Err(error) = provider.activity(activity).await {
-                tracing::warn!(%backend, %error, "could not report this gateway's traffic");
+            if let Err(error) = this.provider.activity(activity).await {
+                tracing::warn!(backend = %this.backend(), %error, "could not report this gateway's traffic");
             }
-            reporting.store(false, Ordering::Release);
+            this.reporting.store(false, Ordering::Release);
         });
     }
 
@@ -85,12 +84,12 @@ impl Watcher {
         match self.provider.may_sleep(self.activity()).await {
             Ok(SleepVerdict::Now) => None,
             Ok(SleepVerdict::Postpone { retry_in, reason }) => {
-                tracing::info!(backend = %self.backend, %reason, ?retry_in, "not put to sleep yet: still in use");
+                tracing::info!(backend = %self.backend(), %reason, ?retry_in, "not put to sleep yet: still in use");
                 self.cancel_stop();
                 Some(retry_in)
             }
             Err(error) => {
-                tracing::warn!(backend = %self.backend, %error, "could not ask whether the backend is still in use; putting it to sleep");
+                tracing::warn!(backend = %self.backend(), %error, "could not ask whether the backend is still in use; putting it to sleep");
                 None
             }
         }

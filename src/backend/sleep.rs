@@ -56,7 +56,7 @@ impl Watcher {
         let result = self.send_to_sleep().await;
         if let Err(ProviderError::InUse { reason, .. }) = &result {
             // Not a failure: another gateway uses it (decided on the manager's own answer).
-            tracing::info!(backend = %self.backend, %reason, "not put to sleep: still in use");
+            tracing::info!(backend = %self.backend(), %reason, "not put to sleep: still in use");
             self.cancel_stop();
             return result;
         }

@@ -152,7 +152,7 @@ pub struct Watcher {
     /// The tick of the last activity report to the provider (`shared.rs`; `u32::MAX`: none).
     pub(super) reported_at: AtomicU32,
     /// An activity report is under way: one at a time.
-    pub(super) reporting: Arc<AtomicBool>,
+    pub(super) reporting: AtomicBool,
 }
 
 impl Watcher {
@@ -199,7 +199,7 @@ impl Watcher {
             rechecking: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             reported_at: AtomicU32::new(u32::MAX),
-            reporting: Arc::new(AtomicBool::new(false)),
+            reporting: AtomicBool::new(false),
         })
     }
 
