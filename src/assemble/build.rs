@@ -470,6 +470,7 @@ fn backend_key(backend: &BackendConfig) -> &'static str {
     match backend {
         BackendConfig::Docker { .. } => "docker",
         BackendConfig::Proxmox { .. } => "proxmox",
+        BackendConfig::Swarm { .. } => "swarm",
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `sleep.rs` | putting the backend to sleep; the idle clock's view ([`Sleeper`](crate::idle::Sleeper)) |
 //! | `outside.rs` | changes made outside idlewatcher ([`BackendObserver`](crate::providers::BackendObserver)) |
 //! | `recheck.rs` | a status re-check when a "ready" backend stops answering (lost events) |
+//! | `shared.rs` | a backend shared with other gateways: this gateway's traffic reported to its provider, which may postpone a sleep |
 //! | [`state`], [`upstream`], [`error`] | the state and status, where requests go, why a wake failed |
 //! | [`readiness`], [`release`], [`events`] | probes, slow start, wake events |
 
@@ -19,6 +20,7 @@ mod outside;
 pub mod readiness;
 mod recheck;
 pub mod release;
+mod shared;
 mod sleep;
 pub mod state;
 pub mod upstream;

@@ -10,7 +10,7 @@ use crate::backend::events::WakeEventKind;
 use crate::backend::watcher::Control;
 use crate::backend::{State, Watcher};
 use crate::config::StopMethod;
-use crate::idle::Sleeper;
+use crate::idle::{SleepOutcome, Sleeper};
 use crate::providers::{BackendStatus, ProviderError};
 
 impl Watcher {
@@ -54,6 +54,12 @@ impl Watcher {
     /// is woken again at once if requests arrived meanwhile); on failure it stays ready.
     pub async fn put_to_sleep(&self) -> Result<(), ProviderError> {
         let result = self.send_to_sleep().await;
+        if let Err(ProviderError::InUse { reason, .. }) = &result {
+            // Not a failure: another gateway uses it (decided on the manager's own answer).
+            tracing::info!(backend = %self.backend(), %reason, "not put to sleep: still in use");
+            self.cancel_stop();
+            return result;
+        }
         if let Some(metrics) = self.metrics.get() {
             metrics.slept(result.is_ok());
         }
@@ -72,13 +78,21 @@ impl Watcher {
             }
             Err(error) => {
                 // The backend keeps serving; the idle clock retries later.
-                let (state, previous_error) = control.before_stop.clone();
-                control.wake_after_stop = false; // Requests that came meanwhile find it up.
-                self.set_state(&mut control, state, previous_error);
+                drop(control);
+                self.cancel_stop();
                 tracing::warn!(backend = %self.backend(), %error, "could not put to sleep");
             }
         }
         result
+    }
+
+    /// Goes back to what the backend was before [`try_begin_stop`](Self::try_begin_stop): it
+    /// keeps serving, and requests that came meanwhile find it up.
+    pub(super) fn cancel_stop(&self) {
+        let mut control = self.control.lock();
+        let (state, previous_error) = control.before_stop.clone();
+        control.wake_after_stop = false;
+        self.set_state(&mut control, state, previous_error);
     }
 
     /// The provider call for the configured stop method.
@@ -153,7 +167,24 @@ impl Sleeper for Watcher {
         Watcher::try_begin_stop(self)
     }
 
-    async fn put_to_sleep(&self) -> bool {
-        Watcher::put_to_sleep(self).await.is_ok()
+    /// Asks the provider first (a backend shared with other gateways may still be in use),
+    /// then puts the backend to sleep.
+    async fn put_to_sleep(&self) -> SleepOutcome {
+        if let Some(retry_in) = self.vetoed().await {
+            return SleepOutcome::Postponed(retry_in);
+        }
+        match Watcher::put_to_sleep(self).await {
+            Ok(()) => SleepOutcome::Asleep,
+            Err(ProviderError::InUse { retry_in, .. }) => SleepOutcome::Postponed(retry_in),
+            Err(_) => SleepOutcome::Failed,
+        }
+    }
+
+    fn report_every(&self) -> Option<u64> {
+        self.report_period().map(u64::from)
+    }
+
+    fn report_activity(&self, now: u64) {
+        Watcher::report_activity(self, u32::try_from(now).unwrap_or(u32::MAX));
     }
 }

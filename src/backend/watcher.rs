@@ -149,6 +149,10 @@ pub struct Watcher {
     pub(super) rechecking: AtomicBool,
     /// A reload removed every route of this backend: the idle clock leaves it alone.
     pub(super) retired: AtomicBool,
+    /// The tick of the last activity report to the provider (`shared.rs`; `u32::MAX`: none).
+    pub(super) reported_at: AtomicU32,
+    /// An activity report is under way: one at a time.
+    pub(super) reporting: AtomicBool,
 }
 
 impl Watcher {
@@ -194,6 +198,8 @@ impl Watcher {
             this: this.clone(),
             rechecking: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            reported_at: AtomicU32::new(u32::MAX),
+            reporting: AtomicBool::new(false),
         })
     }
 

@@ -40,6 +40,7 @@ fn describe_backend(backend: &BackendConfig) -> String {
             None => format!("docker container \"{container}\""),
         },
         BackendConfig::Proxmox { node, vmid } => format!("proxmox guest {vmid} on node \"{node}\""),
+        BackendConfig::Swarm { service, .. } => format!("swarm service \"{service}\""),
     }
 }
 

@@ -165,6 +165,11 @@ fn restart_needed(old: &InForce, new: &Config) -> Vec<String> {
         "idlewatcher.docker.labels",
     );
     check(a.proxmox != b.proxmox, "idlewatcher.proxmox");
+    check(a.instance != b.instance, "idlewatcher.instance");
+    check(
+        a.docker_traffic_veto != b.docker_traffic_veto,
+        "idlewatcher.docker.traffic_veto",
+    );
     check(old.server_yaml != new.server_yaml, "(server)");
     // Stream listeners are bound at start-up: any change to the set of streams waits for a
     // restart (the streams of routes kept go on as they were).

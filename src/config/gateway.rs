@@ -30,6 +30,7 @@ pub(crate) const GATEWAY_KEYS: &[&str] = &[
     "admin",
     "docker",
     "proxmox",
+    "instance",
     "tick",
     "max_concurrent_stops",
     "clients",
@@ -107,15 +108,19 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
         f.absorb(a);
         admin
     });
-    let (docker, docker_labels) = f
-        .sub("docker", &["host", "tls", "labels"])
+    let (docker, docker_labels, docker_traffic_veto) = f
+        .sub("docker", &["host", "tls", "labels", "traffic_veto"])
         .map(|mut d| {
             let engine = docker_engine(&mut d);
             let labels = d.get("labels", boolean).unwrap_or(false);
+            let veto = d.get("traffic_veto", integer(0, u64::MAX)).unwrap_or(0);
             f.absorb(d);
-            (engine, labels)
+            (engine, labels, veto)
         })
         .unwrap_or_default();
+    let instance = f
+        .get("instance", instance_name)
+        .unwrap_or_else(default_instance);
     let proxmox_written = f.has("proxmox");
     let proxmox = f.sub("proxmox", PROXMOX_KEYS).and_then(|mut p| {
         let proxmox = parse_proxmox(&mut p);
@@ -193,6 +198,8 @@ pub(crate) fn parse_gateway(mut f: Fields, parent: &mut Fields) -> Option<Gatewa
         docker,
         docker_labels,
         proxmox,
+        instance,
+        docker_traffic_veto,
         tick,
         max_concurrent_stops,
         clients,
@@ -450,6 +457,37 @@ pub(super) fn inherit_engine(backend: &mut BackendConfig, default: &DockerEngine
             engine.cert_path.clone_from(&default.cert_path);
         }
     }
+}
+
+/// This gateway's name when `instance` is not set: the machine's host name (each gateway of
+/// several runs on its own machine or container, whose host name differs), else `idlewatcher`.
+fn default_instance() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    kernel
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| instance_name_ok(name))
+        .unwrap_or_else(|| "idlewatcher".to_string())
+}
+
+/// `instance`: a name that can end a Docker label key (`idlewatcher.active.<instance>`).
+fn instance_name(node: Node) -> Result<String, String> {
+    let name = non_empty(node)?;
+    if instance_name_ok(&name) {
+        Ok(name)
+    } else {
+        Err(format!(
+            "\"{name}\" is not a usable instance name: use letters, digits, '-', '_' and '.' (at most 128)"
+        ))
+    }
+}
+
+fn instance_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The `proxmox:` section `p`: one cluster, one token, exactly one way to trust its certificate.

@@ -27,6 +27,7 @@ const LIST_KEYS: &[&str] = &["hosts", "depends_on", "ignore_user_agents"];
 const NO_LABEL: &[(&str, &str)] = &[
     ("docker", "the backend is the labelled container itself"),
     ("proxmox", "a labelled container is a Docker backend"),
+    ("swarm", "a labelled container is a Docker backend"),
     (
         "streams",
         "stream listeners are bound at start-up; declare streams in the file",
@@ -267,7 +268,7 @@ fn reject_broken_dependencies(result: &mut LabelRoutes, gateway: &GatewayConfig)
         };
         let container = match &route.backend {
             BackendConfig::Docker { container, .. } => container.clone(),
-            BackendConfig::Proxmox { .. } => String::new(),
+            BackendConfig::Proxmox { .. } | BackendConfig::Swarm { .. } => String::new(),
         };
         result.rejected.push(RejectedRoute {
             name: route.name.clone(),

@@ -48,6 +48,13 @@ pub struct GatewayConfig {
     pub defaults: RouteDefaults,
     /// The Proxmox VE cluster (`proxmox:`), if routes use Proxmox guests.
     pub proxmox: Option<ProxmoxConfig>,
+    /// This gateway's name among several in front of the same backends (`instance`), default
+    /// the host name: the key of its activity lease on Swarm services.
+    pub instance: String,
+    /// Network bytes (received plus sent) a Docker container may have exchanged since this
+    /// gateway last saw traffic for it before its stop is postponed (`docker: { traffic_veto }`):
+    /// another gateway on the same engine is using it. 0 (the default) = no veto.
+    pub docker_traffic_veto: u64,
     /// Resolution of the idle clock (`tick`), default 1 s.
     pub tick: Duration,
     /// How many backends may be stopping at once (`max_concurrent_stops`), default 8.
@@ -363,6 +370,14 @@ pub enum BackendConfig {
         node: String,
         /// Guest id.
         vmid: u32,
+    },
+    /// A Docker Swarm service on the gateway's engine (a swarm manager), scaled between 0 and
+    /// `replicas`.
+    Swarm {
+        /// The service's name (or id).
+        service: String,
+        /// How many replicas a wake asks for (`replicas`, default 1).
+        replicas: u64,
     },
 }
 

@@ -44,6 +44,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "hosts",
     "docker",
     "proxmox",
+    "swarm",
     "port",
     "upstream",
     "start_endpoint",
@@ -55,6 +56,14 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
 const STREAM_KEYS: &[&str] = &["listen", "protocol", "port", "upstream"];
 /// Keys of a route's `docker:` section.
 const DOCKER_ROUTE_KEYS: &[&str] = &["container", "host", "tls"];
+/// The route keys that name a backend, one per provider family.
+const BACKEND_KEYS: &[&str] = &["docker", "proxmox", "swarm"];
+/// Keys of a route's `swarm:` section.
+const SWARM_KEYS: &[&str] = &["service", "replicas"];
+/// Replicas a Swarm wake asks for when `replicas` is not set.
+const DEFAULT_REPLICAS: u64 = 1;
+/// The most replicas a route may ask for (a typo guard, far above any real use).
+const MAX_REPLICAS: u64 = 10_000;
 /// Keys of a `docker:` section's `tls:`.
 const DOCKER_TLS_KEYS: &[&str] = &["cert_path"];
 const HEALTH_KEYS: &[&str] = &["path", "statuses", "tcp", "docker"];
@@ -466,20 +475,26 @@ fn check_udp_readiness(
     );
 }
 
-/// Exactly one of `docker: { container }` and `proxmox: { node, vmid }`.
+/// Exactly one of `docker: { container }`, `proxmox: { node, vmid }` and
+/// `swarm: { service, replicas }`.
 fn backend(f: &mut Fields) -> Option<BackendConfig> {
-    let (has_docker, has_proxmox) = (f.has("docker"), f.has("proxmox"));
-    if has_docker && has_proxmox {
-        let at = f.key_position("proxmox");
+    let set: Vec<&str> = BACKEND_KEYS
+        .iter()
+        .copied()
+        .filter(|key| f.has(key))
+        .collect();
+    if let [first, second, ..] = set[..] {
+        let at = f.key_position(second);
         f.error_at(
-            "proxmox",
+            second,
             at,
-            "docker and proxmox are both set; a route has exactly one backend",
+            format!("{first} and {second} are both set; a route has exactly one backend"),
         );
-    } else if !has_docker && !has_proxmox {
+    } else if set.is_empty() {
         f.missing_because(
             "docker",
-            "required key is missing: set docker: { container: NAME } or proxmox: { node: NAME, vmid: ID }",
+            "required key is missing: set docker: { container: NAME }, proxmox: { node: NAME, vmid: ID } \
+             or swarm: { service: NAME }",
         );
     }
     let docker = f.sub("docker", DOCKER_ROUTE_KEYS).and_then(|mut d| {
@@ -497,8 +512,19 @@ fn backend(f: &mut Fields) -> Option<BackendConfig> {
             vmid: u32::try_from(vmid?).ok()?,
         })
     });
-    match (docker, proxmox) {
-        (Some(b), None) | (None, Some(b)) => Some(b),
+    let swarm = f.sub("swarm", SWARM_KEYS).and_then(|mut s| {
+        let service = s.required("service", non_empty);
+        let replicas = s
+            .get("replicas", integer(1, MAX_REPLICAS))
+            .unwrap_or(DEFAULT_REPLICAS);
+        f.absorb(s);
+        Some(BackendConfig::Swarm {
+            service: service?,
+            replicas,
+        })
+    });
+    match (docker, proxmox, swarm) {
+        (Some(b), None, None) | (None, Some(b), None) | (None, None, Some(b)) => Some(b),
         _ => None,
     }
 }

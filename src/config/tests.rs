@@ -1939,3 +1939,64 @@ fn tls_shapes_and_clashes_are_errors_at_their_place() {
         .clone();
     assert_eq!(tls_error.line, Some(10));
 }
+
+#[test]
+fn a_swarm_route_names_its_service_and_replicas() {
+    let config = valid(&routes(
+        "- name: a\n  hosts: [a.localhost]\n  swarm: { service: app }\n  port: 80\n\
+         - name: b\n  hosts: [b.localhost]\n  swarm: { service: web, replicas: 3 }\n  port: 80\n",
+    ));
+    let backends: Vec<&BackendConfig> = config.gateway.routes.iter().map(|r| &r.backend).collect();
+    assert_eq!(
+        backends,
+        vec![
+            &BackendConfig::Swarm {
+                service: "app".into(),
+                replicas: 1
+            },
+            &BackendConfig::Swarm {
+                service: "web".into(),
+                replicas: 3
+            },
+        ]
+    );
+    let e = errors(&routes(
+        "- name: a\n  hosts: [a.localhost]\n  docker: { container: a }\n  swarm: { service: a }\n  port: 80\n\
+         - name: b\n  hosts: [b.localhost]\n  swarm: { service: b, replicas: 0, mode: global }\n  port: 80\n\
+         - name: c\n  hosts: [c.localhost]\n  swarm: { replicas: 2 }\n  port: 80\n",
+    ));
+    has(&e, Some("a"), "swarm", "docker and swarm are both set");
+    has(&e, Some("b"), "swarm.replicas", "1..=10000");
+    has(&e, Some("b"), "swarm.mode", "unknown key");
+    has(&e, Some("c"), "swarm.service", "required key is missing");
+}
+
+#[test]
+fn instance_and_traffic_veto_are_gateway_keys() {
+    let config =
+        valid("idlewatcher:\n  instance: gw-1.site_a\n  docker: { traffic_veto: 65536 }\n");
+    assert_eq!(config.gateway.instance, "gw-1.site_a");
+    assert_eq!(config.gateway.docker_traffic_veto, 65536);
+    let defaults = valid("idlewatcher: {}\n");
+    assert!(
+        !defaults.gateway.instance.is_empty(),
+        "the host name by default"
+    );
+    assert_eq!(
+        defaults.gateway.docker_traffic_veto, 0,
+        "no veto by default"
+    );
+    let e = errors("idlewatcher:\n  instance: \"a b\"\n  docker: { traffic_veto: -1 }\n");
+    has(
+        &e,
+        None,
+        "idlewatcher.instance",
+        "not a usable instance name",
+    );
+    has(
+        &e,
+        None,
+        "idlewatcher.docker.traffic_veto",
+        "an integer >= 0",
+    );
+}

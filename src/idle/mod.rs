@@ -35,6 +35,8 @@ pub mod ticker;
 pub mod timers;
 pub mod wheel;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 pub use clock::IdleClock;
@@ -56,6 +58,26 @@ pub trait Sleeper: Send + Sync + 'static {
     /// Moves the backend to `stopping` if nothing is in flight; true when the caller must now
     /// call [`put_to_sleep`](Self::put_to_sleep).
     fn try_begin_stop(&self) -> bool;
-    /// Puts the backend to sleep; false if that failed (it keeps serving, retried later).
-    async fn put_to_sleep(&self) -> bool;
+    /// Puts the backend to sleep (unless its provider says someone else still uses it).
+    async fn put_to_sleep(&self) -> SleepOutcome;
+    /// How often, in ticks, the backend's provider wants to hear of its traffic (a lease shared
+    /// with other gateways); `None` (the default): never. The timer of such a backend then
+    /// fires at least that often while it is awake.
+    fn report_every(&self) -> Option<wheel::Tick> {
+        None
+    }
+    /// Tells the provider, in the background, of the traffic seen up to tick `now`; called when
+    /// the timer fires, never per request. Rate-limited by the backend itself.
+    fn report_activity(&self, _now: wheel::Tick) {}
+}
+
+/// What became of an attempt to put a backend to sleep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SleepOutcome {
+    /// It sleeps.
+    Asleep,
+    /// It failed: the backend keeps serving, and the idle clock retries with a backoff.
+    Failed,
+    /// Someone else still uses it (another gateway): the idle clock asks again after this.
+    Postponed(Duration),
 }

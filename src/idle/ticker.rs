@@ -71,9 +71,9 @@ impl IdleTicker {
                     let Ok(_permit) = stops.acquire().await else {
                         return;
                     };
-                    let ok = watcher.put_to_sleep().await;
+                    let outcome = watcher.put_to_sleep().await;
                     if let Some(failures) = failures.get(watcher.id() as usize) {
-                        IdleTimers::stop_finished(&clock, watcher.as_ref(), failures, ok);
+                        IdleTimers::stop_finished(&clock, watcher.as_ref(), failures, outcome);
                     }
                 });
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::idle::clock::{Arm, Message};
 use crate::idle::wheel::{Expired, Tick, TimingWheel};
-use crate::idle::{IdleClock, Sleeper};
+use crate::idle::{IdleClock, SleepOutcome, Sleeper};
 
 /// Longest pause between attempts to put a backend to sleep after failures, in ticks.
 const MAX_STOP_RETRY_TICKS: u32 = 300;
@@ -72,9 +72,18 @@ impl IdleTimers {
             let Some(idle_until) = watcher.idle_deadline() else {
                 continue;
             };
+            let every = watcher.report_every();
             if idle_until > now {
-                self.insert(id, idle_until);
+                if every.is_some() {
+                    watcher.report_activity(now);
+                }
+                // A backend whose traffic is reported looks again within its report period.
+                let next = every.map_or(idle_until, |every| idle_until.min(now + every));
+                self.insert(id, next);
             } else if watcher.in_flight() > 0 {
+                if every.is_some() {
+                    watcher.report_activity(now);
+                }
                 self.insert(id, now + 1);
             } else if watcher.try_begin_stop() {
                 to_stop.push(Arc::clone(watcher));
@@ -112,7 +121,13 @@ impl IdleTimers {
         let Some(idle_until) = watcher.idle_deadline() else {
             return; // idle_timeout 0: never sleeps.
         };
-        let deadline = idle_until.max(arm.not_before).max(now);
+        let mut deadline = idle_until.max(arm.not_before).max(now);
+        if let Some(every) = watcher.report_every() {
+            if arm.not_before <= now {
+                // Its first report is due within one period, not at its idle deadline.
+                deadline = deadline.min(now + every);
+            }
+        }
         self.insert(arm.id as usize, deadline);
     }
 
@@ -121,15 +136,27 @@ impl IdleTimers {
         self.wheel.insert(id as u32, self.generations[id], deadline);
     }
 
-    /// Records the outcome of putting `watcher` to sleep; a failure re-arms it with a backoff.
-    pub fn stop_finished(clock: &IdleClock, watcher: &dyn Sleeper, failures: &AtomicU32, ok: bool) {
-        if ok {
-            failures.store(0, Ordering::Relaxed);
-            return;
+    /// Records the outcome of putting `watcher` to sleep: a failure re-arms it with a backoff,
+    /// a postponement after the time the provider asked for.
+    pub fn stop_finished(
+        clock: &IdleClock,
+        watcher: &dyn Sleeper,
+        failures: &AtomicU32,
+        outcome: SleepOutcome,
+    ) {
+        match outcome {
+            SleepOutcome::Asleep => failures.store(0, Ordering::Relaxed),
+            SleepOutcome::Postponed(retry_in) => {
+                failures.store(0, Ordering::Relaxed);
+                let ticks = clock.ticks(retry_in).max(1);
+                clock.arm_not_before(watcher.id(), clock.now() as u64 + ticks as u64);
+            }
+            SleepOutcome::Failed => {
+                let count = failures.fetch_add(1, Ordering::Relaxed);
+                let backoff = (1u32 << count.min(16)).min(MAX_STOP_RETRY_TICKS);
+                clock.arm_not_before(watcher.id(), clock.now() as u64 + backoff as u64);
+            }
         }
-        let count = failures.fetch_add(1, Ordering::Relaxed);
-        let backoff = (1u32 << count.min(16)).min(MAX_STOP_RETRY_TICKS);
-        clock.arm_not_before(watcher.id(), clock.now() as u64 + backoff as u64);
     }
 }
 
@@ -265,7 +292,12 @@ mod tests {
         let failures = AtomicU32::new(0);
         assert_eq!(f.run_until(10).await, Some(3));
         assert_eq!(f.watcher.state(), State::Ready, "still serving");
-        IdleTimers::stop_finished(&f.clock, f.watcher.as_ref(), &failures, false);
+        IdleTimers::stop_finished(
+            &f.clock,
+            f.watcher.as_ref(),
+            &failures,
+            SleepOutcome::Failed,
+        );
         // Retried after a backoff (1 tick after the first failure, doubling); the next stop works.
         assert_eq!(f.run_until(10).await, Some(4));
         assert_eq!(f.watcher.state(), State::Napping);
@@ -291,7 +323,7 @@ mod tests {
                 watcher.wait_ready(generation, deadline).await
             })
         };
-        assert!(to_stop[0].put_to_sleep().await);
+        assert_eq!(to_stop[0].put_to_sleep().await, SleepOutcome::Asleep);
         waiter.await.unwrap().unwrap();
         assert_eq!(f.watcher.state(), State::Ready);
         assert_eq!(f.engine.calls(BACKEND).starts, 2);
@@ -386,7 +418,7 @@ mod tests {
         let mut asleep_at = None;
         for now in 21..=40 {
             if let Some(stop) = timers.tick(now).first() {
-                assert!(stop.put_to_sleep().await);
+                assert_eq!(stop.put_to_sleep().await, SleepOutcome::Asleep);
                 asleep_at = Some(now);
                 break;
             }
@@ -394,5 +426,72 @@ mod tests {
         // Idle from tick 21 (the nap may have come at the end of tick 20), asleep at 21 + 2.
         assert_eq!(asleep_at, Some(23));
         assert_eq!(db.state(), State::Napping);
+    }
+
+    /// A backend whose provider wants activity reports; it never gets idle on its own and its
+    /// stop is only handed out (`try_begin_stop` true) once `stoppable` is set.
+    struct Shared {
+        deadline: u64,
+        stoppable: std::sync::atomic::AtomicBool,
+        reports: parking_lot::Mutex<Vec<Tick>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Sleeper for Shared {
+        fn id(&self) -> u32 {
+            0
+        }
+        fn may_sleep(&self) -> bool {
+            true
+        }
+        fn idle_deadline(&self) -> Option<u64> {
+            Some(self.deadline)
+        }
+        fn in_flight(&self) -> u32 {
+            0
+        }
+        fn try_begin_stop(&self) -> bool {
+            self.stoppable.load(Ordering::Relaxed)
+        }
+        async fn put_to_sleep(&self) -> SleepOutcome {
+            SleepOutcome::Asleep
+        }
+        fn report_every(&self) -> Option<Tick> {
+            Some(2)
+        }
+        fn report_activity(&self, now: Tick) {
+            self.reports.lock().push(now);
+        }
+    }
+
+    #[test]
+    fn a_reporting_backend_is_looked_at_every_period_and_a_postponement_re_arms() {
+        let clock = IdleClock::new(Duration::from_secs(1));
+        let shared = Arc::new(Shared {
+            deadline: 9,
+            stoppable: std::sync::atomic::AtomicBool::new(false),
+            reports: parking_lot::Mutex::new(Vec::new()),
+        });
+        let mut timers = IdleTimers::new(clock.clone(), vec![shared.clone() as Arc<dyn Sleeper>]);
+        clock.arm(0);
+        for now in 0..=9 {
+            assert!(timers.tick(now).is_empty());
+        }
+        // Reported every 2 ticks until the idle deadline (not only at it).
+        assert_eq!(*shared.reports.lock(), vec![2, 4, 6, 8]);
+        shared.stoppable.store(true, Ordering::Relaxed);
+        let stopped = timers.tick(10);
+        assert_eq!(stopped.len(), 1, "handed out once idle");
+        // Another gateway still uses it: asked again 5 ticks later, not before.
+        IdleTimers::stop_finished(
+            &clock,
+            stopped[0].as_ref(),
+            &AtomicU32::new(0),
+            SleepOutcome::Postponed(Duration::from_secs(5)),
+        );
+        for now in 11..15 {
+            assert!(timers.tick(now).is_empty(), "asked again early, at {now}");
+        }
+        assert_eq!(timers.tick(15).len(), 1);
     }
 }

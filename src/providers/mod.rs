@@ -17,9 +17,11 @@ pub mod docker;
 pub mod fake;
 mod family;
 pub mod proxmox;
+pub mod swarm;
+mod transition;
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -27,7 +29,7 @@ pub use family::{Connect, FamilyKind, ProviderFamily};
 
 /// Every provider family this build knows. Adding a provider is a folder in `providers/` plus
 /// one line here; assembly and `-t` loop over this list and name no family.
-pub static FAMILIES: &[&FamilyKind] = &[&docker::FAMILY, &proxmox::FAMILY];
+pub static FAMILIES: &[&FamilyKind] = &[&docker::FAMILY, &proxmox::FAMILY, &swarm::FAMILY];
 
 /// The family a backend belongs to, if this build has it.
 pub fn family_of(backend: &crate::config::BackendConfig) -> Option<&'static FamilyKind> {
@@ -111,11 +113,46 @@ pub enum ProviderError {
         /// Why, as last seen (`connection refused`…).
         reason: String,
     },
+    /// The backend must not be put to sleep yet: someone else (another gateway) is using it.
+    /// Not a failure: the idle clock looks again after `retry_in`.
+    #[error("{backend} is still in use: {reason}")]
+    InUse {
+        /// The backend, as [`Provider::describe`] names it.
+        backend: String,
+        /// Who uses it, as far as the provider can tell (`gateway "b" saw traffic 2 s ago`).
+        reason: String,
+        /// When asking again may give another answer.
+        retry_in: Duration,
+    },
     /// The backend is running but has no address the gateway can reach.
     #[error("{backend} has no reachable IP address (is it attached to a network?)")]
     NoAddress {
         /// The backend, as [`Provider::describe`] names it.
         backend: String,
+    },
+}
+
+/// What this gateway knows of its own traffic to a backend, as the idle clock hands it to a
+/// provider that shares the backend with other gateways (a lease, a traffic counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// When this gateway last saw traffic for the backend (now, while anything is in flight).
+    pub last_seen: SystemTime,
+    /// The backend's `idle_timeout`: how long this gateway keeps it awake after `last_seen`.
+    pub idle_timeout: Duration,
+}
+
+/// A provider's answer to "may this backend be put to sleep now?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SleepVerdict {
+    /// Nothing the provider knows of keeps it awake.
+    Now,
+    /// Someone else is using it: the idle clock re-arms and asks again after `retry_in`.
+    Postpone {
+        /// When to ask again.
+        retry_in: Duration,
+        /// Why, for the log (`gateway "b" saw traffic 2 s ago`).
+        reason: String,
     },
 }
 
@@ -148,5 +185,21 @@ pub trait Provider: Send + Sync + 'static {
     /// knows of no such thing: the default, so providers without one need not implement it).
     async fn health(&self) -> Result<Option<BackendHealth>, ProviderError> {
         Ok(None)
+    }
+    /// Whether the provider wants [`activity`](Self::activity) reports (a lease to renew, a
+    /// counter to sample); the idle clock then reports at most every `idle_timeout / 4`.
+    fn reports_activity(&self) -> bool {
+        false
+    }
+    /// This gateway saw traffic for the backend (`activity.last_seen`), or the traffic it saw
+    /// ended: called from the idle clock's side, never per request, at most every
+    /// `idle_timeout / 4` while traffic lasts and once more after it ends.
+    async fn activity(&self, _activity: Activity) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    /// Asked by the idle clock before it puts the backend to sleep (the default: yes). A
+    /// provider shared by several gateways says whether another one still uses the backend.
+    async fn may_sleep(&self, _activity: Activity) -> Result<SleepVerdict, ProviderError> {
+        Ok(SleepVerdict::Now)
     }
 }

@@ -104,6 +104,12 @@ impl std::fmt::Debug for EventCounter {
 impl EventCounter {
     /// Starts counting the events of the container named `name`.
     pub fn new(name: &str) -> Self {
+        Self::of("container", name)
+    }
+
+    /// Starts counting the events of the object of type `kind` (`container`, `service`) named
+    /// `name`.
+    pub fn of(kind: &str, name: &str) -> Self {
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -114,9 +120,9 @@ impl EventCounter {
                 "--since",
                 &since,
                 "--filter",
-                "type=container",
+                &format!("type={kind}"),
                 "--filter",
-                &format!("container={name}"),
+                &format!("{kind}={name}"),
                 "--format",
                 "{{json .}}",
             ])

@@ -13,6 +13,7 @@
 //! | [`tls_engine`] | a test PKI (CA, server and client certificates) and a TLS front for the engine |
 //! | [`pve`] | a fake Proxmox VE API over HTTPS (token auth, UPID tasks, PVE's error shapes) |
 //! | [`recorder`] | a `BackendObserver` that records events |
+//! | [`swarm`] | a single-node swarm on loopback (joined or made, then left) and throw-away services |
 //! | [`browser`] | headless Chromium |
 //!
 //! The fixtures are `async` (on `tokio::process` and tokio sockets: they never block the test's
@@ -33,6 +34,7 @@ pub mod muted_engine;
 pub mod podman;
 pub mod pve;
 pub mod recorder;
+pub mod swarm;
 pub mod tls_engine;
 
 /// Sends the library's `tracing` output to the test harness (shown for failed tests, or with

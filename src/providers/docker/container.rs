@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
@@ -20,13 +20,17 @@ use bollard::models::{
     ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings, HealthStatusEnum,
 };
 use bollard::query_parameters::{
-    KillContainerOptions, StartContainerOptions, StopContainerOptions, WaitContainerOptions,
+    KillContainerOptions, StartContainerOptions, StatsOptions, StopContainerOptions,
+    WaitContainerOptions,
 };
 use bollard::{ClientVersion, Docker};
 use futures_util::StreamExt;
 
 use super::engine::{error_chain, EngineLink};
-use crate::providers::{BackendHealth, BackendStatus, Provider, ProviderError};
+use super::traffic::{network_bytes, TrafficVeto};
+use crate::providers::{
+    Activity, BackendHealth, BackendStatus, Provider, ProviderError, SleepVerdict,
+};
 
 /// The first API version whose `stop` endpoint accepts a `signal` parameter.
 const STOP_SIGNAL_API: ClientVersion = ClientVersion {
@@ -64,6 +68,8 @@ pub struct DockerProvider {
     describe: String,
     /// Whether its engine answers (`None`: assumed to, the engine is the caller's business).
     link: Option<Arc<EngineLink>>,
+    /// The traffic veto (`docker: { traffic_veto }`), when on.
+    veto: Option<Arc<TrafficVeto>>,
 }
 
 impl fmt::Debug for DockerProvider {
@@ -85,7 +91,16 @@ impl DockerProvider {
             container,
             describe,
             link: None,
+            veto: None,
         }
+    }
+
+    /// Postpones this container's stop while its network counters grow by more than
+    /// `threshold` bytes without this gateway (another gateway on the same engine uses it);
+    /// 0: never.
+    pub fn with_traffic_veto(mut self, threshold: u64) -> Self {
+        self.veto = (threshold > 0).then(|| Arc::new(TrafficVeto::new(threshold)));
+        self
     }
 
     /// A provider for `container` on the engine `link` follows: failing at once while the
@@ -102,6 +117,26 @@ impl DockerProvider {
         }
         provider.link = Some(link);
         provider
+    }
+
+    /// The container's network bytes, received plus sent (`stats`, one shot); `None` when it
+    /// has no counters of its own.
+    async fn network_bytes(&self) -> Result<Option<u64>, ProviderError> {
+        self.online()?;
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        match self
+            .docker
+            .stats(&self.container, Some(options))
+            .next()
+            .await
+        {
+            Some(Ok(stats)) => Ok(network_bytes(&stats)),
+            Some(Err(error)) => Err(self.error("read the counters of", error)),
+            None => Ok(None),
+        }
     }
 
     /// `Ok` unless the engine is known to be down (then the error naming it).
@@ -259,6 +294,29 @@ impl Provider for DockerProvider {
         Ok(self.inspect().await?.as_ref().and_then(health_of))
     }
 
+    fn reports_activity(&self) -> bool {
+        self.veto.is_some()
+    }
+
+    /// A traffic baseline, for the veto.
+    async fn activity(&self, _activity: Activity) -> Result<(), ProviderError> {
+        let Some(veto) = &self.veto else {
+            return Ok(());
+        };
+        let bytes = self.network_bytes().await?;
+        veto.record(bytes, SystemTime::now(), &self.describe);
+        Ok(())
+    }
+
+    /// No while the container's counters grow without this gateway (the traffic veto).
+    async fn may_sleep(&self, activity: Activity) -> Result<SleepVerdict, ProviderError> {
+        let Some(veto) = &self.veto else {
+            return Ok(SleepVerdict::Now);
+        };
+        let bytes = self.network_bytes().await?;
+        Ok(veto.verdict(bytes, SystemTime::now(), &self.describe, activity))
+    }
+
     async fn start(&self) -> Result<(), ProviderError> {
         self.online()?;
         let options: Option<StartContainerOptions> = None;
@@ -409,7 +467,7 @@ pub(super) async fn inspect_ref(
 }
 
 /// The engine's HTTP status for an error answer, if the error is one.
-fn http_status(err: &DockerError) -> Option<u16> {
+pub(crate) fn http_status(err: &DockerError) -> Option<u16> {
     match err {
         DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
@@ -418,7 +476,7 @@ fn http_status(err: &DockerError) -> Option<u16> {
 
 /// Maps a bollard error: 404 → [`ProviderError::NotFound`], anything else →
 /// [`ProviderError::Api`] with the engine's own message (or the transport failure).
-fn map_error(action: &'static str, backend: &str, err: DockerError) -> ProviderError {
+pub(crate) fn map_error(action: &'static str, backend: &str, err: DockerError) -> ProviderError {
     match err {
         DockerError::DockerResponseServerError {
             status_code: 404, ..

@@ -184,7 +184,7 @@ impl EngineLink {
 /// Negotiates the API version with the engine behind `docker` (downgrading the client, shared
 /// by all its clones, to what the engine speaks): the first request, where an unreachable
 /// engine shows.
-pub(super) async fn negotiate(docker: &Docker, shown: &str) -> Result<(), ProviderError> {
+pub(crate) async fn negotiate(docker: &Docker, shown: &str) -> Result<(), ProviderError> {
     let negotiated = docker
         .clone()
         .negotiate_version()
@@ -200,7 +200,7 @@ pub(super) async fn negotiate(docker: &Docker, shown: &str) -> Result<(), Provid
 
 /// What went wrong talking to an engine, without the "connect to ENGINE" that
 /// [`EngineLink::check`]'s error already says.
-pub(super) fn reason_of(error: &ProviderError) -> String {
+pub(crate) fn reason_of(error: &ProviderError) -> String {
     match error {
         ProviderError::Api { message, .. } => message.clone(),
         other => other.to_string(),
@@ -209,7 +209,7 @@ pub(super) fn reason_of(error: &ProviderError) -> String {
 
 /// An error with its causes (`client error (Connect): invalid peer certificate: UnknownIssuer`):
 /// the top of a transport error alone rarely says what went wrong.
-pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

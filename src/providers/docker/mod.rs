@@ -19,6 +19,7 @@ mod engine;
 mod events;
 mod labels;
 mod tls;
+mod traffic;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +32,9 @@ use futures_util::FutureExt;
 use tokio::sync::watch;
 
 pub use container::DockerProvider;
+pub(crate) use container::{http_status, map_error};
 pub use engine::{connect, Endpoint, EngineLink};
+pub(crate) use engine::{error_chain, negotiate, reason_of};
 pub use events::DockerEvents;
 pub use labels::{LabelDiscovery, OnLabels};
 pub use tls::EngineTlsError;
@@ -72,7 +75,9 @@ fn connect_family(
                 _ => None,
             })
             .chain(config.docker_labels.then_some(&config.docker));
-        let family = DockerFamily::connect(engines).await?;
+        let family = DockerFamily::connect(engines)
+            .await?
+            .with_traffic_veto(config.docker_traffic_veto);
         let family: Arc<dyn ProviderFamily> = Arc::new(family);
         Ok(family)
     }
@@ -93,6 +98,8 @@ pub struct DockerFamily {
     engines: HashMap<DockerEngine, Arc<Engine>>,
     /// Each distinct engine once.
     distinct: Vec<Arc<Engine>>,
+    /// The drivers' traffic veto threshold in bytes (0: off).
+    traffic_veto: u64,
 }
 
 impl DockerFamily {
@@ -110,7 +117,16 @@ impl DockerFamily {
         Self {
             engines: HashMap::new(),
             distinct: vec![engine],
+            traffic_veto: 0,
         }
+    }
+
+    /// Gives every container's driver the traffic veto (`docker: { traffic_veto }`): its stop
+    /// is postponed while its network counters grow by more than `threshold` bytes without
+    /// this gateway. 0: off.
+    pub fn with_traffic_veto(mut self, threshold: u64) -> Self {
+        self.traffic_veto = threshold;
+        self
     }
 
     /// The family over `engines` (as routes configure them, repeats allowed): a client per
@@ -124,6 +140,7 @@ impl DockerFamily {
         let mut family = Self {
             engines: HashMap::new(),
             distinct: Vec::new(),
+            traffic_veto: 0,
         };
         for configured in engines {
             if family.engines.contains_key(configured) {
@@ -190,12 +207,15 @@ impl ProviderFamily for DockerFamily {
 
     fn driver(&self, backend: &BackendConfig) -> Option<Arc<dyn Provider>> {
         let (container, engine) = self.locate(backend)?;
-        Some(Arc::new(DockerProvider::on_engine(
-            engine.docker.clone(),
-            container,
-            Arc::clone(&engine.link),
-            self.distinct.len() > 1,
-        )))
+        Some(Arc::new(
+            DockerProvider::on_engine(
+                engine.docker.clone(),
+                container,
+                Arc::clone(&engine.link),
+                self.distinct.len() > 1,
+            )
+            .with_traffic_veto(self.traffic_veto),
+        ))
     }
 
     fn watch(&self, backend: &BackendConfig, observer: Arc<dyn BackendObserver>) {

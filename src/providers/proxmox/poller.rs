@@ -1,11 +1,11 @@
 //! The single event source for every guest of one PVE cluster: ONE `GET
 //! /cluster/resources?type=vm` every `poll`, whatever the number of guests (a peer polls each
-//! guest every second), mapped onto [`BackendEvent`]s exactly like Docker's event stream:
+//! guest every second), mapped onto [`BackendEvent`](crate::providers::BackendEvent)s exactly like Docker's event stream:
 //!
 //! * the first answer for a guest (at start, for a guest watched later, after an outage) is a
-//!   [`BackendEvent::Resync`] with its status;
-//! * afterwards only changes are told: running → [`BackendEvent::Started`], no longer running →
-//!   [`BackendEvent::Stopped`], gone → [`BackendEvent::Removed`], back → [`BackendEvent::Created`]
+//!   [`BackendEvent::Resync`](crate::providers::BackendEvent::Resync) with its status;
+//! * afterwards only changes are told: running → [`BackendEvent::Started`](crate::providers::BackendEvent::Started), no longer running →
+//!   [`BackendEvent::Stopped`](crate::providers::BackendEvent::Stopped), gone → [`BackendEvent::Removed`](crate::providers::BackendEvent::Removed), back → [`BackendEvent::Created`](crate::providers::BackendEvent::Created)
 //!   (then `Started` if it came back running);
 //! * a guest's `lock` (backup, migrate, snapshot…) is remembered and logged, and the driver
 //!   attempts no start while it is set;
@@ -21,7 +21,8 @@ use tokio::sync::watch;
 
 use super::client::PveClient;
 use super::guest::{describe, status_from, GuestLocks};
-use crate::providers::{BackendEvent, BackendObserver, BackendStatus};
+use crate::providers::transition::{deliver, transition, Deliveries};
+use crate::providers::{BackendObserver, BackendStatus};
 
 /// Longest pause between polls while the API fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -166,7 +167,7 @@ impl Poller {
                 );
             }
         }
-        let mut deliveries: Vec<(Observers, Vec<BackendEvent>)> = Vec::new();
+        let mut deliveries: Deliveries = Vec::new();
         {
             let mut watched = self.watched.lock();
             for (vmid, entry) in watched.iter_mut() {
@@ -194,34 +195,7 @@ impl Poller {
             }
         }
         // Observers are told outside the locks (they take their own).
-        for (observers, events) in deliveries {
-            for event in events {
-                for observer in &observers {
-                    observer.observe(event.clone());
-                }
-            }
-        }
-    }
-}
-
-/// The events for a guest that was `before` (`None`: not known, resync) and is `now`.
-fn transition(before: Option<BackendStatus>, now: BackendStatus) -> Vec<BackendEvent> {
-    use BackendStatus::{Missing, Running};
-    let Some(before) = before else {
-        return vec![BackendEvent::Resync(now)];
-    };
-    if before == now {
-        return Vec::new();
-    }
-    match (before, now) {
-        // As Docker tells it: a running guest that vanished stopped first.
-        (Running, Missing) => vec![BackendEvent::Stopped, BackendEvent::Removed],
-        (_, Missing) => vec![BackendEvent::Removed],
-        (Missing, Running) => vec![BackendEvent::Created, BackendEvent::Started],
-        (Missing, _) => vec![BackendEvent::Created],
-        (_, Running) => vec![BackendEvent::Started],
-        (Running, _) => vec![BackendEvent::Stopped],
-        _ => vec![BackendEvent::Resync(now)],
+        deliver(deliveries);
     }
 }
 
@@ -234,41 +208,6 @@ fn backoff(poll: Duration, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use BackendStatus::{Missing, Running, Stopped};
-
-    #[test]
-    fn only_changes_are_told_after_the_first_sight() {
-        assert_eq!(
-            transition(None, Running),
-            vec![BackendEvent::Resync(Running)]
-        );
-        assert!(transition(Some(Running), Running).is_empty());
-        assert_eq!(
-            transition(Some(Stopped), Running),
-            vec![BackendEvent::Started]
-        );
-        assert_eq!(
-            transition(Some(Running), Stopped),
-            vec![BackendEvent::Stopped]
-        );
-        assert_eq!(
-            transition(Some(Running), Missing),
-            vec![BackendEvent::Stopped, BackendEvent::Removed]
-        );
-        assert_eq!(
-            transition(Some(Stopped), Missing),
-            vec![BackendEvent::Removed]
-        );
-        assert_eq!(
-            transition(Some(Missing), Stopped),
-            vec![BackendEvent::Created]
-        );
-        assert_eq!(
-            transition(Some(Missing), Running),
-            vec![BackendEvent::Created, BackendEvent::Started]
-        );
-    }
-
     #[test]
     fn failures_back_off_to_thirty_seconds() {
         let poll = Duration::from_secs(2);
