@@ -11,8 +11,8 @@ FROM rust:1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# The shipped build (as `make run`): fat LTO and mimalloc, chosen by `make bench` (BENCHMARKS.md).
-RUN cargo build --profile dist --features mimalloc --bin idlewatcher
+# The shipped build (as `make run`): fat LTO, glibc's allocator, chosen by `make bench` (BENCHMARKS.md).
+RUN cargo build --profile dist --bin idlewatcher
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/dist/idlewatcher /usr/local/bin/idlewatcher

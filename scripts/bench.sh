@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 # The build that ships (`make run`): PROFILE and FEATURES, as the Makefile passes them.
 PROFILE=${PROFILE:-dist}
-FEATURES=${FEATURES:-mimalloc}
+FEATURES=${FEATURES:-}
 
 for tool in docker wrk nginx python3; do
     command -v "$tool" >/dev/null 2>&1 || { echo "bench: $tool is missing (make bench installs it)" >&2; exit 1; }
