@@ -102,6 +102,24 @@ async fn steady_traffic(gateway: &Gateway) -> SystemTime {
 }
 
 /// Waits until the service's spec asks for `replicas`.
+/// Waits for `service` to be at 0 replicas and for the engine's scale-down event; how long
+/// after `since` that event came.
+async fn scaled_to_zero_since(
+    service: &TestService,
+    events: &EventCounter,
+    since: SystemTime,
+) -> Duration {
+    wait_replicas(service, 0, SWARM_PATIENCE).await;
+    let down = eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async { scaled_down_at(events).ok_or(()) },
+    )
+    .await
+    .expect("a scale-down event");
+    down.duration_since(since).unwrap_or_default()
+}
+
 async fn wait_replicas(service: &TestService, replicas: u64, timeout: Duration) {
     eventually(timeout, Duration::from_millis(100), || async {
         let now = service.replicas().await;
@@ -129,15 +147,7 @@ async fn a_request_scales_a_service_at_zero_up_once_and_idleness_back_to_zero() 
     assert_eq!(body, INDEX_BODY, "served by the task");
     let answered = SystemTime::now();
 
-    wait_replicas(&service, 0, SWARM_PATIENCE).await;
-    let down = eventually(
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || async { scaled_down_at(&events).ok_or(()) },
-    )
-    .await
-    .expect("a scale-down event");
-    let asleep_after = down.duration_since(answered).unwrap_or_default();
+    let asleep_after = scaled_to_zero_since(&service, &events, answered).await;
     let changes = replica_changes(&events);
     eprintln!("swarm one: woke in {woke_in:?}, scaled to 0 {asleep_after:?} after the answer, replica changes {changes:?}");
     assert_eq!(
@@ -184,15 +194,7 @@ async fn a_gateway_without_traffic_never_scales_down_what_another_serves() {
         b.logs()
     );
 
-    wait_replicas(&service, 0, SWARM_PATIENCE).await;
-    let down = eventually(
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || async { scaled_down_at(&events).ok_or(()) },
-    )
-    .await
-    .expect("a scale-down event");
-    let after = down.duration_since(last).unwrap_or_default();
+    let after = scaled_to_zero_since(&service, &events, last).await;
     let bound = IDLE + GRACE + 2 * TICK;
     eprintln!(
         "swarm two: {:?} of traffic through A; scaled to 0 {after:?} after it ended (promise {bound:?}); replica changes {:?}",

@@ -6,11 +6,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use crate::backend::watcher::NEVER;
 use crate::backend::Watcher;
 use crate::providers::{Activity, SleepVerdict};
-
-/// `reported_at` before the first report.
-const NEVER: u32 = u32::MAX;
 
 impl Watcher {
     /// How often, in ticks, this backend's provider hears of its traffic: a quarter of

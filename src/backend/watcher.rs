@@ -84,6 +84,9 @@ pub(super) struct Control {
 /// The backends one backend wakes first, each with the condition it must reach.
 pub type Dependencies = Vec<(Arc<Watcher>, DependencyCondition)>;
 
+/// `reported_at` before the first report.
+pub(super) const NEVER: u32 = u32::MAX;
+
 /// The backends that depend on one backend, by route name.
 type Dependents = Vec<(String, Weak<Watcher>)>;
 
@@ -149,7 +152,7 @@ pub struct Watcher {
     pub(super) rechecking: AtomicBool,
     /// A reload removed every route of this backend: the idle clock leaves it alone.
     pub(super) retired: AtomicBool,
-    /// The tick of the last activity report to the provider (`shared.rs`; `u32::MAX`: none).
+    /// The tick of the last activity report to the provider (`shared.rs`; `NEVER`: none).
     pub(super) reported_at: AtomicU32,
     /// An activity report is under way: one at a time.
     pub(super) reporting: AtomicBool,
@@ -198,7 +201,7 @@ impl Watcher {
             this: this.clone(),
             rechecking: AtomicBool::new(false),
             retired: AtomicBool::new(false),
-            reported_at: AtomicU32::new(u32::MAX),
+            reported_at: AtomicU32::new(NEVER),
             reporting: AtomicBool::new(false),
         })
     }
