@@ -24,6 +24,10 @@ impl BodyRate {
     /// Counts `len` more bytes of the body; `Err` (408) if, `body_timeout` or more after the
     /// body began, it averaged less than `min_body_rate` bytes per second.
     pub fn received(&mut self, len: usize, limits: &ClientLimits) -> Result<()> {
+        if len == 0 && self.started.is_none() {
+            // No body yet (a bodiless request ends with one empty call): no clock to start.
+            return Ok(());
+        }
         let now = Instant::now();
         let started = *self.started.get_or_insert(now);
         self.read = self.read.saturating_add(len as u64);

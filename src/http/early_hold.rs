@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::{Stream, ALPN};
@@ -57,7 +57,7 @@ use tokio::time::Instant;
 
 use crate::http::classify::{self, Preface};
 use crate::http::clients::PerIpPlace;
-use crate::http::deadline::within_head_deadline;
+use crate::http::deadline::HeadDeadline;
 use crate::http::departure;
 use crate::http::early_events::{self, EventConnection};
 use crate::http::gate::{Asleep, IdleGate};
@@ -491,26 +491,38 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
     /// requests answered in order.
     async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch, first_deadline: Instant) {
         let limits = &self.gate.clients().limits;
-        let mut session = ServerSession::new_http1(stream);
-        self.configure(&mut session, shutdown);
-        let mut deadline = first_deadline;
+        let later = limits.keepalive_timeout + limits.header_timeout;
+        let clock = Arc::clone(self.gate.clock());
+        let mut deadline = HeadDeadline::new(first_deadline, later, clock);
+        // The stream, and for a later session what the previous one left (`None`: the first).
+        let mut next: (Stream, Option<Option<HttpPersistentSettings>>) = (stream, None);
         loop {
-            let served =
-                within_head_deadline(deadline, self.app.process_new_http(session, shutdown)).await;
+            // The session is made right where it is handed over (never kept across an await:
+            // the connection's future then never holds, nor copies, one of its own).
+            let (stream, later_session) = next;
+            let mut session = ServerSession::new_http1(stream);
+            match later_session {
+                None => self.configure(&mut session, shutdown),
+                Some(settings) => {
+                    match settings {
+                        Some(settings) => settings.apply_to_session(&mut session),
+                        None => self.configure(&mut session, shutdown),
+                    }
+                    // (A gateway shutting down: the proxy turns keep-alive off once it has the
+                    // head.)
+                    session.set_read_timeout(Some(limits.body_timeout));
+                    deadline.begin();
+                }
+            }
+            // `None`: the head came too late, the session was dropped and its connection closed.
+            let served = deadline
+                .run(self.app.process_new_http(session, shutdown))
+                .await;
             let Some(Some(reused)) = served else {
                 return;
             };
             let (stream, settings) = reused.consume();
-            session = ServerSession::new_http1(stream);
-            match settings {
-                Some(settings) => settings.apply_to_session(&mut session),
-                None => self.configure(&mut session, shutdown),
-            }
-            session.set_read_timeout(Some(limits.body_timeout));
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            }
-            deadline = Instant::now() + limits.keepalive_timeout + limits.header_timeout;
+            next = (stream, Some(settings));
         }
     }
 

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use serde::Serialize;
@@ -339,6 +340,11 @@ impl IdleGate {
         &self.routes
     }
 
+    /// The idle clock (its coarse tick also times the head deadlines of kept-alive connections).
+    pub fn clock(&self) -> &Arc<IdleClock> {
+        &self.clock
+    }
+
     /// Turns true when the gateway shuts down: long waits and streams end on it.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.clock.shutdown_signal()
@@ -346,53 +352,65 @@ impl IdleGate {
 
     /// Runs the gate. `Ok(true)`: an answer was written, the request is done. `Ok(false)`: let
     /// it through (its route is in `ctx`, see [`IdleGate::upstream`]).
+    ///
+    /// Only a ready route's request stays in this function; every other path is a boxed future
+    /// of its own, so that the future of this one — boxed by `ProxyHttp`'s `async_trait` for
+    /// every request — stays small (a large box costs the allocator a slower path).
     pub async fn check(&self, session: &mut Session, ctx: &mut GateContext) -> Result<bool> {
         // Pingora has the whole head: the head deadline no longer applies.
         deadline::head_read();
-        let request = session.req_header();
-        // HTTP/2's `:authority` or an absolute-form target's, else `Host` (Pingora rejects an
-        // HTTP/1 absolute-form target whose authority differs from `Host`).
-        let header = request.headers.get(http::header::HOST);
-        let host = classify::routing_host(&request.uri, header.map(|value| value.as_bytes()));
-        let routes = self.routes.load();
-        let Some(route) = host.and_then(|host| routes.by_host_bytes(host)) else {
-            if let Some((removed, failure)) = handover::take_removed() {
-                // Held early on a route a reload removed meanwhile: 503, as for a late hold.
-                wake_failed(session, &removed, &failure, "woken").await?;
-                return Ok(true);
-            }
-            if self.unknown_host == UnknownHost::PassThrough {
-                return Ok(false);
-            }
-            let detail = match host {
-                Some(host) => format!("no route serves host {:?}", String::from_utf8_lossy(host)),
-                None => "the request names no host".to_string(),
-            };
-            respond::problem(session, 404, None, &detail, None).await?;
-            return Ok(true);
+        let Some(route) = self.route_of(session.req_header()) else {
+            return Box::pin(self.no_route(session)).await;
         };
-        let route = Arc::clone(route);
-        drop(routes);
-
-        let path = request.uri.path();
-        if let Some(endpoint) = self.internal(path) {
-            self.serve_internal(session, &route, endpoint).await?;
+        if let Some(endpoint) = self.internal(session.req_header().uri.path()) {
+            let served = Box::pin(self.serve_internal(session, &route, endpoint)).await;
             ctx.route = Some(route);
-            return Ok(true);
+            return served.map(|()| true);
         }
-
         if let Some(guard) = route.watcher.enter() {
             ctx.in_flight = Some(guard);
             let warming_up = route.watcher.is_warming_up();
             ctx.route = Some(route);
             if warming_up {
-                return self.warming_up(session, ctx).await;
+                return Box::pin(self.warming_up(session, ctx)).await;
             }
             return Ok(false);
         }
-        let answered = self.not_ready(session, ctx, &route).await;
+        let answered = Box::pin(self.not_ready(session, ctx, &route)).await;
         ctx.route = Some(route);
         answered
+    }
+
+    /// The route `request` is for, by its host: HTTP/2's `:authority` or an absolute-form
+    /// target's, else `Host` (Pingora rejects an HTTP/1 absolute-form target whose authority
+    /// differs from `Host`).
+    #[inline]
+    fn route_of(&self, request: &RequestHeader) -> Option<Arc<Route>> {
+        let header = request.headers.get(http::header::HOST);
+        let host = classify::routing_host(&request.uri, header.map(|value| value.as_bytes()))?;
+        self.routes.load().by_host_bytes(host).cloned()
+    }
+
+    /// A request no route serves: passed through or answered 404 (see [`UnknownHost`]), or 503
+    /// if it was held early on a route a reload removed meanwhile.
+    #[inline(never)]
+    async fn no_route(&self, session: &mut Session) -> Result<bool> {
+        if let Some((removed, failure)) = handover::take_removed() {
+            wake_failed(session, &removed, &failure, "woken").await?;
+            return Ok(true);
+        }
+        if self.unknown_host == UnknownHost::PassThrough {
+            return Ok(false);
+        }
+        let request = session.req_header();
+        let header = request.headers.get(http::header::HOST);
+        let detail =
+            match classify::routing_host(&request.uri, header.map(|value| value.as_bytes())) {
+                Some(host) => format!("no route serves host {:?}", String::from_utf8_lossy(host)),
+                None => "the request names no host".to_string(),
+            };
+        respond::problem(session, 404, None, &detail, None).await?;
+        Ok(true)
     }
 
     /// A request for a backend that just woke: it joins the held ones in the slow start (the
