@@ -368,7 +368,7 @@ def render_held(results):
             rows.append(f"| {label} | {where} | {measured.pop(key):,} |\n")
     # A carrier the test gained since this table was written: shown under its own name.
     rows.extend(f"| `{key}` | ? | {value:,} |\n" for key, value in measured.items())
-    rss = "; ".join(f"{key} {before:,} → {after:,}" for key, (before, after) in h["rss_kib"].items())
+    rss = "; ".join(f"`{key}` {before:,} → {after:,}" for key, (before, after) in h["rss_kib"].items())
     seconds = results["timings"].get("held")
     return f"""## Memory per held request by carrier (`make bench`, stage `held`)
 
@@ -388,7 +388,7 @@ handshake done, TLS 1.3), for comparison. **One run** of each row (no repetition
 - Date: {results['date']} (run started {results['started']}{f', the stage took {seconds:.0f} s' if isinstance(seconds, (int, float)) else ''}).
 - Machine: `nproc` {m['nproc']}, {m['cpu']}, {m['memory_gib']} GiB, kernel {m['kernel']}, Docker {m['docker']}, {m['rustc']}.
 - Load average (1/5/15 min) before/after the stage: {h['loadavg'][0]} / {h['loadavg'][1]} (the machine is shared).
-- RSS before → after, KiB: {rss}.
+- RSS before → after, KiB, by the test's name of the carrier: {rss}.
 - Command: `{h['command']}`; the same by hand: `{h['cargo_command']}`.
 - Reproduce: `scripts/bench.sh --only held` (`--held N`).
 """
