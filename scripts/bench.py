@@ -14,6 +14,11 @@ library only. Stages (each can be picked with --only):
              directly vs the same splice without the gate (examples/bare_splice.rs); interleaved
   scale      bytes per napping route at 1, 10,000 and 100,000 routes (no containers: their
              engine is unreachable, so each route naps with no resync; the gateway's own cost)
+  held       memory per held request by carrier (HTTP/1.1 in clear and over TLS, HTTP/2 over
+             TLS): tests/tls.rs's ignored `memory_per_held_request`, built in release by
+             scripts/bench.sh (--tls-test), run against this profile's gateway (IDLEWATCHER_BIN)
+  builds     build profile and allocator compared (builds each variant), then Pingora's
+             runtime settings on the shipped build
 
 Everything it creates (containers labelled idlewatcher-test=1 and idlewatcher-bench=RUN,
 processes, temp dirs) is removed at the end, on failure and on Ctrl-C too. The figures go into
@@ -40,7 +45,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ["gate", "footprint", "warm", "herd", "cold", "sse", "streams", "scale", "builds"]
+STAGES = ["gate", "footprint", "warm", "herd", "cold", "sse", "streams", "scale", "held", "builds"]
 LABEL = "idlewatcher-test=1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -1012,6 +1017,56 @@ http {{
             log(f"scale: {row}")
         return results
 
+    def stage_held(self):
+        """Memory per held request by carrier: runs tests/tls.rs's ignored test
+        `memory_per_held_request` (the release test binary scripts/bench.sh built) against this
+        profile's gateway (`IDLEWATCHER_BIN`), `HELD` requests per carrier. For each carrier the
+        test starts a fresh gateway in front of a container of its own that never listens (it
+        creates and removes the container itself), holds the requests and prints
+        `MEASURE <carrier>: N connections or requests, RSS a → b KiB: X bytes each`."""
+        test = self.opts.tls_test
+        if not test or not os.path.exists(test):
+            raise RuntimeError(f"the tls test binary {test!r} is missing (run scripts/bench.sh, which passes --tls-test)")
+        gateway = self.bin("idlewatcher")
+        args = ["--ignored", "--nocapture", "--exact", "memory_per_held_request"]
+        env = dict(os.environ, HELD=str(self.opts.held), IDLEWATCHER_BIN=gateway)
+        log(f"$ HELD={self.opts.held} IDLEWATCHER_BIN={gateway} {test} {' '.join(args)}")
+        load_before = loadavg()
+        proc, log_path = self.spawn("held-test", [test, *args], env=env)
+        try:
+            code = proc.wait(timeout=1800)
+        except subprocess.TimeoutExpired:
+            self.stop(proc)
+            raise RuntimeError(f"memory_per_held_request did not finish in 30 min (log: {log_path}; "
+                               "its test container may be left: the tests sweep it after an hour)")
+        load_after = loadavg()
+        with open(log_path, encoding="utf-8") as f:
+            out = f.read()
+        if code != 0:
+            raise RuntimeError(f"memory_per_held_request failed ({code}):\n{out[-3000:]}")
+        pattern = r"^MEASURE (.+?): (\d+) connections or requests, RSS (\d+) → (\d+) KiB: (\d+) bytes each$"
+        bytes_per_held, rss_kib = {}, {}
+        for m in re.finditer(pattern, out, re.M):
+            carrier = m.group(1)
+            if int(m.group(2)) != self.opts.held:
+                raise RuntimeError(f"{carrier}: {m.group(2)} held, not {self.opts.held}")
+            bytes_per_held[carrier] = int(m.group(5))
+            rss_kib[carrier] = [int(m.group(3)), int(m.group(4))]
+            log(f"held: {m.group(0)}")
+        if len(bytes_per_held) < 6:
+            raise RuntimeError(f"{len(bytes_per_held)} MEASURE lines, not 6, in the test's output:\n{out[-3000:]}")
+        relative = lambda path: os.path.relpath(path, ROOT) if path.startswith(ROOT) else path  # noqa: E731
+        return {
+            "count": self.opts.held,
+            "bytes_per_held": bytes_per_held,
+            "rss_kib": rss_kib,
+            "gateway": relative(gateway),
+            "command": f"HELD={self.opts.held} IDLEWATCHER_BIN={relative(gateway)} {relative(test)} {' '.join(args)}",
+            "cargo_command": (f"HELD={self.opts.held} IDLEWATCHER_BIN={relative(gateway)} cargo test --release "
+                              f"--test tls -- {' '.join(args)}"),
+            "loadavg": [load_before, load_after],
+        }
+
     def stage_streams(self):
         """A ready TCP stream route in front of a host echo server (`loadgen echo`; the route's
         container only carries the backend's state), against the echo server directly and the
@@ -1133,6 +1188,10 @@ http {{
             result = self.timed("scale", self.stage_scale)
             if result:
                 stages["scale"] = result
+        if "held" in only:
+            result = self.timed("held", self.stage_held)
+            if result:
+                stages["held"] = result
         if "builds" in only:
             result = self.timed("builds", self.stage_builds, upstream_port)
             if result:
@@ -1160,6 +1219,8 @@ def main():
     parser.add_argument("--reuse-builds", action="store_true",
                         help="builds stage: measure the binaries an earlier run built (target/bench/variants)")
     parser.add_argument("--profile", default="release", help="the cargo profile scripts/bench.sh built")
+    parser.add_argument("--tls-test", help="held stage: the release-built tests/tls.rs binary (scripts/bench.sh passes it)")
+    parser.add_argument("--held", type=int, default=2000, help="held stage: requests (or connections) held per carrier")
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--wrk-connections", type=int, default=64)

@@ -2,7 +2,8 @@
 
 BENCHMARKS.md keeps whatever it holds outside the generated sections; each generated section
 sits between `<!-- make-bench:NAME:start -->` and `<!-- make-bench:NAME:end -->` and is replaced
-on every run (`gate`: the request-path micro-bench; `e2e`: the end-to-end benchmarks).
+on every run (`gate`: the request-path micro-bench; `e2e`: the end-to-end benchmarks; `held`:
+memory per held request by carrier; `builds`: build profile and allocator).
 """
 
 import os
@@ -340,10 +341,63 @@ requests/s at {b['nginx']['cpu_us']:.1f} µs CPU per request. Shipped (`make run
     return "".join(out)
 
 
+# What the `held` stage's carriers are (tests/tls.rs's `Carrier`, as its MEASURE lines name
+# them), in the table's order: the row's label and where such a request is held.
+HELD_CARRIERS = [
+    ("Cleartext", "HTTP/1.1, cleartext", "early hold (below Pingora's session)"),
+    ("Tls", "HTTP/1.1 over TLS", "early hold (below Pingora's session), in a task of its own"),
+    ("H2 { per_connection: 100 }", "HTTP/2 over TLS, 100 requests per connection",
+     "the gate, in `request_filter` (a live h2 stream session)"),
+    ("H2 { per_connection: 1 }", "HTTP/2 over TLS, one connection per request", "the gate, in `request_filter`"),
+    ("CleartextIdle", "*(a cleartext connection, no request yet)*",
+     "Pingora's connection task, waiting for the first byte"),
+    ("TlsIdle", "*(a TLS connection, no request yet)*", "our task, waiting for the first byte"),
+]
+
+
+def render_held(results):
+    """The `held` stage: memory per held request by carrier (empty if it was not run)."""
+    h = results["stages"].get("held")
+    if not h or "bytes_per_held" not in h:
+        return ""
+    m = results["machine"]
+    measured = dict(h["bytes_per_held"])
+    rows = []
+    for key, label, where in HELD_CARRIERS:
+        if key in measured:
+            rows.append(f"| {label} | {where} | {measured.pop(key):,} |\n")
+    # A carrier the test gained since this table was written: shown under its own name.
+    rows.extend(f"| `{key}` | ? | {value:,} |\n" for key, value in measured.items())
+    rss = "; ".join(f"`{key}` {before:,} → {after:,}" for key, (before, after) in h["rss_kib"].items())
+    seconds = results["timings"].get("held")
+    return f"""## Memory per held request by carrier (`make bench`, stage `held`)
+
+What one request held through a wake costs the gateway, by how it arrives: `tests/tls.rs`'s
+ignored test `memory_per_held_request`, built in release, run against the gateway of the
+`{results['options'].get('profile', '?')}` profile (`{h['gateway']}`, through `IDLEWATCHER_BIN`).
+For each carrier, a fresh gateway (`threads: 2`, HTTP and HTTPS listeners, one ECDSA P-256
+certificate of a test CA) fronts a container that never listens (`wake_timeout: 10m`); after a
+warm-up, {h['count']:,} requests `GET /` are sent and the test waits until the admin listener's
+`idlewatcher_requests_held` says all {h['count']:,} are held; then (`VmRSS` after − `VmRSS`
+before) / {h['count']:,}. The idle rows are {h['count']:,} connections that send nothing (for TLS:
+handshake done, TLS 1.3), for comparison. **One run** of each row (no repetitions, no interval).
+
+| carrier | held where | bytes per held request |
+|---|---|---|
+{''.join(rows)}
+- Date: {results['date']} (run started {results['started']}{f', the stage took {seconds:.0f} s' if isinstance(seconds, (int, float)) else ''}).
+- Machine: `nproc` {m['nproc']}, {m['cpu']}, {m['memory_gib']} GiB, kernel {m['kernel']}, Docker {m['docker']}, {m['rustc']}.
+- Load average (1/5/15 min) before/after the stage: {h['loadavg'][0]} / {h['loadavg'][1]} (the machine is shared).
+- RSS before → after, KiB, by the test's name of the carrier: {rss}.
+- Command: `{h['command']}`; the same by hand: `{h['cargo_command']}`.
+- Reproduce: `scripts/bench.sh --only held` (`--held N`).
+"""
+
+
 def render(results):
     report = {}
-    # A run of the `builds` stage alone leaves the end-to-end section as it was.
-    if set(results["stages"]) - {"builds"}:
+    # A run of the `builds` or `held` stages alone leaves the end-to-end section as it was.
+    if set(results["stages"]) - {"builds", "held"}:
         report["e2e"] = render_e2e(results)
     gate = render_gate(results)
     if gate:
@@ -351,6 +405,9 @@ def render(results):
     builds = render_builds(results)
     if builds:
         report["builds"] = builds
+    held = render_held(results)
+    if held:
+        report["held"] = held
     return report
 
 
@@ -376,5 +433,7 @@ def update_benchmarks_md(path, report):
         text = _replace(text, "e2e", report["e2e"])
     if "builds" in report:
         text = _replace(text, "builds", report["builds"])
+    if "held" in report:
+        text = _replace(text, "held", report["held"])
     with open(path, "w") as f:
         f.write(text)

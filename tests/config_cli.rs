@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::gateway::{free_port, write_config, BINARY};
+use common::gateway::{binary, free_port, write_config};
 
 /// One bad config: the file (`@LISTEN@` is replaced by a free loopback address) and what stderr
 /// must contain, each needle naming the route (when the key is inside a route) and the key.
@@ -435,7 +435,7 @@ fn config_text(yaml: &str, address: SocketAddr) -> String {
 }
 
 fn run_check(path: &std::path::Path) -> Output {
-    Command::new(BINARY)
+    Command::new(binary())
         .args(["-t", "-c"])
         .arg(path)
         .stdin(Stdio::null())
@@ -454,7 +454,7 @@ fn run_gateway_expecting_no_listener(
     let log_dir = tempfile::tempdir().expect("a temporary directory");
     let stderr_path = log_dir.path().join("stderr");
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-    let mut child = Command::new(BINARY)
+    let mut child = Command::new(binary())
         .arg("-c")
         .arg(path)
         .env("RUST_LOG", "info")
@@ -763,7 +763,7 @@ fn a_valid_config_starts_a_listener() {
     );
     let (dir, path) = write_config(&text);
     let stderr_path = dir.path().join("stderr");
-    let mut child = Command::new(BINARY)
+    let mut child = Command::new(binary())
         .arg("-c")
         .arg(&path)
         .env("RUST_LOG", "info")

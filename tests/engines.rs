@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::container::TestContainer;
 use common::engine::{EngineProxy, EventCounter};
 use common::eventually;
-use common::gateway::{write_config, Gateway, BINARY};
+use common::gateway::{binary, write_config, Gateway};
 use common::http::{expect_index, expect_problem, retry_after};
 use common::image::ensure_test_image;
 use common::podman::Podman;
@@ -264,7 +264,7 @@ fn check_names_the_route_key_line_and_file_of_bad_tls_material() {
         pki.good_dir().display(),
     );
     let (_dir, path) = write_config(&text);
-    let output = Command::new(BINARY)
+    let output = Command::new(binary())
         .args(["-t", "-c"])
         .arg(&path)
         .stdin(Stdio::null())
@@ -309,7 +309,7 @@ fn check_names_the_route_key_line_and_file_of_bad_tls_material() {
         pki.good_dir().display()
     );
     let (_dir, path) = write_config(&good);
-    let output = Command::new(BINARY)
+    let output = Command::new(binary())
         .args(["-t", "-c"])
         .arg(&path)
         .output()

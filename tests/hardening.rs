@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use common::container::TestContainer;
-use common::gateway::{free_port, write_config, Gateway, BINARY};
+use common::gateway::{binary, free_port, write_config, Gateway};
 use common::muted_engine::MutedEngine;
 
 /// The head deadline of these tests' gateways (short, so that the tests stay fast).
@@ -382,7 +382,11 @@ async fn a_listen_address_in_use_fails_start_up_naming_it() {
     ));
     let started = Instant::now();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(BINARY).arg("-c").arg(&path).output().unwrap()
+        Command::new(binary())
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap()
     });
     let output = tokio::time::timeout(Duration::from_secs(2), output)
         .await

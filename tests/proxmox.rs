@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::gateway::{free_port, write_config, Gateway, BINARY};
+use common::gateway::{binary, free_port, write_config, Gateway};
 use common::pve::{FakePve, TOKEN_ID, TOKEN_SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -333,7 +333,7 @@ async fn a_locked_guest_is_not_started_and_a_missing_one_is_not_found() {
 fn failing_start(text: &str) -> String {
     let address = format!("127.0.0.1:{}", free_port());
     let (_dir, path) = write_config(&text.replace("@LISTEN@", &address));
-    let output = Command::new(BINARY)
+    let output = Command::new(binary())
         .arg("-c")
         .arg(&path)
         .env("RUST_LOG", "info")

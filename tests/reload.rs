@@ -402,7 +402,7 @@ async fn after_a_reported_listen_change_the_upgrade_still_hands_the_listeners_ov
     gateway.rewrite_config(&original);
     let log = std::fs::File::create(sockets.path().join("upgraded.log")).unwrap();
     let upgraded = Upgraded(
-        std::process::Command::new(common::gateway::BINARY)
+        std::process::Command::new(common::gateway::binary())
             .arg("-c")
             .arg(gateway.dir().join("idlewatcher.yaml"))
             .arg("-u")

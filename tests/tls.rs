@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::browser::Browser;
 use common::container::TestContainer;
 use common::engine::EventCounter;
-use common::gateway::{write_config, Gateway, BINARY};
+use common::gateway::{binary, write_config, Gateway};
 use common::image::INDEX_BODY;
 use common::tls_engine::{SiteCa, SiteLeaf};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -378,7 +378,7 @@ fn saw_sni(gateway: &Gateway, name: &str) -> bool {
 /// `idlewatcher -t` on `text`; its exit success and its output.
 fn check(text: &str) -> (bool, String) {
     let (_dir, path) = write_config(text);
-    let output = Command::new(BINARY)
+    let output = Command::new(binary())
         .args(["-t", "-c"])
         .arg(&path)
         .stdin(Stdio::null())
@@ -694,7 +694,8 @@ async fn bytes_per_held(carrier: Carrier, count: usize) -> f64 {
 }
 
 /// Not a check: the memory a held request costs over each carrier (BENCHMARKS.md, "Memory per
-/// held request by carrier"). Run with
+/// held request by carrier"). Run by `make bench`'s `held` stage (on the shipped build's binary,
+/// through `IDLEWATCHER_BIN`, which parses the `MEASURE` lines), or by hand with
 /// `cargo test --release --test tls -- --ignored --nocapture memory_per_held_request`
 /// (`HELD=N` to change the count, default 2,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

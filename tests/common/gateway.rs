@@ -1,5 +1,6 @@
 //! A real `idlewatcher` gateway process for integration tests: the binary built by cargo for
-//! this test run, on a free loopback port, with a config written by the test.
+//! this test run (or `IDLEWATCHER_BIN`, see [`binary`]), on a free loopback port, with a config
+//! written by the test.
 //!
 //! ```ignore
 //! let gateway = Gateway::start(&format!("
@@ -30,8 +31,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::http::SseStream;
 
-/// The gateway binary cargo built for this test run.
-pub const BINARY: &str = env!("CARGO_BIN_EXE_idlewatcher");
+/// The gateway binary: the one cargo built for this test run, unless `IDLEWATCHER_BIN` names
+/// another. `make bench`'s `held` stage runs a release-built test against the shipped build's
+/// binary (`target/dist/idlewatcher`), which cargo does not build for tests.
+pub fn binary() -> PathBuf {
+    std::env::var_os("IDLEWATCHER_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_idlewatcher")),
+        PathBuf::from,
+    )
+}
 
 /// Server keys prepended to a test config that sets none.
 const SERVER_KEYS: &str = "version: 1\nthreads: 2\ngrace_period_seconds: 0\n\
@@ -96,7 +104,7 @@ impl Gateway {
         let (dir, config_path) = write_config(&text);
         let log_path = dir.path().join("gateway.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut command = Command::new(BINARY);
+        let mut command = Command::new(binary());
         command
             .arg("-c")
             .arg(&config_path)
