@@ -170,8 +170,6 @@ pub struct RouteTable {
     /// aHash: several times faster than std's SipHash on short keys, and still keyed per
     /// process (host names come from clients).
     hosts: HashMap<Box<[u8]>, Arc<Route>, ahash::RandomState>,
-    /// Each route's host names as configured, beside `routes` (for listings, not lookups).
-    route_hosts: Vec<Vec<String>>,
 }
 
 impl RouteTable {
@@ -187,7 +185,6 @@ impl RouteTable {
                 );
             }
             table.routes.push(route);
-            table.route_hosts.push(hosts);
         }
         table
     }
@@ -223,11 +220,37 @@ impl RouteTable {
         self.routes.iter()
     }
 
-    /// Every route with its host names, in configuration order (for listings).
-    pub fn entries(&self) -> impl Iterator<Item = (&Arc<Route>, &[String])> {
+    /// Every route with its host names (lowercased, sorted), in configuration order, for
+    /// listings: one pass over the host map (the table keeps no second copy of the names: at
+    /// 10,000 routes that copy was ≈ 4 % of what a napping route costs).
+    pub fn entries(&self) -> Vec<(&Arc<Route>, Vec<&str>)> {
+        let mut by_route: HashMap<*const Route, Vec<&str>> =
+            HashMap::with_capacity(self.routes.len());
+        for (host, route) in &self.hosts {
+            if let Ok(host) = std::str::from_utf8(host) {
+                by_route.entry(Arc::as_ptr(route)).or_default().push(host);
+            }
+        }
         self.routes
             .iter()
-            .zip(self.route_hosts.iter().map(Vec::as_slice))
+            .map(|route| {
+                let mut hosts = by_route.remove(&Arc::as_ptr(route)).unwrap_or_default();
+                hosts.sort_unstable();
+                (route, hosts)
+            })
+            .collect()
+    }
+
+    /// The host names of `route` (lowercased, sorted), for a listing of that route alone.
+    pub fn hosts_of(&self, route: &Arc<Route>) -> Vec<&str> {
+        let mut hosts: Vec<&str> = self
+            .hosts
+            .iter()
+            .filter(|(_, owner)| Arc::ptr_eq(owner, route))
+            .filter_map(|(host, _)| std::str::from_utf8(host).ok())
+            .collect();
+        hosts.sort_unstable();
+        hosts
     }
 
     /// How many routes there are.

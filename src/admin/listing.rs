@@ -10,7 +10,7 @@ use crate::routes::{Route, RouteTable};
 #[derive(Serialize)]
 pub(super) struct RouteEntry<'a> {
     name: &'a str,
-    hosts: &'a [String],
+    hosts: Vec<&'a str>,
     streams: &'a [String],
     backend: &'a str,
     state: &'static str,
@@ -60,12 +60,13 @@ struct DependencyEntry {
 pub(super) fn routes(table: &RouteTable) -> Vec<RouteEntry<'_>> {
     table
         .entries()
+        .into_iter()
         .map(|(route, hosts)| entry(route, hosts))
         .collect()
 }
 
 /// One route with its `hosts`.
-pub(super) fn entry<'a>(route: &'a Route, hosts: &'a [String]) -> RouteEntry<'a> {
+pub(super) fn entry<'a>(route: &'a Route, hosts: Vec<&'a str>) -> RouteEntry<'a> {
     let watcher = &route.watcher;
     let (state, since, error) = watcher.snapshot();
     RouteEntry {

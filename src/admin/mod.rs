@@ -90,8 +90,7 @@ impl AdminApi {
             }
             (&Method::POST, ["api", "routes", name, action @ ("wake" | "sleep")]) => {
                 let table = self.routes.snapshot();
-                let Some((route, hosts)) = table.entries().find(|(route, _)| route.name == *name)
-                else {
+                let Some(route) = table.by_name(name) else {
                     let detail = format!("no route is named {name:?}");
                     return problem(StatusCode::NOT_FOUND, None, &detail);
                 };
@@ -100,7 +99,10 @@ impl AdminApi {
                     _ => actions::sleep(route, force(query)).await,
                 };
                 match done {
-                    Ok(()) => json(StatusCode::OK, &listing::entry(route, hosts)),
+                    Ok(()) => json(
+                        StatusCode::OK,
+                        &listing::entry(route, table.hosts_of(route)),
+                    ),
                     Err(error) => action_failed(&route.name, action, &error),
                 }
             }
