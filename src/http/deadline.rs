@@ -127,30 +127,28 @@ impl HeadDeadline {
         .await
     }
 
-    /// Whether the current head is overdue. Looks at the timer only if it woke since.
+    /// Whether the current head is overdue. Looks at the timer only if it woke since (on the
+    /// first poll too: it arms it).
     #[inline]
     fn overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        self.shared.timer_woke.load(Ordering::Acquire) && self.timer_fired(cx.waker())
+    }
+
+    /// The timer woke: whether the current head is overdue, the timer moved if not. `task` is
+    /// the waker of the task polling the connection, which the timer wakes next time (a
+    /// connection is served by one task for its whole life, so its waker is taken here, when
+    /// the timer is armed, not checked on every poll).
+    #[cold]
+    fn timer_fired(&mut self, task: &Waker) -> bool {
+        self.shared.timer_woke.store(false, Ordering::Relaxed);
         if !self
             .task
             .as_ref()
-            .is_some_and(|task| task.will_wake(cx.waker()))
+            .is_some_and(|known| known.will_wake(task))
         {
-            self.new_task_waker(cx.waker());
+            self.task = Some(task.clone());
+            *self.shared.task.lock() = Some(task.clone());
         }
-        self.shared.timer_woke.load(Ordering::Acquire) && self.timer_fired()
-    }
-
-    /// The connection's task polls with a new waker: the timer wakes that one.
-    #[cold]
-    fn new_task_waker(&mut self, waker: &Waker) {
-        self.task = Some(waker.clone());
-        *self.shared.task.lock() = Some(waker.clone());
-    }
-
-    /// The timer woke: whether the current head is overdue, the timer moved if not.
-    #[cold]
-    fn timer_fired(&mut self) -> bool {
-        self.shared.timer_woke.store(false, Ordering::Relaxed);
         let mut timer_cx = Context::from_waker(&self.timer_waker);
         while self.timer.as_mut().poll(&mut timer_cx).is_ready() {
             let now = Instant::now();

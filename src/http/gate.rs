@@ -70,21 +70,36 @@ pub struct GateContext {
     in_flight: Option<InFlight>,
     slow_start: bool,
     retries: u32,
-    release: Option<ReleaseTicket>,
     fresh_connection: bool,
     unacknowledged: Option<RawFd>,
+    /// What only a request through a wake or a failing upstream needs, boxed when first needed:
+    /// Pingora copies the context with its per-request future, so its size counts on the warm
+    /// path.
+    recovery: Option<Box<Recovery>>,
+    body: BodyRate,
+}
+
+/// The part of a [`GateContext`] that only a request through a wake or a failing upstream needs.
+#[derive(Default)]
+struct Recovery {
+    /// Its place in the slow-start window, given back when the upstream answers.
+    release: Option<ReleaseTicket>,
     /// When the first connection attempt failed (the retry budget of a ready backend counts
     /// from it).
     failing_since: Option<Instant>,
-    body: BodyRate,
 }
 
 impl GateContext {
     /// The request waited through a wake and enters the backend in the slow start.
     fn admit(&mut self, admission: Admission) {
         self.in_flight = Some(admission.in_flight);
-        self.release = Some(admission.release);
+        self.recovery().release = Some(admission.release);
         self.slow_start = true;
+    }
+
+    /// The recovery part, made when first needed.
+    fn recovery(&mut self) -> &mut Recovery {
+        self.recovery.get_or_insert_with(Box::default)
     }
 
     /// The route the request matched, once the gate ran.
@@ -123,7 +138,7 @@ impl GateContext {
             // The connection is alive (its response just arrived): `fd` is still ours.
             retry::set_user_timeout(fd, Duration::ZERO);
         }
-        if let Some(ticket) = self.release.as_mut() {
+        if let Some(ticket) = self.recovery.as_mut().and_then(|r| r.release.as_mut()) {
             ticket.responded();
         }
     }
@@ -171,7 +186,10 @@ impl GateContext {
             eligible &= route.watcher.is_ready();
         }
         if !self.slow_start {
-            let since = *self.failing_since.get_or_insert_with(Instant::now);
+            let since = *self
+                .recovery()
+                .failing_since
+                .get_or_insert_with(Instant::now);
             eligible &= since.elapsed() + MIN_CONNECT_TIMEOUT < READY_RETRY_BUDGET;
         }
         if eligible {
@@ -200,7 +218,7 @@ impl GateContext {
         if self.slow_start {
             return UPSTREAM_CONNECT_TIMEOUT;
         }
-        match self.failing_since {
+        match self.recovery.as_ref().and_then(|r| r.failing_since) {
             None => READY_CONNECT_TIMEOUT,
             Some(since) => READY_RETRY_BUDGET
                 .saturating_sub(since.elapsed())
@@ -219,7 +237,7 @@ async fn join_slow_start(
     ctx.slow_start = true;
     match wait::enter_window(watcher, deadline).await {
         Ok(ticket) => {
-            ctx.release = Some(ticket);
+            ctx.recovery().release = Some(ticket);
             Ok(())
         }
         Err(failure) => {
