@@ -34,7 +34,7 @@ def _instructions(warm):
 """
 
 
-# DESIGN.md's warm-path budget: a ready route's throughput at least this share of the bare proxy's.
+# The warm-path budget: a ready route's throughput at least this share of the bare proxy's.
 WARM_BUDGET = 0.98
 
 

@@ -494,26 +494,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
         let later = limits.keepalive_timeout + limits.header_timeout;
         let clock = Arc::clone(self.gate.clock());
         let mut deadline = HeadDeadline::new(first_deadline, later, clock);
-        // The stream, and for a later session what the previous one left (`None`: the first).
-        let mut next: (Stream, Option<Option<HttpPersistentSettings>>) = (stream, None);
+        // The stream, and what the previous session left for the next (none for the first).
+        let mut next: (Stream, Option<HttpPersistentSettings>) = (stream, None);
         loop {
             // The session is made right where it is handed over (never kept across an await:
             // the connection's future then never holds, nor copies, one of its own).
-            let (stream, later_session) = next;
+            let (stream, settings) = next;
             let mut session = ServerSession::new_http1(stream);
-            match later_session {
+            match settings {
+                Some(settings) => settings.apply_to_session(&mut session),
                 None => self.configure(&mut session, shutdown),
-                Some(settings) => {
-                    match settings {
-                        Some(settings) => settings.apply_to_session(&mut session),
-                        None => self.configure(&mut session, shutdown),
-                    }
-                    // (A gateway shutting down: the proxy turns keep-alive off once it has the
-                    // head.)
-                    session.set_read_timeout(Some(limits.body_timeout));
-                    deadline.begin();
-                }
             }
+            // Carried settings leave the read timeout out. (A gateway shutting down: the proxy
+            // turns keep-alive off once it has the head.)
+            session.set_read_timeout(Some(limits.body_timeout));
             // `None`: the head came too late, the session was dropped and its connection closed.
             let served = deadline
                 .run(self.app.process_new_http(session, shutdown))
@@ -521,8 +515,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
             let Some(Some(reused)) = served else {
                 return;
             };
-            let (stream, settings) = reused.consume();
-            next = (stream, Some(settings));
+            next = reused.consume();
+            deadline.begin();
         }
     }
 

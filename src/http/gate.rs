@@ -227,6 +227,14 @@ impl GateContext {
     }
 }
 
+/// The host `request` is routed by: HTTP/2's `:authority` or an absolute-form target's, else
+/// `Host` (Pingora rejects an HTTP/1 absolute-form target whose authority differs from `Host`).
+#[inline]
+fn host_of(request: &RequestHeader) -> Option<&[u8]> {
+    let header = request.headers.get(http::header::HOST);
+    classify::routing_host(&request.uri, header.map(|value| value.as_bytes()))
+}
+
 /// Waits for a place in the backend's slow-start window (the in-flight guard is already in
 /// `ctx`, so the backend cannot be put to sleep meanwhile).
 async fn join_slow_start(
@@ -399,14 +407,10 @@ impl IdleGate {
         answered
     }
 
-    /// The route `request` is for, by its host: HTTP/2's `:authority` or an absolute-form
-    /// target's, else `Host` (Pingora rejects an HTTP/1 absolute-form target whose authority
-    /// differs from `Host`).
+    /// The route `request` is for, by its host ([`host_of`]).
     #[inline]
     fn route_of(&self, request: &RequestHeader) -> Option<Arc<Route>> {
-        let header = request.headers.get(http::header::HOST);
-        let host = classify::routing_host(&request.uri, header.map(|value| value.as_bytes()))?;
-        self.routes.load().by_host_bytes(host).cloned()
+        self.routes.load().by_host_bytes(host_of(request)?).cloned()
     }
 
     /// A request no route serves: passed through or answered 404 (see [`UnknownHost`]), or 503
@@ -420,13 +424,10 @@ impl IdleGate {
         if self.unknown_host == UnknownHost::PassThrough {
             return Ok(false);
         }
-        let request = session.req_header();
-        let header = request.headers.get(http::header::HOST);
-        let detail =
-            match classify::routing_host(&request.uri, header.map(|value| value.as_bytes())) {
-                Some(host) => format!("no route serves host {:?}", String::from_utf8_lossy(host)),
-                None => "the request names no host".to_string(),
-            };
+        let detail = match host_of(session.req_header()) {
+            Some(host) => format!("no route serves host {:?}", String::from_utf8_lossy(host)),
+            None => "the request names no host".to_string(),
+        };
         respond::problem(session, 404, None, &detail, None).await?;
         Ok(true)
     }
