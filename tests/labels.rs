@@ -82,6 +82,8 @@ async fn a_labelled_container_is_routed_from_its_creation_to_its_removal() {
     assert_eq!(entry["source"], "labels", "{entry}");
     assert_eq!(entry["state"], "napping", "{entry}");
     eprintln!("labelled container routed {took:?} after docker create returned");
+    // The engine's `create` event, not a periodic scan, routes it.
+    assert!(took < Duration::from_secs(1), "routed after {took:?}");
 
     let client = gateway.client();
     let woken = client.get(gateway.url(&host, "/")).send().await.unwrap();

@@ -38,7 +38,7 @@
 //! HTTP/1 sessions are run here (keep-alive idle timeout, body read timeout, pipelining on,
 //! each later head within its own deadline, see [`deadline`](crate::http::deadline)); a held
 //! connection is watched for its client leaving whatever it carries
-//! ([`departure`](crate::http::departure)); requests Pingora would refuse are never held
+//! ([`departure`](crate::wait::departure)); requests Pingora would refuse are never held
 //! ([`classify`](crate::http::classify)).
 
 use std::net::IpAddr;
@@ -58,13 +58,13 @@ use tokio::time::Instant;
 use crate::http::classify::{self, Preface};
 use crate::http::clients::PerIpPlace;
 use crate::http::deadline::HeadDeadline;
-use crate::http::departure;
 use crate::http::early_events::{self, EventConnection};
 use crate::http::gate::{Asleep, IdleGate};
 use crate::http::handover::{self, Handover};
 use crate::http::rewound::Rewound;
 use crate::http::sse;
 use crate::routes::Route;
+use crate::wait::departure;
 use crate::wait::{hold_until_admitted, HoldOutcome};
 
 /// The largest request head held early, in bytes (Pingora's own first head buffer); larger

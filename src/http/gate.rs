@@ -40,10 +40,10 @@ use crate::config::ClientLimits;
 use crate::http::body::BodyRate;
 use crate::http::clients::{Clients, EventStreamRefusal};
 use crate::http::handover::{self, Handover};
-use crate::http::{classify, deadline, departure, page, respond, retry, sse};
+use crate::http::{classify, deadline, page, respond, retry, sse};
 use crate::idle::IdleClock;
 use crate::routes::{LiveRoutes, Route};
-use crate::wait::{self, Admission, HoldOutcome};
+use crate::wait::{self, departure, Admission, HoldOutcome};
 
 /// `Retry-After` for the loading page and for overflowing waiters, in seconds.
 const RETRY_AFTER_SECS: u64 = 2;

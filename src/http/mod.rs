@@ -9,7 +9,6 @@
 //! | [`classify`] | a connection's first bytes: h2c preface, request head, what Pingora refuses |
 //! | [`clients`] | per-client deadlines and caps (connections, held requests, event streams) |
 //! | [`deadline`] | the head deadline of HTTP/1 sessions Pingora reads |
-//! | [`departure`] | noticing a held client left, without reading its bytes |
 //! | `handover` | the early hold's verdict, handed to the gate through the connection's task |
 //! | [`page`], [`sse`], [`respond`] | the loading page, the event stream, framed answers |
 //! | [`retry`] | fail-fast and retries into a backend that just woke |
@@ -17,13 +16,13 @@
 //! | [`proxy`] | the bundled `ProxyHttp` the `idlewatcher` binary runs |
 //! | [`tls`] | HTTPS: certificates by SNI (re-readable), the TLS listeners |
 //!
-//! Waiting through a wake itself is not HTTP's: it is [`crate::wait`], shared with every front.
+//! Waiting through a wake itself is not HTTP's: it is [`crate::wait`], shared with every front,
+//! and so is noticing that a held client left ([`crate::wait::departure`]).
 
 pub mod body;
 pub mod classify;
 pub mod clients;
 pub mod deadline;
-pub mod departure;
 mod early_events;
 pub mod early_hold;
 pub mod gate;

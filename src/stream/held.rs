@@ -1,46 +1,36 @@
 //! Watching a held TCP connection for its client leaving, without reading a byte of it.
 //!
 //! While the backend wakes, a client's first bytes must stay in the kernel so that they reach
-//! the backend intact. So the connection is never read here: a duplicate of its descriptor is
-//! registered with the runtime on its own (the original stays with Pingora's stream), and on each
-//! readiness event one byte is *peeked* (`MSG_PEEK`). Nothing waiting and the read side closed:
-//! the client left. Bytes waiting and the read side closed: the client sent its request and
-//! half-closed; it still wants the answer, so it is held on.
+//! the backend intact. So the connection is never read here: it is watched
+//! ([`departure::Watch`], no descriptor of its own), and on each event one byte is *peeked*
+//! (`MSG_PEEK`). Nothing waiting and the read side closed: the client left. Bytes waiting and the
+//! read side closed: the client sent its request and half-closed; it still wants the answer, so
+//! it is held on.
 
 use std::future::pending;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use crate::wait::departure::Watch;
 
 /// Completes when the client of the TCP connection `fd` is gone (end of stream with nothing
 /// sent, or a reset); stays pending otherwise. `fd` must stay open while this runs (the
 /// connection it belongs to outlives the hold).
 pub(crate) async fn client_left(fd: RawFd) {
-    // SAFETY: the caller keeps the connection, hence `fd`, open while this future lives; the
-    // borrow is used only to duplicate it.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let Ok(duplicate) = borrowed.try_clone_to_owned() else {
-        return pending().await;
-    };
-    // SAFETY: `duplicate` is an `OwnedFd`, open until the `AsyncFd` that owns it is dropped.
-    let Ok(watch) = (unsafe { AsyncFd::register_with_interest(duplicate, Interest::READABLE) })
-    else {
+    let Ok(watch) = Watch::new(fd) else {
         return pending().await;
     };
     loop {
-        let Ok(mut guard) = watch.readable().await else {
-            return;
-        };
-        let read_closed = guard.ready().is_read_closed();
-        match peek(watch.as_raw_fd()) {
-            Ok(0) => return,
-            Ok(_) if read_closed => return pending().await,
-            Ok(_) => guard.clear_ready(),
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+        let read_closed = watch.next().await.read_closed();
+        loop {
+            match peek(fd) {
+                Ok(0) => return,
+                Ok(_) if read_closed => return pending().await,
+                Ok(_) => break,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
         }
     }
 }
@@ -63,6 +53,7 @@ fn peek(fd: RawFd) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};

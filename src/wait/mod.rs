@@ -1,7 +1,10 @@
 //! Waiting through a wake, whatever the protocol: a place among the route's waiters, the wake,
 //! the deadline (`wake_timeout`), a client that leaves, the gateway shutting down, and finally a
 //! place in the slow-start window. The HTTP gate, the HTTP early hold and (later) the TCP and UDP
-//! fronts all wait with [`hold_until_admitted`]; none has a copy of it.
+//! fronts all wait with [`hold_until_admitted`]; none has a copy of it. While they wait, they
+//! notice a client leaving without reading its bytes ([`departure`]).
+
+pub mod departure;
 
 use std::future::Future;
 use std::time::Instant;
