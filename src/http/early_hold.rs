@@ -373,7 +373,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
     /// Reads the first request of a new connection, until `deadline`.
     async fn first_request(&self, stream: Stream, deadline: Instant) -> First {
         if !stream.as_any().is::<TcpStream>() {
-            // TLS, HTTP/2 by ALPN (HTTP/1.1 over TLS never comes here: `serve_tls_http1`).
+            // Not an L4 stream (none of the listeners makes one): the wrapped application's.
             return First::Other(stream);
         }
         let client = client_ip(&stream);
@@ -398,29 +398,46 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
         }
     }
 
-    /// A TLS connection that chose HTTP/1.1 by ALPN (the listener did the handshake): its first
-    /// request read, held if the gate would hold it, then the connection served, all in a task
-    /// of its own. Not in Pingora's connection task: tokio-rustls reads until the socket would
-    /// block, so the task that read last stays registered with the socket until its next
-    /// event, and Pingora's (≈ 9 kB) would outlive its end by the whole hold.
-    async fn serve_tls_http1(
+    /// A new connection, in a task of its own (cleartext, or TLS that chose HTTP/1.1 by ALPN,
+    /// the listener having done the handshake): its first request read, then held, its event
+    /// stream served, or the connection served (HTTP/1 here, h2c by the wrapped application).
+    ///
+    /// Not in the task Pingora spawned for the connection: that one is sized for a TLS
+    /// handshake (≈ 9 kB) even on a cleartext listener, and with TLS, tokio-rustls reads until
+    /// the socket would block, so the task that read last stays registered with the socket
+    /// until its next event. What follows the first request is boxed, so that a connection
+    /// waiting for its first byte, or held, is only this task's small state.
+    async fn serve_connection(
         self: Arc<Self>,
         stream: Stream,
         shutdown: ShutdownWatch,
         place: PerIpPlace,
         deadline: Instant,
     ) {
-        match self.first_tls_request(stream, deadline).await {
+        let first = if stream.get_ssl_digest().is_some() {
+            self.first_tls_request(stream, deadline).await
+        } else {
+            self.first_request(stream, deadline).await
+        };
+        match first {
+            First::Gone => {}
             First::Hold(held) => self.hold_then_serve(held, shutdown, place).await,
             First::Events(stream, head, to_stream, client) => {
                 let events = self.events(stream, head, to_stream, client);
-                events.serve(place, &shutdown, deadline).await;
+                Box::pin(events.serve(place, &shutdown, deadline)).await;
             }
             First::Http1(stream) => {
                 let _place = place;
-                self.serve_http1(stream, &shutdown, deadline).await;
+                Box::pin(self.serve_http1(stream, &shutdown, deadline)).await;
             }
-            First::Other(_) | First::Gone => {}
+            First::Other(stream) => {
+                let _place = place;
+                // The wrapped application's own loop over reused connections (as Pingora's).
+                let mut next = Some(stream);
+                while let Some(stream) = next {
+                    next = self.app.process_new(stream, &shutdown).await;
+                }
+            }
         }
     }
 
@@ -552,9 +569,22 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyHold<A> {
         let Some((stream, handover)) = self.hold(connection).await else {
             return;
         };
+        // Boxed: the state of a session (≈ 4 kB of futures) is paid only once the hold is over.
+        Box::pin(self.serve_held(stream, handover, route, &shutdown)).await;
+    }
+
+    /// A held connection let through (or its wake failed): served as the wrapped application
+    /// would, with the verdict (`handover`) in the task-local the gate reads.
+    async fn serve_held(
+        &self,
+        stream: Stream,
+        handover: Option<Handover>,
+        route: Arc<Route>,
+        shutdown: &ShutdownWatch,
+    ) {
         // The head is whole already: Pingora parses it at once.
         let deadline = Instant::now() + self.gate.clients().limits.header_timeout;
-        let served = self.serve_http1(stream, &shutdown, deadline);
+        let served = self.serve_http1(stream, shutdown, deadline);
         let Some(handover) = handover else {
             return served.await;
         };
@@ -583,37 +613,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for EarlyHold<A> {
         let deadline = Instant::now() + self.gate.clients().limits.header_timeout;
         // Over the client's connection cap: closed at once, nothing read.
         let place = self.gate.clients().connections.take(client_ip(&stream))?;
-        let tls_http1 = stream.get_ssl_digest().is_some()
-            && !matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        if tls_http1 {
-            let task = Arc::clone(self).serve_tls_http1(stream, shutdown.clone(), place, deadline);
-            tokio::spawn(task);
-            return None;
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 over TLS: the wrapped application's, in Pingora's task.
+            let _place = place;
+            return self.app.process_new(stream, shutdown).await;
         }
-        match self.first_request(stream, deadline).await {
-            First::Gone => None,
-            First::Other(stream) => self.app.process_new(stream, shutdown).await,
-            First::Http1(stream) => {
-                self.serve_http1(stream, shutdown, deadline).await;
-                None
-            }
-            First::Events(stream, head, to_stream, client) => {
-                // Like a held request, a task of its own; Pingora's connection task ends here.
-                let this = Arc::clone(self);
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    let events = this.events(stream, head, to_stream, client);
-                    events.serve(place, &shutdown, deadline).await;
-                });
-                None
-            }
-            First::Hold(held) => {
-                // A task of its own, a fraction of the size of the connection task Pingora
-                // spawned, which ends here.
-                tokio::spawn(Arc::clone(self).hold_then_serve(held, shutdown.clone(), place));
-                None
-            }
-        }
+        let task = Arc::clone(self).serve_connection(stream, shutdown.clone(), place, deadline);
+        tokio::spawn(task);
+        None
     }
 
     async fn cleanup(&self) {
