@@ -3,16 +3,17 @@
 //! A request held inside `request_filter` (the [gate](crate::http::gate)) is a live Pingora session:
 //! the connection's task, two boxed futures of ≈ 9 and ≈ 4 kB, the 4 KiB head buffer, the
 //! parsed header — ≈ 25 kB, so 10,000 held requests cost ≈ 250 MB. [`EarlyHold`] wraps the
-//! HTTP application (a [`ServerApp`]) to hold them for a fraction of that (≈ 5 kB each, most of
-//! it Pingora's per-connection state before the first byte; BENCHMARKS.md):
+//! HTTP application (a [`ServerApp`]) to hold them for a fraction of that (≈ 5 kB each, the
+//! L4 stream with its write buffer and a small task; BENCHMARKS.md):
 //!
 //! 1. On a new connection — cleartext, or TLS that chose HTTP/1.1 by ALPN (the listener did
-//!    the handshake) — it reads the request head (as Pingora would, up to 4 KiB) and parses
+//!    the handshake) — the connection task Pingora spawned (≈ 9 kB: room for a TLS handshake)
+//!    ends at once, and a small task of its own reads the request head (as Pingora would, up to 4 KiB) and parses
 //!    it with `httparse`.
 //! 2. If the gate would hold this request — its route is asleep, it is not an internal
 //!    endpoint, not a browser navigation, not refused by `start_endpoint` — the bare connection
-//!    waits in a small task of its own (≈ 1 kB: the bytes read and the wait), and the connection
-//!    task Pingora spawned ends. Of Pingora, only the L4 stream remains.
+//!    waits in that task (≈ 1 kB: the bytes read and the wait); what serving it takes is
+//!    allocated once the hold is over. Of Pingora, only the L4 stream remains.
 //! 3. Once the backend is ready and the request has its place in the slow-start window
 //!    ([`release`](crate::backend::release)), the bytes are put back into the stream (`rewind`;
 //!    in front of a TLS stream, [`Rewound`]) and the
