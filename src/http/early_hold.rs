@@ -216,16 +216,15 @@ enum First {
 
 /// A connection whose first request the early hold takes on: held, or its event stream served.
 fn taken_on(stream: HeldStream, mut head: Vec<u8>, early: Early, client: Option<IpAddr>) -> First {
+    // Read into a 4 KiB buffer; kept (to be put back) only as long as the head itself.
+    head.shrink_to_fit();
     match early {
-        Early::Hold(to_hold) => {
-            head.shrink_to_fit();
-            First::Hold(HeldConnection {
-                stream,
-                head,
-                to_hold,
-                client,
-            })
-        }
+        Early::Hold(to_hold) => First::Hold(HeldConnection {
+            stream,
+            head,
+            to_hold,
+            client,
+        }),
         Early::Events(to_stream) => First::Events(stream, head, to_stream, client),
     }
 }
@@ -245,20 +244,30 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyEvents<'_, A> {
     /// own, held to the end.
     async fn serve(self, place: PerIpPlace, shutdown: &ShutdownWatch, deadline: Instant) {
         let _place = place;
-        let ToStream { route, last_id } = self.to_stream;
-        let gate = &self.hold.gate;
-        match gate.clients().take_event_stream(self.client, &route.name) {
+        let EarlyEvents {
+            hold,
+            stream,
+            head,
+            to_stream: ToStream { route, last_id },
+            client,
+        } = self;
+        let gate = &hold.gate;
+        match gate.clients().take_event_stream(client, &route.name) {
             Ok(places) => {
+                // Answered here: the head is not needed any more (nor kept for the stream's life).
+                drop(head);
                 let connection = EventConnection {
-                    stream: self.stream.into_stream(),
+                    stream: stream.into_stream(),
                     route,
                     last_id,
                 };
                 early_events::serve(connection, places, gate.shutdown_signal()).await;
             }
             Err(_) => {
-                let stream = self.stream.put_back(self.head);
-                self.hold.serve_http1(stream, shutdown, deadline).await;
+                // Over a cap: the gate answers it. Boxed: an event stream does not carry a
+                // session's state for its whole life.
+                let stream = stream.put_back(head);
+                Box::pin(hold.serve_http1(stream, shutdown, deadline)).await;
             }
         }
     }
