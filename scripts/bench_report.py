@@ -209,7 +209,7 @@ one wakes it and the others join the wake.
 | time to the last response (from the first request written) | **{_ms(herd['last_response_ms'])}** |
 | per-request latency median / p99 | {_ms(herd['latency_ms']['median'])} / {_ms(herd['latency_ms']['p99'])} |
 | gateway RSS before | {_mib(herd['rss_before_kib'])} |
-| … with the {herd['requests']:,} connections open, no request sent yet (Pingora's connection state; the early hold waits for each first byte) | {_mib(herd['rss_connected_kib'])} (+{(herd['rss_connected_kib'] - herd['rss_before_kib']) * 1024 / herd['requests'] / 1000:.1f} kB per connection) |
+| … with the {herd['requests']:,} connections open, no request sent yet (the L4 stream and the early hold's task, waiting for each first byte) | {_mib(herd['rss_connected_kib'])} (+{(herd['rss_connected_kib'] - herd['rss_before_kib']) * 1024 / herd['requests'] / 1000:.1f} kB per connection) |
 | … with every request held (largest 10 ms sample before the first answer) | {_mib(herd.get('rss_held_kib', 0))} (+{(herd.get('rss_held_kib', 0) - herd['rss_before_kib']) * 1024 / herd['requests'] / 1000:.1f} kB per request) |
 | … peak during the herd (`VmHWM`) | {_mib(herd['hwm_after_kib'])} |
 | **extra memory** (peak − before) | **{_mib(herd['extra_kib'])}** = {herd['extra_kib'] * 1024 / 1e6:.0f} MB (budget ≤ 64 MB) |
@@ -349,13 +349,13 @@ requests/s at {b['nginx']['cpu_us']:.1f} µs CPU per request. Shipped (`make run
 # them), in the table's order: the row's label and where such a request is held.
 HELD_CARRIERS = [
     ("Cleartext", "HTTP/1.1, cleartext", "early hold (below Pingora's session)"),
-    ("Tls", "HTTP/1.1 over TLS", "early hold (below Pingora's session), in a task of its own"),
+    ("Tls", "HTTP/1.1 over TLS", "early hold (below Pingora's session)"),
     ("H2 { per_connection: 100 }", "HTTP/2 over TLS, 100 requests per connection",
      "the gate, in `request_filter` (a live h2 stream session)"),
     ("H2 { per_connection: 1 }", "HTTP/2 over TLS, one connection per request", "the gate, in `request_filter`"),
     ("CleartextIdle", "*(a cleartext connection, no request yet)*",
-     "Pingora's connection task, waiting for the first byte"),
-    ("TlsIdle", "*(a TLS connection, no request yet)*", "our task, waiting for the first byte"),
+     "the early hold's task, waiting for the first byte"),
+    ("TlsIdle", "*(a TLS connection, no request yet)*", "the early hold's task, waiting for the first byte"),
 ]
 
 
