@@ -524,13 +524,19 @@ async fn chromium_opens_the_loading_page_over_https_and_lands_on_the_backend() {
         serde_json::json!("h2"),
         "the page came over HTTP/2"
     );
-    browser
-        .wait_until(
+    let listed = browser
+        .poll_until(
             "return document.querySelector('#events li[data-type=\"starting\"]') !== null",
             Duration::from_secs(10),
-            "the page lists `starting` (its event stream works over h2)",
         )
         .await;
+    assert!(
+        listed,
+        "the page lists `starting` (its event stream works over h2): not within 10 s\n{}\n\
+         the gateway's log:\n{}",
+        browser.state().await,
+        gateway.logs()
+    );
     browser
         .wait_until(
             &format!(

@@ -101,17 +101,36 @@ impl Browser {
 
     /// Polls `script` until it returns `true`, or panics after `timeout` with `what`.
     pub async fn wait_until(&self, script: &str, timeout: Duration, what: &str) {
+        if !self.poll_until(script, timeout).await {
+            panic!("{what}: not within {timeout:?}\n{}", self.state().await);
+        }
+    }
+
+    /// Polls `script` until it returns `true` (then `true`), or until `timeout` (`false`).
+    pub async fn poll_until(&self, script: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if self.eval(script).await == json!(true) {
-                return;
+                return true;
             }
             if Instant::now() > deadline {
-                let page = self.client.source().await.unwrap_or_default();
-                panic!("{what}: not within {timeout:?}; the page is:\n{page}");
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// What the page is, for a failure's message: its source, and every resource it loaded
+    /// (name, status, protocol, duration).
+    pub async fn state(&self) -> String {
+        let page = self.client.source().await.unwrap_or_default();
+        let resources = self
+            .eval(
+                "return performance.getEntriesByType('resource').map(e => \
+                 [e.name, e.responseStatus, e.nextHopProtocol, Math.round(e.duration)].join(' '))",
+            )
+            .await;
+        format!("the page loaded: {resources}\nthe page is:\n{page}")
     }
 
     /// The text of the element matching `css`, if there is one.
