@@ -55,17 +55,8 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
     use std::time::Duration;
+    use crate::wait::departure::test_sockets::pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
 
     #[tokio::test]
     async fn bytes_sent_stay_unread_and_a_close_is_seen() {

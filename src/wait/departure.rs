@@ -200,15 +200,13 @@ pub async fn client_left(fd: RawFd) {
     }
 }
 
+/// Loopback sockets for the tests of whatever watches a client (here and the stream fronts).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::AsRawFd;
-    use std::time::Duration;
-    use tokio::io::AsyncWriteExt;
+pub(crate) mod test_sockets {
     use tokio::net::{TcpListener, TcpStream};
 
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// A connected (client, server) pair on loopback.
+    pub(crate) async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -216,6 +214,15 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         (client, server)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_sockets::pair;
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
     async fn a_peer_that_sent_data_then_closed_is_noticed_and_its_data_kept() {
