@@ -53,9 +53,9 @@ fn peek(fd: RawFd) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wait::departure::test_sockets::pair;
     use std::os::fd::AsRawFd;
     use std::time::Duration;
-    use crate::wait::departure::test_sockets::pair;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
