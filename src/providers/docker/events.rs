@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::clock::EngineClock;
 use super::container::{inspect_ref, normalize_ref, status_of};
 use super::engine::{error_chain, negotiate, reason_of, EngineLink};
+use super::registry::Registry;
 use crate::providers::{BackendEvent, BackendObserver, BackendStatus, ProviderError};
 
 /// First delay before reconnecting the event stream.
@@ -32,41 +33,6 @@ const HEALTHY_PERIOD: Duration = Duration::from_secs(10);
 const SINCE_MARGIN: Duration = Duration::from_secs(1);
 /// Containers inspected at once during a resync.
 const RESYNC_CONCURRENCY: usize = 8;
-
-/// One watched container and everyone watching it.
-/// One watched container, under its reference as configured (leading `/` stripped) in the map.
-struct Watched {
-    /// The reference may be an id (prefix): 12 to 64 lowercase hex digits.
-    maybe_id: bool,
-    /// The full id of the container currently bearing the reference, learned at resync or from
-    /// an event matched by name; lets events without a `name` attribute match too.
-    learned_id: Option<String>,
-    /// Everyone to tell.
-    observers: Vec<Arc<dyn BackendObserver>>,
-}
-
-impl Watched {
-    /// Whether an event about container `id` (named `name`, if the engine said) is for the
-    /// container watched as `reference`, and whether the match was by name.
-    fn matches(&self, reference: &str, id: &str, name: Option<&str>) -> Option<bool> {
-        if name.map(normalize_ref) == Some(reference) {
-            return Some(true);
-        }
-        if !id.is_empty()
-            && ((self.maybe_id && id.starts_with(reference))
-                || self.learned_id.as_deref() == Some(id))
-        {
-            return Some(false);
-        }
-        None
-    }
-
-    fn deliver(&self, event: &BackendEvent) {
-        for observer in &self.observers {
-            observer.observe(event.clone());
-        }
-    }
-}
 
 /// Why an event-stream session ended.
 enum Disconnect {
@@ -104,8 +70,8 @@ pub struct DockerEvents {
     docker: Docker,
     /// The engine's state, kept up to date by `run` (`None`: nobody asks).
     link: Option<Arc<EngineLink>>,
-    /// Watched containers by reference.
-    watched: Arc<Mutex<HashMap<String, Watched>>>,
+    /// Watched containers, indexed the ways events name them.
+    watched: Arc<Mutex<Registry>>,
     /// Whether `run` is connected: a new watch then resyncs on its own.
     running: Arc<AtomicBool>,
 }
@@ -113,7 +79,7 @@ pub struct DockerEvents {
 impl fmt::Debug for DockerEvents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let watched = self.watched.lock();
-        let mut references: Vec<&str> = watched.keys().map(String::as_str).collect();
+        let mut references: Vec<&str> = watched.references().collect();
         references.sort_unstable();
         f.debug_struct("DockerEvents")
             .field("watched", &references)
@@ -127,7 +93,7 @@ impl DockerEvents {
         Self {
             docker,
             link: None,
-            watched: Arc::new(Mutex::new(HashMap::new())),
+            watched: Arc::new(Mutex::new(Registry::default())),
             running: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -152,24 +118,7 @@ impl DockerEvents {
     /// gets every event.
     pub fn watch(&self, container: &str, observer: Arc<dyn BackendObserver>) {
         let reference = normalize_ref(container);
-        {
-            let mut watched = self.watched.lock();
-            if let Some(entry) = watched.get_mut(reference) {
-                entry.observers.push(Arc::clone(&observer));
-            } else {
-                watched.insert(
-                    reference.to_string(),
-                    Watched {
-                        maybe_id: (12..=64).contains(&reference.len())
-                            && reference
-                                .bytes()
-                                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-                        learned_id: None,
-                        observers: vec![Arc::clone(&observer)],
-                    },
-                );
-            }
-        }
+        self.watched.lock().watch(reference, Arc::clone(&observer));
         if self.running.load(Ordering::Acquire) {
             self.resync_one(reference.to_string(), observer);
         }
@@ -178,16 +127,9 @@ impl DockerEvents {
     /// Stops delivering `container`'s events to `observer` (the same `Arc` that was watching);
     /// a container nobody watches any more is forgotten.
     pub fn unwatch(&self, container: &str, observer: &Arc<dyn BackendObserver>) {
-        let reference = normalize_ref(container);
-        let mut watched = self.watched.lock();
-        if let Some(entry) = watched.get_mut(reference) {
-            entry
-                .observers
-                .retain(|watching| !Arc::ptr_eq(watching, observer));
-            if entry.observers.is_empty() {
-                watched.remove(reference);
-            }
-        }
+        self.watched
+            .lock()
+            .unwatch(normalize_ref(container), observer);
     }
 
     /// How many containers are watched.
@@ -290,7 +232,7 @@ impl DockerEvents {
         let fresh = Fresh {
             since_nanos: clock.now_nanos(),
         };
-        let references: Vec<String> = self.watched.lock().keys().cloned().collect();
+        let references: Vec<String> = self.watched.lock().references().map(String::from).collect();
         let docker = self.docker.clone();
         let resync = async move {
             stream::iter(references)
@@ -335,12 +277,12 @@ impl DockerEvents {
         {
             let mut watched = self.watched.lock();
             for (reference, seen) in statuses {
+                let (learned_id, status) = seen.unwrap_or((None, BackendStatus::Missing));
+                watched.learn(&reference, learned_id);
                 // Unwatched meanwhile: nobody to tell.
-                let Some(entry) = watched.get_mut(&reference) else {
+                let Some(entry) = watched.get(&reference) else {
                     continue;
                 };
-                let (learned_id, status) = seen.unwrap_or((None, BackendStatus::Missing));
-                entry.learned_id = learned_id;
                 tracing::debug!(container = %reference, ?status, "resync");
                 entry.deliver(&BackendEvent::Resync(status));
             }
@@ -385,16 +327,14 @@ impl DockerEvents {
             .and_then(|attrs| attrs.get("name"))
             .map(String::as_str);
         let mut watched = self.watched.lock();
-        for (reference, watched) in watched.iter_mut() {
-            let Some(by_name) = watched.matches(reference, id, name) else {
-                continue;
-            };
-            if by_name && !id.is_empty() {
+        for found in watched.matching(id, name.map(normalize_ref)) {
+            let reference = found.reference.as_str();
+            if found.by_name && !id.is_empty() {
                 // The container now bearing the configured name (it may have been recreated).
-                watched.learned_id = Some(id.to_string());
+                watched.learn(reference, Some(id.to_string()));
             }
-            if mapped == BackendEvent::Removed && watched.learned_id.as_deref() == Some(id) {
-                watched.learned_id = None;
+            if mapped == BackendEvent::Removed && watched.has_learned(reference, id) {
+                watched.learn(reference, None);
             }
             tracing::debug!(
                 container = %reference,
@@ -402,7 +342,9 @@ impl DockerEvents {
                 event = ?mapped,
                 "Docker event"
             );
-            watched.deliver(&mapped);
+            if let Some(entry) = watched.get(reference) {
+                entry.deliver(&mapped);
+            }
         }
     }
 }

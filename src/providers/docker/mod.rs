@@ -18,6 +18,7 @@ mod container;
 mod engine;
 mod events;
 mod labels;
+mod registry;
 mod tls;
 mod traffic;
 
