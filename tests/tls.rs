@@ -509,9 +509,25 @@ async fn chromium_opens_the_loading_page_over_https_and_lands_on_the_backend() {
         .goto(&gateway.https_url("tlspage.test", "/"))
         .await
         .unwrap();
-    assert_eq!(
-        browser.text("#route-name").await.as_deref(),
-        Some("tlspage")
+    let shown = browser
+        .poll_until(
+            "const name = document.querySelector('#route-name'); \
+             return name !== null && name.textContent === 'tlspage'",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        shown,
+        "the loading page names the route: not within 10 s (navigation: {})\n{}\n\
+         the gateway's log:\n{}",
+        browser
+            .eval(
+                "const n = performance.getEntriesByType('navigation')[0]; \
+                 return n ? [n.name, n.responseStatus, n.nextHopProtocol].join(' ') : null"
+            )
+            .await,
+        browser.state().await,
+        gateway.logs()
     );
     assert_eq!(
         browser.eval("return location.protocol").await,

@@ -10,12 +10,15 @@
 //! (`Connection: close`: a stream is the connection's last answer). A subscriber over a cap
 //! goes to Pingora, and the gate answers 429 or 503 as for any other.
 
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pingora::protocols::Stream;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::{Error, ErrorType, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::http::clients::EventStreamPlaces;
@@ -27,10 +30,10 @@ const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-strea
 cache-control: no-store\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
 /// A connection whose first request subscribes to `route`'s events after `last_id`.
-pub(crate) struct EventConnection {
-    /// The bare connection, cleartext or TLS (the request's bytes read and not put back: it is
-    /// answered here).
-    pub stream: Stream,
+pub(crate) struct EventConnection<S> {
+    /// The bare connection: a cleartext socket ([`bare_socket`]) or Pingora's TLS stream (the
+    /// request's bytes read and not put back: it is answered here).
+    pub stream: S,
     /// The route whose events it follows (kept even if a newer table drops it).
     pub route: Arc<Route>,
     /// `Last-Event-ID` (or `?last_event_id=`).
@@ -38,8 +41,8 @@ pub(crate) struct EventConnection {
 }
 
 /// Serves the stream until the client leaves, the gateway shuts down or the stream ends.
-pub(crate) async fn serve(
-    connection: EventConnection,
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    connection: EventConnection<S>,
     places: EventStreamPlaces,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -61,10 +64,30 @@ pub(crate) async fn serve(
     }
 }
 
-/// An event stream's frames written straight to the connection.
-struct BareSink(Stream);
+/// The socket of a cleartext connection without Pingora's L4 stream around it, for a
+/// connection answered here for a long time (an event stream): the L4 stream's write buffer
+/// (1,460 B, allocated at accept), its digests and its box are given back, ≈ 2 kB per
+/// subscriber. Nothing is lost: the listener reads unbuffered, the head was consumed, nothing
+/// was written yet. The descriptor is duplicated, then the L4 stream dropped (deregistered and
+/// its descriptor closed), so a subscriber still costs one descriptor.
+pub(crate) fn bare_socket(stream: Box<L4Stream>) -> io::Result<TcpStream> {
+    // SAFETY: `dup` of a descriptor the L4 stream owns and keeps open until the call returns.
+    let duplicate = unsafe { libc::dup(stream.as_raw_fd()) };
+    if duplicate < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `dup` just returned this descriptor, owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(duplicate) };
+    drop(stream);
+    let socket = std::net::TcpStream::from(owned);
+    socket.set_nonblocking(true)?;
+    TcpStream::from_std(socket)
+}
 
-impl EventSink for BareSink {
+/// An event stream's frames written straight to the connection.
+struct BareSink<S>(S);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> EventSink for BareSink<S> {
     async fn send(&mut self, frames: Bytes) -> Result<()> {
         let write = async {
             self.0.write_all(&frames).await?;

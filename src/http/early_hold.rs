@@ -180,14 +180,6 @@ impl HeldStream {
             HeldStream::Tls(stream) => Box::new(Rewound::new(stream, head)),
         }
     }
-
-    /// The stream as it is (its head consumed: answered here).
-    fn into_stream(self) -> Stream {
-        match self {
-            HeldStream::Tcp(stream) => stream,
-            HeldStream::Tls(stream) => stream,
-        }
-    }
 }
 
 /// A connection whose first request is to be held: its stream and the bytes read from it.
@@ -256,12 +248,30 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyEvents<'_, A> {
             Ok(places) => {
                 // Answered here: the head is not needed any more (nor kept for the stream's life).
                 drop(head);
-                let connection = EventConnection {
-                    stream: stream.into_stream(),
-                    route,
-                    last_id,
-                };
-                early_events::serve(connection, places, gate.shutdown_signal()).await;
+                let shutdown = gate.shutdown_signal();
+                match stream {
+                    HeldStream::Tcp(stream) => match early_events::bare_socket(stream) {
+                        Ok(socket) => {
+                            let connection = EventConnection {
+                                stream: socket,
+                                route,
+                                last_id,
+                            };
+                            early_events::serve(connection, places, shutdown).await;
+                        }
+                        Err(error) => {
+                            tracing::debug!(route = %route.name, %error, "event stream: no socket");
+                        }
+                    },
+                    HeldStream::Tls(stream) => {
+                        let connection = EventConnection {
+                            stream,
+                            route,
+                            last_id,
+                        };
+                        early_events::serve(connection, places, shutdown).await;
+                    }
+                }
             }
             Err(_) => {
                 // Over a cap: the gate answers it. Boxed: an event stream does not carry a
