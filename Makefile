@@ -4,7 +4,7 @@
 CARGO       ?= cargo
 CONFIG      ?= conf/idlewatcher.yaml
 BUILD_DEPS  := cmake
-TEST_DEPS   := cmake busybox-static chromium chromium-driver file podman
+TEST_DEPS   := cmake busybox-static chromium chromium-driver file podman openssl
 DEMO_DEPS   := cmake busybox-static file
 BENCH_DEPS  := cmake busybox-static wrk nginx-light file python3 procps valgrind
 
