@@ -49,10 +49,11 @@ STAGES = ["gate", "footprint", "warm", "herd", "cold", "sse", "streams", "scale"
 LABEL = "idlewatcher-test=1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# Pingora server keys, the same for idlewatcher and the bare proxy (the shipped conf's values).
-# How long a backend that just woke takes its requests through the slow start (`WARM_UP`).
+# How long a backend that just woke takes its requests through the slow start (`WARM_UP`,
+# src/backend/watcher.rs).
 WARM_UP_S = 3
 
+# Pingora server keys, the same for idlewatcher and the bare proxy (the shipped conf's values).
 SERVER_KEYS = """version: 1
 threads: 2
 grace_period_seconds: 1
@@ -905,9 +906,8 @@ http {{
         wait_listening(port, proc, 600, f"{name} under callgrind", log_path)
         if ready_host:
             self.wait_state(port, ready_host, "ready", timeout=600)
-            # A backend found running at start-up counts as just woken: for the first 3 s
-            # (`WARM_UP`, src/backend/watcher.rs) its requests take the slow start. The warm
-            # path is measured past it.
+            # A backend found running at start-up counts as just woken: for `WARM_UP_S` its
+            # requests take the slow start. The warm path is measured past it.
             time.sleep(WARM_UP_S + 1)
         started = time.time() - t0
         host = ready_host or "target.bench"

@@ -522,9 +522,8 @@ async fn chromium_opens_the_loading_page_over_https_and_lands_on_the_backend() {
     let container =
         TestContainer::with_cmd("tls-page", &["sh", "-c", "sleep 5; exec /bin/serve"]).await;
     let gateway = Gateway::start(&tls_route("tlspage", &container.name, &[&leaf])).await;
-    // The browser does not know the test CA: it is told to accept the leaf's public key (not to
-    // ignore certificate errors: a connection with an ignored error is not pooled or cached as
-    // a sound one, and its subresources then failed now and then), and the SNI it sent is
+    // The browser does not know the test CA: it is told to accept the leaf's public key, so the
+    // certificate counts as sound rather than as an error ignored, and the SNI it sent is
     // checked on the gateway's side.
     let spki = format!(
         "--ignore-certificate-errors-spki-list={}",

@@ -29,29 +29,25 @@ use crate::routes::Route;
 const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
 cache-control: no-store\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
-/// A connection whose first request subscribes to `route`'s events after `last_id`.
-pub(crate) struct EventConnection<S> {
-    /// The bare connection: a cleartext socket ([`bare_socket`]) or Pingora's TLS stream (the
-    /// request's bytes read and not put back: it is answered here).
-    pub stream: S,
+/// What a connection's first request subscribed to: `route`'s events after `last_id`.
+pub(crate) struct Subscription {
     /// The route whose events it follows (kept even if a newer table drops it).
     pub route: Arc<Route>,
     /// `Last-Event-ID` (or `?last_event_id=`).
     pub last_id: u64,
 }
 
-/// Serves the stream until the client leaves, the gateway shuts down or the stream ends.
+/// Serves the stream on `stream` until the client leaves, the gateway shuts down or the stream
+/// ends. `stream` is the bare connection, the request's bytes read and not put back (it is
+/// answered here): a cleartext socket ([`bare_socket`]) or Pingora's TLS stream.
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
-    connection: EventConnection<S>,
+    stream: S,
+    subscription: Subscription,
     places: EventStreamPlaces,
     shutdown: watch::Receiver<bool>,
 ) {
     let _places = places;
-    let EventConnection {
-        stream,
-        route,
-        last_id,
-    } = connection;
+    let Subscription { route, last_id } = subscription;
     let mut sink = BareSink(stream);
     let mut first = Vec::with_capacity(RESPONSE_HEAD.len() + RETRY_LINE.len());
     first.extend_from_slice(RESPONSE_HEAD);

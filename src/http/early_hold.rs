@@ -59,7 +59,7 @@ use tokio::time::Instant;
 use crate::http::classify::{self, Preface};
 use crate::http::clients::PerIpPlace;
 use crate::http::deadline::HeadDeadline;
-use crate::http::early_events::{self, EventConnection};
+use crate::http::early_events::{self, Subscription};
 use crate::http::gate::{Asleep, IdleGate};
 use crate::http::handover::{self, Handover};
 use crate::http::rewound::Rewound;
@@ -248,28 +248,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> EarlyEvents<'_, A> {
             Ok(places) => {
                 // Answered here: the head is not needed any more (nor kept for the stream's life).
                 drop(head);
+                let subscription = Subscription { route, last_id };
                 let shutdown = gate.shutdown_signal();
                 match stream {
                     HeldStream::Tcp(stream) => match early_events::bare_socket(stream) {
                         Ok(socket) => {
-                            let connection = EventConnection {
-                                stream: socket,
-                                route,
-                                last_id,
-                            };
-                            early_events::serve(connection, places, shutdown).await;
+                            early_events::serve(socket, subscription, places, shutdown).await;
                         }
                         Err(error) => {
-                            tracing::debug!(route = %route.name, %error, "event stream: no socket");
+                            let route = &subscription.route.name;
+                            tracing::debug!(%route, %error, "event stream: no socket");
                         }
                     },
                     HeldStream::Tls(stream) => {
-                        let connection = EventConnection {
-                            stream,
-                            route,
-                            last_id,
-                        };
-                        early_events::serve(connection, places, shutdown).await;
+                        early_events::serve(stream, subscription, places, shutdown).await;
                     }
                 }
             }
